@@ -1,0 +1,218 @@
+"""Benchmark evaluation (SuperGLUE, XStoryCloze, TinyStories), in the training loop and on checkpoints.
+
+``BenchmarkSuite`` prepares the tasks once -- documents, prompts, token ids -- and ``run`` scores them with a model
+through the batched ``Scorer`` (multiple-choice tasks) or ``evaluate_loss`` (TinyStories). The CLI
+(``python -m eval``) and the in-loop ``BenchmarksEvaluator`` both use it, so a checkpoint scored either way gets
+the same numbers (up to bf16 autocast on GPU).
+
+In the loop (``eval.benchmarks`` in the run config; off by default):
+
+    eval:
+      benchmarks: {enabled: true, every: 500, tasks: [superglue, xstorycloze_en, tinystories], limit: 200}
+
+Every rank runs ``evaluate`` (ZeRO-3 needs all ranks in every forward): batches are dealt round-robin to ranks and
+the results all-reduced. Scalars ``eval/<task>/<metric>`` go to TensorBoard and metrics.jsonl through the trainer;
+rank 0 also writes ``<run_dir>/benchmarks/step_<step>/results.{json,md}``. With ``limit`` each task is scored on its
+first ``limit`` documents and is logged as ``<task>_first<limit>`` so that subset numbers are never mistaken for
+full-split ones.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.base import EvalContext, Evaluator, EvaluatorConfig
+from eval.report import paper_mean, render_report
+from eval.scorer import Plan, Scorer, encode_pairs, resolve_max_length
+from eval.tasks import GROUPS, DataSource, Instance, MultipleChoiceTask, TaskResult, expand_task_names, get_task
+from eval.tinystories import LossData, evaluate_loss
+
+DEFAULT_TASKS = ("superglue", "xstorycloze_en", "tinystories")
+MAX_LOSS_WINDOW = 2048  # TinyStories window cap when it is taken from the model's max length
+
+
+@dataclass
+class _Prepared:
+    task: Any
+    logged_name: str
+    instances: list[Instance] = field(default_factory=list)
+    requests: list = field(default_factory=list)  # token pairs, instance by instance, choice by choice
+    plans: dict = field(default_factory=dict)  # (max_length, batch_tokens) -> Plan
+    loss_data: dict = field(default_factory=dict)  # seq_len -> LossData
+
+
+class BenchmarkSuite:
+    """Tasks prepared for repeated scoring: data loading, prompts and tokenisation happen here, once."""
+
+    def __init__(self, tasks: str | list[str] | tuple[str, ...], tokenizer, *, data_root=None, num_fewshot: int = 0,
+                 limit: int | None = None, fewshot_seed: int = 1234):
+        self.tokenizer = tokenizer
+        self.data = data_root if isinstance(data_root, DataSource) else DataSource.resolve(data_root)
+        self.num_fewshot, self.limit, self.fewshot_seed = num_fewshot, limit, fewshot_seed
+        self.task_names = expand_task_names(tasks)
+        self.items: list[_Prepared] = []
+        for name in self.task_names:
+            task = get_task(name, self.data)
+            item = _Prepared(task, "")
+            if isinstance(task, MultipleChoiceTask):
+                item.instances = task.build_instances(limit, num_fewshot, fewshot_seed)
+                item.requests = encode_pairs(tokenizer, [r for inst in item.instances for r in inst.requests])
+            item.logged_name = task.logged_name(limit)  # after loading: a fallback split changes the name
+            self.items.append(item)
+
+    @property
+    def notes(self) -> list[str]:
+        return [n for item in self.items for n in item.task.notes]
+
+    def run(self, model, *, device=None, autocast_dtype: torch.dtype | None = None, max_length: int | None = None,
+            seq_len: int | None = None, batch_tokens: int = 16384, rank: int = 0, world_size: int = 1,
+            progress: bool = False, log_samples: bool = False) -> dict[str, TaskResult]:
+        """Score every task; results keyed by logged name (plus the ``xstorycloze`` group when complete)."""
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        scorer = Scorer(model, self.tokenizer, device=device, autocast_dtype=autocast_dtype, max_length=max_length,
+                        batch_tokens=batch_tokens, rank=rank, world_size=world_size, progress=progress)
+        window = seq_len or min(scorer.max_length, MAX_LOSS_WINDOW)
+        results: dict[str, TaskResult] = {}
+        for item in self.items:
+            t0 = time.perf_counter()
+            desc = item.logged_name if progress else None
+            if isinstance(item.task, MultipleChoiceTask):
+                result = self._run_choice(item, scorer, desc, log_samples)
+            else:
+                if window not in item.loss_data:
+                    item.loss_data[window] = item.task.build(self.tokenizer, window, self.limit)
+                data: LossData = item.loss_data[window]
+                metrics = evaluate_loss(model, data, device=device, autocast_dtype=autocast_dtype,
+                                        batch_tokens=batch_tokens, rank=rank, world_size=world_size, desc=desc)
+                result = TaskResult(item.task.name, item.logged_name, metrics, data.num_docs)
+            result.seconds = time.perf_counter() - t0
+            result.notes = list(item.task.notes)
+            results[result.logged_name] = result
+        group = xstorycloze_group(results, self.limit)
+        if group is not None:
+            results[group.logged_name] = group
+        return results
+
+    def _run_choice(self, item: _Prepared, scorer: Scorer, desc: str | None, log_samples: bool) -> TaskResult:
+        key = (scorer.max_length, scorer.batch_tokens)
+        if key not in item.plans:
+            item.plans[key] = scorer.plan(item.requests)
+        plan: Plan = item.plans[key]
+        lls, greedy = scorer.score_tokens(item.requests, plan, desc=desc or "")
+        task: MultipleChoiceTask = item.task
+        scored, samples, offset = [], [], 0
+        for inst in item.instances:
+            k = len(inst.choices)
+            s = task.score_instance(inst, lls[offset:offset + k])
+            scored.append(s)
+            if log_samples:
+                samples.append({
+                    "doc_id": inst.doc_id, "doc": inst.doc, "target": inst.gold, "context": inst.context,
+                    "continuations": [cont for _, cont in inst.requests],
+                    "loglikelihoods": lls[offset:offset + k].tolist(),
+                    "is_greedy": greedy[offset:offset + k].tolist(), **s,
+                })
+            offset += k
+        return TaskResult(task.name, item.logged_name, task.aggregate(item.instances, scored), len(item.instances),
+                          samples=samples)
+
+
+def xstorycloze_group(results: dict[str, TaskResult], limit: int | None) -> TaskResult | None:
+    """lme's ``xstorycloze`` group: acc averaged over the 11 languages weighted by their sizes."""
+    members = [r for r in results.values() if r.name in GROUPS["xstorycloze"]]
+    if len(members) != len(GROUPS["xstorycloze"]):
+        return None
+    n = sum(r.n for r in members)
+    metrics = {m: sum(r.metrics[m] * r.n for r in members) / n for m in ("acc", "acc_norm")}
+    return TaskResult("xstorycloze", "xstorycloze" + (f"_first{limit}" if limit else ""), metrics, n,
+                      seconds=sum(r.seconds for r in members))
+
+
+def results_to_scalars(results: dict[str, TaskResult], prefix: str = "eval") -> dict[str, float]:
+    scalars = {f"{prefix}/{name}/{m}": float(v) for name, r in results.items() for m, v in r.metrics.items()}
+    mean = paper_mean({name: r.metrics for name, r in results.items()})
+    if mean is not None:
+        scalars[f"{prefix}/table2_mean"] = mean
+    return scalars
+
+
+def write_results(out_dir: Path, results: dict[str, TaskResult], meta: dict, log_samples: bool = False,
+                  label: str = "model") -> str:
+    """results.json ({task: {metric: value}}), meta.json, results.md and, with samples, samples_<task>.jsonl."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = {name: r.metrics for name, r in results.items()}
+    (out_dir / "results.json").write_text(json.dumps(table, indent=2) + "\n")
+    meta = {**meta, "tasks": {name: {"task": r.name, "n": r.n, "seconds": round(r.seconds, 3), "notes": r.notes}
+                              for name, r in results.items()}}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    report = render_report({label: table}, notes=[n for r in results.values() for n in r.notes])
+    (out_dir / "results.md").write_text(report)
+    if log_samples:
+        for name, r in results.items():
+            if r.samples:
+                with (out_dir / f"samples_{name}.jsonl").open("w", encoding="utf-8") as f:
+                    for s in r.samples:
+                        f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# In-loop evaluator
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class BenchmarksEvalConfig(EvaluatorConfig):
+    enabled: bool = False  # tasks take minutes on a real model: turn on explicitly (the quick start does)
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # names and groups, see eval/tasks
+    limit: int | None = None  # score the first N documents per task (logged as <task>_first<N>)
+    num_fewshot: int = 0
+    fewshot_seed: int = 1234
+    batch_tokens: int = 16384  # tokens (rows x padded length) per forward
+    max_length: int | None = None  # None: the model's (lme rule: config.max_position_embeddings)
+    seq_len: int | None = None  # TinyStories window; None: min(max_length, 2048)
+
+    def validate(self, p: str) -> None:
+        from linreg.config import ConfigError, check
+
+        super().validate(p)
+        try:
+            expand_task_names(self.tasks)
+        except ValueError as e:
+            raise ConfigError(f"{p}.tasks: {e}") from None
+        check(self.limit is None or self.limit >= 1, f"{p}.limit", self.limit, "must be >= 1 or null")
+        check(self.num_fewshot >= 0, f"{p}.num_fewshot", self.num_fewshot, "must be >= 0")
+        check(self.batch_tokens >= 1, f"{p}.batch_tokens", self.batch_tokens, "must be >= 1")
+        for k in ("max_length", "seq_len"):
+            v = getattr(self, k)
+            check(v is None or v >= 1, f"{p}.{k}", v, "must be >= 1 or null")
+
+
+class BenchmarksEvaluator(Evaluator):
+    name = "benchmarks"
+
+    def __init__(self, cfg: BenchmarksEvalConfig, ctx: EvalContext):
+        super().__init__(cfg, ctx)
+        from data.sources import data_root
+
+        data_cfg = getattr(ctx.config, "data", None)
+        root = data_root(data_cfg) if data_cfg is not None else None
+        self.suite = BenchmarkSuite(cfg.tasks, ctx.tokenizer, data_root=root, num_fewshot=cfg.num_fewshot,
+                                    limit=cfg.limit, fewshot_seed=cfg.fewshot_seed)
+
+    def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        cfg, ctx = self.cfg, self.ctx
+        max_length = cfg.max_length or resolve_max_length(getattr(model, "config", None), ctx.tokenizer)
+        results = self.suite.run(model, device=ctx.device, autocast_dtype=ctx.autocast_dtype, max_length=max_length,
+                                 seq_len=cfg.seq_len, batch_tokens=cfg.batch_tokens, rank=ctx.rank,
+                                 world_size=ctx.world_size)
+        if ctx.is_main:
+            meta = {"step": step, "data": self.suite.data.describe(), "num_fewshot": cfg.num_fewshot,
+                    "limit": cfg.limit, "fewshot_seed": cfg.fewshot_seed, "max_length": max_length}
+            write_results(Path(ctx.run_dir) / "benchmarks" / f"step_{step:08d}", results, meta,
+                          label=f"step {step}")
+        return results_to_scalars(results)

@@ -1,0 +1,122 @@
+"""Linearity profiles from the command line.
+
+    python -m eval.linearity --model PATH [--model PATH ...] --text FILE --out DIR
+    python -m eval.linearity --run RUN_DIR            # redraw a training run's curves from its linearity.jsonl
+
+PATH: any local AutoModelForCausalLM directory (an HF export, GPT-2, OPT, Llama, Mistral, Pythia...), a linreg
+run directory or a linreg checkpoint directory. Writes DIR/linearity.json (probe settings + full profiles),
+DIR/linearity.csv (one row per model and pair) and DIR/linearity.png (the paper's Fig. 1 layout).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from eval.linearity.plots import plot_history, plot_profiles
+from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
+from eval.linearity.profile import QUANTITIES, model_profile
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m eval.linearity", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", default=[], metavar="PATH", help="model directory (repeatable)")
+    ap.add_argument("--label", action="append", default=[], help="legend label per --model (default: its name)")
+    ap.add_argument("--text", help="probe text: .txt (linreg <|endoftext|> format or plain) or .jsonl")
+    ap.add_argument("--text-field", default="text", help="field of a .jsonl probe file")
+    ap.add_argument("--out", help="output directory")
+    ap.add_argument("--run", help="a training run directory: redraw its linearity curves and exit")
+    ap.add_argument("--num-chunks", type=int, default=ProbeConfig.num_chunks)
+    ap.add_argument("--chunk-chars", type=int, default=ProbeConfig.chunk_chars)
+    ap.add_argument("--seed", type=int, default=ProbeConfig.seed)
+    ap.add_argument("--max-tokens", type=int, default=None, help="cap on pooled probe tokens")
+    ap.add_argument("--batch-size", type=int, default=8, help="probe sequences per forward")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                    help="forward precision (auto: bfloat16 on CUDA, float32 otherwise); scores are float64 anyway")
+    ap.add_argument("--final-norm", action="store_true",
+                    help="also score the pair (h_{L-1}, final_norm(h_L)) that HF hidden_states end with")
+    args = ap.parse_args(argv)
+    if args.run is None and not (args.model and args.text and args.out):
+        ap.error("give --model PATH (one or more), --text FILE and --out DIR; or --run RUN_DIR")
+    if args.label and len(args.label) != len(args.model):
+        ap.error(f"{len(args.label)} --label for {len(args.model)} --model")
+    return args
+
+
+def default_labels(paths: list[str]) -> list[str]:
+    """The directory name; ``run/step_00000400`` for checkpoint directories; the parent added to duplicates."""
+    labels = []
+    for p in map(Path, paths):
+        p = p.resolve()
+        labels.append(f"{p.parent.parent.name}/{p.name}" if re.fullmatch(r"step_\d+", p.name) else p.name)
+    return [f"{Path(p).resolve().parent.name}/{lab}" if labels.count(lab) > 1 else lab for p, lab in zip(paths, labels)]
+
+
+def write_csv(results: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "pair", "depth", *QUANTITIES, "rank_x", "solver"])
+        for res in results:
+            prof = res["profile"]
+            rows = [(f"block_{i}", f"{d:.6f}", pair) for i, (d, pair) in enumerate(zip(prof["depths"], prof["pairs"]))]
+            if prof["final_norm"] is not None:
+                rows.append(("final_norm", "", prof["final_norm"]))
+            for name, depth, pair in rows:
+                w.writerow([res["label"], name, depth, *(repr(pair[q]) for q in QUANTITIES), pair["rank_x"],
+                            pair["solver"]])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.run is not None:
+        for path in plot_history(Path(args.run) / "linearity.jsonl", args.out):
+            print(path)
+        return 0
+    from model.export import load_model
+
+    device = torch.device(args.device)
+    dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
+    probe_cfg.validate("probe")
+    text = read_probe_text(args.text, args.text_field)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, profiles = [], {}
+    for path, label in zip(args.model, args.label or default_labels(args.model)):
+        model, tokenizer = load_model(path, dtype=dtype)
+        model.to(device)
+        max_len = getattr(model.config, "max_position_embeddings", None)
+        probe = build_probe(text, tokenizer, probe_cfg, max_len=max_len)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        prof = model_profile(model, probe, batch_size=args.batch_size, device=device, final_norm=args.final_norm,
+                             pad_id=pad)
+        profiles[label] = prof
+        results.append({"label": label, "path": str(Path(path).resolve()),
+                        "architecture": type(model).__name__, "dtype": str(dtype).replace("torch.", ""),
+                        "profile": {**prof.to_dict(), "depths": prof.depths()}})
+        means = prof.means()
+        print(f"{label}: {prof.num_layers} blocks, d={prof.hidden_size}, {prof.num_tokens} tokens: "
+              + ", ".join(f"mean {q} {means[q]:.4f}" for q in QUANTITIES), flush=True)
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    meta = {"text": str(Path(args.text).resolve()), "probe": vars(probe_cfg), "device": str(device)}
+    (out / "linearity.json").write_text(json.dumps({**meta, "models": results}, indent=1))
+    write_csv(results, out / "linearity.csv")
+    plot_profiles(profiles, out / "linearity.png")
+    print(f"wrote {out / 'linearity.json'}, {out / 'linearity.csv'}, {out / 'linearity.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

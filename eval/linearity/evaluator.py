@@ -1,0 +1,102 @@
+"""In-loop linearity profiles: every ``every`` steps, the profile on a fixed probe set from the validation text.
+
+Logs per-block scalars and their means (``linearity/block_00`` .. ``linearity/mean``, the same under
+``linearity_wo_res/`` and ``norm_ratio/``), appends one record per evaluation to ``run_dir/linearity.jsonl``
+and, at the end, draws ``linearity_vs_step.png`` and ``linearity_heatmaps.png`` into the run directory (again
+on demand with ``python -m eval.linearity --run RUN_DIR``).
+
+Under ZeRO-3 every rank runs the same forwards (parameters are gathered collectively); rank 0 alone keeps the
+states and solves. The probe is tokenized once, at construction.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from eval.base import EvalContext, Evaluator, EvaluatorConfig
+from eval.linearity.plots import plot_history, read_history, training_figures
+from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
+from eval.linearity.profile import QUANTITIES, StateCollector, probe_batches, profile_from_states
+from eval.linearity.score import check_sizes
+
+
+@dataclass
+class LinearityEvalConfig(EvaluatorConfig):
+    every: int = 100
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    text_file: str | None = None  # probe text; None = the run's validation documents joined by newlines
+    batch_size: int = 16  # probe sequences per forward
+    final_norm: bool = False  # also the pair (h_{L-1}, final_norm(h_L)), logged as <quantity>/final_norm
+    plot: bool = True  # PNGs (and TensorBoard figures) at the end of training
+
+    def validate(self, p: str) -> None:
+        super().validate(p)
+        from linreg.config import check  # lazy: linreg.config imports every section, this one included
+
+        check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be >= 1")
+
+
+def history_record(step: int, profile, seconds: float) -> dict:
+    rec = {"step": step, "num_tokens": profile.num_tokens, "seconds": round(seconds, 4), "means": profile.means()}
+    for key in (*QUANTITIES, "rank_x", "solver"):
+        rec[key] = [getattr(p, key) for p in profile.pairs]
+    rec["final_norm"] = profile.final_norm.to_dict() if profile.final_norm is not None else None
+    return rec
+
+
+def scalars_of(profile) -> dict[str, float]:
+    out = {}
+    for key in QUANTITIES:
+        for i, pair in enumerate(profile.pairs):
+            out[f"{key}/block_{i:02d}"] = getattr(pair, key)
+        out[f"{key}/mean"] = profile.means()[key]
+        if profile.final_norm is not None:
+            out[f"{key}/final_norm"] = getattr(profile.final_norm, key)
+    return out
+
+
+class LinearityEvaluator(Evaluator):
+    name = "linearity"
+
+    def __init__(self, cfg: LinearityEvalConfig, ctx: EvalContext):
+        super().__init__(cfg, ctx)
+        if cfg.text_file is not None:
+            text = read_probe_text(cfg.text_file, ctx.config.data.text_field)
+        else:
+            from data.sources import load_documents
+
+            text = "\n".join(load_documents(ctx.config.data, "valid"))
+        model_cfg = ctx.config.model
+        probe = build_probe(text, ctx.tokenizer, cfg.probe, max_len=getattr(model_cfg, "max_seq_len", ctx.seq_len))
+        self.num_tokens = sum(len(p) for p in probe)
+        check_sizes(self.num_tokens, model_cfg.hidden_size)  # fail at start-up, not at the first evaluation
+        pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
+        self.batches = probe_batches(probe, cfg.batch_size, pad)
+        self.collector: StateCollector | None = None  # hooks go on at the first evaluation (the engine's module)
+        self.jsonl = ctx.run_dir / "linearity.jsonl"
+
+    def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        if self.collector is None:
+            self.collector = StateCollector(model, final_norm=self.cfg.final_norm)
+        states, normed = self.collector.collect(self.batches, self.ctx.device, self.ctx.autocast,
+                                                keep=self.ctx.is_main)
+        if not self.ctx.is_main:
+            return {}
+        profile = profile_from_states(states, normed, self.ctx.device)
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(history_record(step, profile, time.perf_counter() - t0)) + "\n")
+        return scalars_of(profile)
+
+    def finish(self, step: int) -> None:
+        if self.collector is not None:
+            self.collector.remove()
+        if not (self.ctx.is_main and self.cfg.plot and self.jsonl.is_file()):
+            return
+        plot_history(self.jsonl, self.ctx.run_dir)
+        if self.ctx.tb_writer is not None:
+            for name, fig in training_figures(read_history(self.jsonl)).items():
+                self.ctx.tb_writer.add_figure(f"linearity/{name}", fig, step)  # closes the figure

@@ -1,0 +1,79 @@
+"""Figures: profiles of several models (as the paper's Fig. 1) and curves through training."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+TITLES = {
+    "linearity": "Linearity score",
+    "linearity_wo_res": "Linearity score without residual",
+    "norm_ratio": "Norm ratio ||h_{i+1} - h_i|| / ||h_{i+1}||",
+}
+
+
+def plot_profiles(profiles: dict, path: str | Path) -> Path:
+    """Two panels (LS; LS without residual) against normalised depth, one line per model.
+
+    ``profiles``: label -> ``Profile``."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key in zip(axes, ("linearity", "linearity_wo_res")):
+        for label, prof in profiles.items():
+            ax.plot(prof.depths(), [getattr(p, key) for p in prof.pairs], marker="o", markersize=3, label=label)
+        ax.set_title(TITLES[key])
+        ax.set_xlabel("normalised depth (block index / (L - 1))")
+        ax.set_ylabel("score")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def read_history(jsonl: str | Path) -> list[dict]:
+    """Records of a run's linearity.jsonl, one per step (a resumed run may repeat steps: the last one wins)."""
+    by_step = {}
+    for line in Path(jsonl).read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_step[rec["step"]] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
+    """Mean of each quantity against step, and a block x step heatmap of each quantity."""
+    steps = [r["step"] for r in history]
+    curves, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, key in zip(axes, TITLES):
+        ax.plot(steps, [r["means"][key] for r in history], marker="o", markersize=3)
+        ax.set_title(f"mean {TITLES[key]}", fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    curves.tight_layout()
+    heat, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, key in zip(axes, TITLES):
+        grid = [[r[key][b] for r in history] for b in range(len(history[-1][key]))]
+        mesh = ax.pcolormesh(steps, range(len(grid)), grid, shading="nearest", cmap="viridis")
+        heat.colorbar(mesh, ax=ax)
+        ax.set_title(TITLES[key], fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel("block")
+    heat.tight_layout()
+    return {"linearity_vs_step": curves, "linearity_heatmaps": heat}
+
+
+def plot_history(jsonl: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write the training figures of a linearity.jsonl as PNGs (next to it by default)."""
+    out_dir = Path(out_dir) if out_dir is not None else Path(jsonl).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in training_figures(read_history(jsonl)).items():
+        paths.append(out_dir / f"{name}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths

@@ -1,0 +1,298 @@
+"""Batched log-likelihood scoring of ``(context, continuation)`` requests, with lm-evaluation-harness's semantics.
+
+Semantics (lme ``HFLM`` for causal models):
+- Tokenisation (``encode_pairs``): trailing whitespace of the context moves to the continuation; the continuation's
+  tokens are ``tokens(context + continuation)[len(tokens(context)):]``. Both encodings use the tokenizer's default
+  special tokens (lme's ``add_bos_token=None``), except that a string already starting with the BOS text is encoded
+  without them. With a tokenizer that prepends BOS (ours does), every context starts with BOS. An empty context
+  becomes the BOS token (EOS when there is none).
+- Scoring: the model input is ``(context + continuation)[-(max_length + 1):][:-1]`` (truncation from the left);
+  the score is the sum of the continuation tokens' log-probabilities (log-softmax in fp32) and ``is_greedy`` says
+  whether every continuation token is the argmax.
+
+Engine (``Scorer``): requests are turned into model input rows; a request whose input row is a prefix of another's
+(e.g. choices that differ only in their last token, like " yes"/" no") is read off that longer row, so it costs no
+forward of its own. Rows are sorted by length (longest first) and packed into batches under a token budget (right
+padding, no attention mask: causal attention never lets a real token see the padding). Only the positions that
+predict continuation tokens go through the LM head (``logits_to_keep`` as a boolean mask). With ``world_size > 1``
+batches are dealt round-robin to ranks, ranks with fewer batches run a dummy forward so that every rank makes the
+same number of forward calls (ZeRO-3 gathers parameters collectively), and results are summed with all-reduce.
+
+``naive_loglikelihood`` is the reference: one request at a time, full logits, no sharing.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from linreg.dist import all_reduce_sum
+
+DEFAULT_MAX_LENGTH = 2048  # lme's fallback when neither the model config nor the tokenizer gives a length
+_TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no model_max_length"
+
+TokenPair = tuple[list[int], list[int]]
+
+
+def resolve_max_length(model_config, tokenizer=None, default: int = DEFAULT_MAX_LENGTH) -> int:
+    """The model's context length as lme resolves it: config ``n_positions``/``max_position_embeddings``/``n_ctx``
+    (of ``text_config`` when nested), then the tokenizer's ``model_max_length``, then 2048."""
+    cfg = getattr(model_config, "text_config", None) or model_config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if value is not None:
+            return int(value)
+    mml = getattr(tokenizer, "model_max_length", None)
+    if mml is not None and mml != _TOKENIZER_INFINITY:
+        return int(mml)
+    return default
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenisation
+# ----------------------------------------------------------------------------------------------------------------
+
+def _prefix_token_id(tokenizer) -> int:
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def _split_trailing_space(context: str, continuation: str) -> tuple[str, str]:
+    n = len(context) - len(context.rstrip())
+    return (context[:-n], context[-n:] + continuation) if n else (context, continuation)
+
+
+def _starts_with_bos(tokenizer, s: str) -> bool:
+    return bool(tokenizer.bos_token) and s.startswith(tokenizer.bos_token)
+
+
+def _encode_many(tokenizer, strings: list[str]) -> list[list[int]]:
+    """Tokenizer-default special tokens, except none for strings that already start with the BOS text."""
+    out: list[list[int]] = [[] for _ in strings]
+    prefixed = [_starts_with_bos(tokenizer, s) for s in strings]
+    for has_bos, kwargs in ((False, {}), (True, {"add_special_tokens": False})):
+        idx = [i for i, p in enumerate(prefixed) if p == has_bos]
+        if idx:
+            for i, row in zip(idx, tokenizer([strings[i] for i in idx], **kwargs)["input_ids"]):
+                out[i] = list(row)
+    return out
+
+
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[TokenPair]:
+    """lme's ``_encode_pair`` for causal models, batched (each distinct context is encoded once)."""
+    out: list[TokenPair | None] = [None] * len(pairs)
+    split = []
+    for i, (ctx, cont) in enumerate(pairs):
+        if ctx == "":
+            cont_enc = tokenizer(cont, add_special_tokens=False)["input_ids"]
+            prefix = _prefix_token_id(tokenizer)
+            out[i] = ([prefix], list(cont_enc)) if prefix != cont_enc[0] else (list(cont_enc[:1]), list(cont_enc[1:]))
+        else:
+            split.append((i, *_split_trailing_space(ctx, cont)))
+    contexts = sorted({c for _, c, _ in split})
+    ctx_ids = dict(zip(contexts, _encode_many(tokenizer, contexts)))
+    wholes = _encode_many(tokenizer, [c + k for _, c, k in split])
+    for (i, c, _), whole in zip(split, wholes):
+        ce = ctx_ids[c]
+        out[i] = (ce, whole[len(ce):])
+    return out  # type: ignore[return-value]
+
+
+def naive_encode_pair(tokenizer, context: str, continuation: str) -> TokenPair:
+    """One pair at a time, written like lme's ``_encode_pair`` + ``tok_encode`` (reference for tests)."""
+    if context == "":
+        return encode_pairs(tokenizer, [(context, continuation)])[0]
+    context, continuation = _split_trailing_space(context, continuation)
+
+    def enc(s):
+        return tokenizer.encode(s, add_special_tokens=not _starts_with_bos(tokenizer, s))
+
+    whole, ctx = enc(context + continuation), enc(context)
+    return ctx, whole[len(ctx):]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------------------------
+
+def model_input(ctx: list[int], cont: list[int], max_length: int) -> tuple[tuple[int, ...], int]:
+    """(input row, position of the first logit that predicts a continuation token)."""
+    if not cont:
+        raise ValueError("empty continuation: nothing to score")
+    if len(cont) > max_length:
+        raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={max_length}")
+    inp = tuple((ctx + cont)[-(max_length + 1):][:-1])
+    return inp, len(inp) - len(cont)
+
+
+@dataclass
+class Plan:
+    rows: list[tuple[int, ...]]  # distinct model input rows, longest first
+    batches: list[list[int]]  # row indices per batch
+    req_row: list[int]  # request -> row that hosts it
+    req_start: list[int]  # request -> first predicting position in that row
+    req_cont: list[list[int]]  # request -> continuation tokens
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+
+def plan_requests(requests: Sequence[TokenPair], max_length: int, batch_tokens: int, max_batch_size: int) -> Plan:
+    inputs, starts = zip(*(model_input(c, k, max_length) for c, k in requests)) if requests else ((), ())
+    # A row that is a prefix of another is hosted by the longest row of its chain: in lexicographic order a
+    # sequence's successor starts with it whenever any sequence does.
+    order = sorted(range(len(inputs)), key=lambda i: inputs[i])
+    host: list[tuple[int, ...]] = [()] * len(inputs)
+    succ: tuple[int, ...] | None = None
+    succ_host: tuple[int, ...] = ()
+    for i in reversed(order):
+        s = inputs[i]
+        if succ is not None and len(s) <= len(succ) and succ[:len(s)] == s:
+            host[i] = succ_host
+        else:
+            host[i] = s
+        succ, succ_host = s, host[i]
+    rows = sorted(set(host), key=lambda r: (-len(r), r))
+    row_index = {r: j for j, r in enumerate(rows)}
+    batches: list[list[int]] = []
+    for j, r in enumerate(rows):
+        cur = batches[-1] if batches else None
+        if cur and len(cur) < max_batch_size and (len(cur) + 1) * len(rows[cur[0]]) <= batch_tokens:
+            cur.append(j)
+        else:
+            batches.append([j])
+    return Plan(rows, batches, [row_index[h] for h in host], list(starts), [list(k) for _, k in requests])
+
+
+def _supports_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def run_sharded(n_batches: int, run, dummy, rank: int = 0, world_size: int = 1, desc: str | None = None) -> None:
+    """Call ``run(i)`` for the batches of this rank (round-robin) and ``dummy()`` when it has run out, so that every
+    rank makes the same number of forward calls (ZeRO-3). ``desc``: show a progress bar on rank 0."""
+    steps = math.ceil(n_batches / world_size)
+    bar = None
+    if desc is not None and rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, desc=desc, unit="batch", leave=False)
+    for step in range(steps):
+        i = step * world_size + rank
+        run(i) if i < n_batches else dummy()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+class Scorer:
+    """Scores log-likelihood requests with one model; see the module docstring for the semantics."""
+
+    def __init__(self, model, tokenizer, *, device: torch.device | str | None = None,
+                 autocast_dtype: torch.dtype | None = None, max_length: int | None = None,
+                 batch_tokens: int = 16384, max_batch_size: int = 256, rank: int = 0, world_size: int = 1,
+                 progress: bool = False):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.autocast_dtype = autocast_dtype
+        self.max_length = max_length or resolve_max_length(getattr(model, "config", None), tokenizer)
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+        self.rank, self.world_size = rank, world_size
+        self.progress = progress
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._keep_mask = _supports_logits_to_keep(model)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def dummy_forward(self) -> None:
+        with self._autocast():
+            self.model(input_ids=torch.full((1, 1), self.pad_id, device=self.device), use_cache=False)
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[TokenPair]:
+        return encode_pairs(self.tokenizer, pairs)
+
+    def plan(self, requests: Sequence[TokenPair]) -> Plan:
+        return plan_requests(requests, self.max_length, self.batch_tokens, self.max_batch_size)
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], desc: str = "scoring") -> list[tuple[float, bool]]:
+        lls, greedy = self.score_tokens(self.encode(pairs), desc=desc)
+        return list(zip(lls.tolist(), greedy.tolist()))
+
+    @torch.no_grad()
+    def score_tokens(self, requests: Sequence[TokenPair], plan: Plan | None = None,
+                     desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+        """(summed log-likelihoods as float64, is_greedy as bool), one per request, on every rank."""
+        plan = plan or self.plan(requests)
+        n = len(plan.req_row)
+        lls = torch.zeros(n, dtype=torch.float64, device=self.device)
+        miss = torch.zeros(n, dtype=torch.float64, device=self.device)  # tokens that are not the argmax
+        by_row: list[list[int]] = [[] for _ in plan.rows]
+        for i, r in enumerate(plan.req_row):
+            by_row[r].append(i)
+        run_sharded(len(plan.batches), lambda i: self._score_batch(plan, plan.batches[i], by_row, lls, miss),
+                    self.dummy_forward, self.rank, self.world_size, desc if self.progress else None)
+        all_reduce_sum(lls)
+        all_reduce_sum(miss)
+        return lls.cpu().numpy(), (miss == 0).cpu().numpy()
+
+    def _score_batch(self, plan: Plan, batch: list[int], by_row, lls: torch.Tensor, miss: torch.Tensor) -> None:
+        width = len(plan.rows[batch[0]])
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        keep = torch.zeros((len(batch), width), dtype=torch.bool)
+        for b, r in enumerate(batch):
+            row = plan.rows[r]
+            ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+            for i in by_row[r]:
+                keep[b, plan.req_start[i]:plan.req_start[i] + len(plan.req_cont[i])] = True
+        # flat index (in the row-major order of keep's True entries) of each continuation token
+        flat = torch.cumsum(keep.flatten().long(), 0).view_as(keep) - 1
+        sel, tgt, owner = [], [], []
+        for b, r in enumerate(batch):
+            for i in by_row[r]:
+                s, cont = plan.req_start[i], plan.req_cont[i]
+                sel.append(flat[b, s:s + len(cont)])
+                tgt.extend(cont)
+                owner.extend([i] * len(cont))
+        sel_t = torch.cat(sel).to(self.device)
+        tgt_t = torch.tensor(tgt, dtype=torch.long, device=self.device)
+        owner_t = torch.tensor(owner, dtype=torch.long, device=self.device)
+        ids, keep = ids.to(self.device), keep.to(self.device)
+        with self._autocast():
+            if self._keep_mask:
+                logits = self.model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
+            else:
+                logits = self.model(input_ids=ids, use_cache=False).logits
+        if logits.dim() == 3:  # the model ignored logits_to_keep (or does not take it)
+            logits = logits[keep]
+        logits = logits[sel_t].float()
+        logp = F.log_softmax(logits, dim=-1).gather(1, tgt_t[:, None]).squeeze(1)
+        lls.index_add_(0, owner_t, logp.double())
+        miss.index_add_(0, owner_t, (logits.argmax(-1) != tgt_t).double())
+
+
+@torch.no_grad()
+def naive_loglikelihood(model, requests: Sequence[TokenPair], max_length: int,
+                        device: torch.device | str = "cpu") -> list[tuple[float, bool]]:
+    """Reference scorer: one request per forward, full logits, as lme computes a single request."""
+    out = []
+    for ctx, cont in requests:
+        inp, start = model_input(ctx, cont, max_length)
+        logits = model(input_ids=torch.tensor([inp], device=device), use_cache=False).logits[0]
+        logp = F.log_softmax(logits[start:start + len(cont)].float(), dim=-1)
+        target = torch.tensor(cont, device=device)
+        out.append((float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())))
+    return out

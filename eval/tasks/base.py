@@ -1,0 +1,192 @@
+"""Task base classes: data sources, lme-style few-shot prompts, and multiple-choice scoring of one document.
+
+A multiple-choice task turns each document (a row in the HF dataset's format) into a context string and a list of
+choices; each choice becomes one log-likelihood request ``(context, target_delimiter + choice)``, exactly as
+lm-evaluation-harness's ``ConfigurableTask`` builds ``multiple_choice`` requests. Few-shot contexts are
+``text(shot) + target_delimiter + answer(shot) + fewshot_delimiter`` for each of the ``k`` shots, then
+``text(doc)``; the shots are drawn from the training split with one ``random.Random(seed)`` per task that advances
+document by document (lme's ``ContextSampler``: ``rnd.sample(train_docs, k)``; default seed 1234).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from eval.metrics import mc_predictions, mean
+
+log = logging.getLogger("eval")
+
+ENV_DATA_ROOT = "LINREG_DATA_ROOT"
+
+
+class TaskDataError(FileNotFoundError):
+    """Data for a requested task is missing: the message names the task and the path or hub dataset tried."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where task data comes from: a local directory in the layout of ``shared/data`` or, with no root, the hub."""
+    root: Path | None = None
+
+    @classmethod
+    def resolve(cls, root: str | os.PathLike | None = None) -> DataSource:
+        """``root`` if given, else ``$LINREG_DATA_ROOT``, else the hub."""
+        root = root or os.environ.get(ENV_DATA_ROOT) or None
+        return cls(Path(root).expanduser() if root else None)
+
+    def describe(self) -> str:
+        return str(self.root) if self.root else "hub"
+
+
+def require_file(task: str, path: Path) -> Path:
+    if not path.is_file():
+        raise TaskDataError(f"task '{task}': data file not found: {path}")
+    return path
+
+
+def read_jsonl(task: str, path: Path) -> list[dict]:
+    with require_file(task, path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_hub_split(task: str, path: str, name: str | None, split: str) -> list[dict]:
+    """Rows of an HF hub dataset split, or a TaskDataError naming the dataset when it cannot be loaded."""
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(path, name, split=split)
+    except Exception as e:  # offline, missing config, script-only dataset...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TaskDataError(
+            f"task '{task}': no data root is set (--data-root / data.root / ${ENV_DATA_ROOT}) and the hub dataset "
+            f"{path}{'/' + name if name else ''} split '{split}' could not be loaded: {first}") from None
+    return [dict(row) for row in ds]
+
+
+@dataclass
+class Instance:
+    """One evaluation document with its prompt: ``len(choices)`` log-likelihood requests."""
+    doc_id: int  # index of the document in the evaluated split (after flattening, for MultiRC/ReCoRD)
+    doc: dict
+    context: str
+    choices: list[str]
+    gold: int  # index into choices; -100 when the target is not among the choices (as lme)
+    target_delimiter: str = " "
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        return [(self.context, self.target_delimiter + c) for c in self.choices]
+
+
+@dataclass
+class TaskResult:
+    name: str  # registry name, e.g. "record"
+    logged_name: str  # name results are logged under, e.g. "record_dev32_first100"
+    metrics: dict[str, float]
+    n: int  # documents evaluated
+    seconds: float = 0.0
+    samples: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Task:
+    """A named evaluation task bound to a data source."""
+    kind: ClassVar[str] = "task"
+
+    def __init__(self, name: str, data: DataSource):
+        self.name = name
+        self.data = data
+        self.split_tag = ""  # set when the evaluated split is not the canonical one (e.g. ReCoRD's "dev32")
+        self.notes: list[str] = []
+
+    def logged_name(self, limit: int | None = None) -> str:
+        """Results are logged under this name: any fallback split and any document limit are part of it."""
+        name = self.name + (f"_{self.split_tag}" if self.split_tag else "")
+        return name + (f"_first{limit}" if limit else "")
+
+    def note(self, message: str) -> None:
+        log.warning(message)
+        self.notes.append(message)
+
+
+class MultipleChoiceTask(Task):
+    """Log-likelihood multiple choice. Subclasses define the data (``load_split``) and the prompt functions."""
+    kind = "multiple_choice"
+    target_delimiter: ClassVar[str] = " "
+    fewshot_delimiter: ClassVar[str] = "\n\n"
+    metric_names: ClassVar[tuple[str, ...]] = ("acc", "acc_norm")
+
+    def __init__(self, name: str, data: DataSource):
+        super().__init__(name, data)
+        self._docs: dict[str, list[dict]] = {}
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    def load_split(self, split: str) -> list[dict]:
+        """Documents of ``split`` ("validation" or "train") in the HF dataset's row format."""
+        raise NotImplementedError
+
+    def process_docs(self, docs: list[dict]) -> list[dict]:
+        return docs
+
+    def docs(self, split: str) -> list[dict]:
+        if split not in self._docs:
+            self._docs[split] = self.process_docs(self.load_split(split))
+        return self._docs[split]
+
+    # -- prompt ----------------------------------------------------------------------------------------------------
+    def doc_to_text(self, doc: dict) -> str:
+        raise NotImplementedError
+
+    def doc_to_choice(self, doc: dict) -> list[str]:
+        raise NotImplementedError
+
+    def doc_to_target(self, doc: dict) -> int | str:
+        return doc["label"]
+
+    def gold_index(self, doc: dict, choices: list[str]) -> int:
+        target = self.doc_to_target(doc)
+        if isinstance(target, str):
+            return choices.index(target) if target in choices else -100
+        return target if target < len(choices) else -100
+
+    def answer_text(self, doc: dict) -> str:
+        """The answer written after a few-shot example: the gold choice, or the target string itself."""
+        target = self.doc_to_target(doc)
+        return self.doc_to_choice(doc)[target] if isinstance(target, int) else target
+
+    def fewshot_context(self, doc: dict, shots: list[dict]) -> str:
+        parts = [self.doc_to_text(s) + self.target_delimiter + self.answer_text(s) + self.fewshot_delimiter
+                 for s in shots]
+        return "".join(parts) + self.doc_to_text(doc)
+
+    def build_instances(self, limit: int | None = None, num_fewshot: int = 0, seed: int = 1234) -> list[Instance]:
+        docs = self.docs("validation")
+        docs = docs[:limit] if limit else docs
+        pool = self.docs("train") if num_fewshot > 0 else []
+        if num_fewshot > len(pool):
+            raise ValueError(f"task '{self.name}': {num_fewshot}-shot needs {num_fewshot} training examples, "
+                             f"the training split has {len(pool)}")
+        rnd = random.Random(seed)
+        out = []
+        for i, doc in enumerate(docs):
+            shots = rnd.sample(pool, num_fewshot) if num_fewshot > 0 else []
+            choices = self.doc_to_choice(doc)
+            out.append(Instance(i, doc, self.fewshot_context(doc, shots), choices, self.gold_index(doc, choices),
+                                self.target_delimiter))
+        return out
+
+    # -- scoring ---------------------------------------------------------------------------------------------------
+    def score_instance(self, inst: Instance, lls: np.ndarray) -> dict[str, Any]:
+        """Per-document metric values (and the prediction) from the choices' summed log-likelihoods."""
+        pred, pred_norm = mc_predictions(lls, inst.choices)
+        return {"pred": pred, "acc": float(pred == inst.gold), "acc_norm": float(pred_norm == inst.gold)}
+
+    def aggregate(self, instances: list[Instance], scored: list[dict[str, Any]]) -> dict[str, float]:
+        return {m: mean([s[m] for s in scored]) for m in self.metric_names}

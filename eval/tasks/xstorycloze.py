@@ -1,0 +1,49 @@
+"""XStoryCloze (11 languages) as lm-evaluation-harness's ``xstorycloze_<lang>`` tasks define it.
+
+Prompt: the four story sentences joined by single spaces; choices: the two candidate endings; gold:
+``answer_right_ending - 1``; metric: acc. Local files ``<root>/xstorycloze/spring2016.val.<lang>.tsv.split_20_80_
+{eval,train}.tsv`` are parsed as HF's ``juletxara/xstory_cloze`` loader parses them (tab-separated, quotechar '"',
+QUOTE_ALL, skipinitialspace, header skipped, rows of exactly 8 fields kept) so the strings are identical.
+"""
+from __future__ import annotations
+
+import csv
+
+from eval.tasks.base import MultipleChoiceTask, load_hub_split, require_file
+
+LANGUAGES = ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
+HUB_DATASET = "juletxara/xstory_cloze"
+_SPLIT_FILES = {"validation": "eval", "train": "train"}
+_FIELDS = ("story_id", "input_sentence_1", "input_sentence_2", "input_sentence_3", "input_sentence_4",
+           "sentence_quiz1", "sentence_quiz2")
+
+
+def read_xstorycloze_tsv(task: str, path) -> list[dict]:
+    with require_file(task, path).open(encoding="utf-8") as f:
+        reader = csv.reader(f, quotechar='"', delimiter="\t", quoting=csv.QUOTE_ALL, skipinitialspace=True)
+        next(reader, None)
+        return [{**dict(zip(_FIELDS, row[:7])), "answer_right_ending": int(row[7])}
+                for row in reader if row and len(row) == 8]
+
+
+class XStoryCloze(MultipleChoiceTask):
+    def __init__(self, name, data):
+        super().__init__(name, data)
+        self.lang = name.rsplit("_", 1)[-1]
+        if self.lang not in LANGUAGES:
+            raise ValueError(f"task '{name}': unknown XStoryCloze language '{self.lang}' (one of {', '.join(LANGUAGES)})")
+
+    def load_split(self, split):
+        if self.data.root is None:
+            return load_hub_split(self.name, HUB_DATASET, self.lang, "eval" if split == "validation" else split)
+        path = self.data.root / "xstorycloze" / f"spring2016.val.{self.lang}.tsv.split_20_80_{_SPLIT_FILES[split]}.tsv"
+        return read_xstorycloze_tsv(self.name, path)
+
+    def doc_to_text(self, doc):
+        return " ".join(doc[f"input_sentence_{i}"] for i in range(1, 5))
+
+    def doc_to_choice(self, doc):
+        return [doc["sentence_quiz1"], doc["sentence_quiz2"]]
+
+    def doc_to_target(self, doc):
+        return doc["answer_right_ending"] - 1

@@ -1,0 +1,47 @@
+"""Validation loss on the run's own validation split: the first evaluator on the eval hook.
+
+Uses the same packing as training (sequences of ``data.seq_len`` tokens, EOS between documents) over a fixed
+set of ``data.val_batches`` micro-batches per rank; the mean is over all tokens of all ranks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from data.cache import tokenized_split
+from data.stream import PackedSamples, validation_batches
+from eval.base import EvalContext, Evaluator, EvaluatorConfig
+from linreg import dist
+from model.loss import causal_lm_loss
+
+
+@dataclass
+class ValLossConfig(EvaluatorConfig):
+    every: int = 200
+
+
+class ValLossEvaluator(Evaluator):
+    name = "val_loss"
+
+    def __init__(self, cfg: ValLossConfig, ctx: EvalContext):
+        super().__init__(cfg, ctx)
+        data_cfg = ctx.config.data
+        tokens = tokenized_split(data_cfg, "valid", ctx.tokenizer, ctx.rank, dist.barrier)
+        self.samples = PackedSamples(tokens, data_cfg.seq_len)
+        self.micro_batch = ctx.config.train.micro_batch_size
+        self.num_batches = data_cfg.val_batches
+
+    def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        total = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # [sum of token losses, tokens]
+        for batch in validation_batches(self.samples, self.micro_batch, self.num_batches, self.ctx.rank,
+                                        self.ctx.world_size):
+            batch = batch.to(self.ctx.device, non_blocking=True)
+            with self.ctx.autocast():
+                logits = model(input_ids=batch[:, :-1]).logits
+            total[0] += causal_lm_loss(logits, batch[:, 1:], reduction="sum").double()
+            total[1] += batch[:, 1:].numel()
+        dist.all_reduce_sum(total)
+        loss = (total[0] / total[1]).item()
+        return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}

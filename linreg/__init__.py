@@ -1,0 +1,1 @@
+"""Training-core infrastructure: config, distributed set-up, schedules, checkpoints, metrics."""

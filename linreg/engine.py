@@ -1,0 +1,91 @@
+"""Everything handed to ``deepspeed.initialize``: the DeepSpeed config dict, the optimizer and its schedule.
+
+The DeepSpeed config is generated from the typed sections (batch sizes, clipping, precision, ZeRO stage) and
+then deep-merged with the YAML ``deepspeed:`` block, or with ``--deepspeed_config file.json`` when the launcher
+passes one (the file wins over the block). Batch sizes must agree everywhere:
+``train_batch_size = micro_batch × grad_accum × world_size``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from linreg.config import ConfigError, deep_merge
+
+
+def precision(cfg) -> str:
+    if cfg.train.precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return cfg.train.precision
+
+
+def check_batch(cfg, world_size: int) -> int:
+    t = cfg.train
+    got = t.micro_batch_size * t.grad_accum_steps * world_size
+    if t.global_batch_size is not None and t.global_batch_size != got:
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} != micro_batch_size {t.micro_batch_size} × "
+            f"grad_accum_steps {t.grad_accum_steps} × world_size {world_size} = {got}")
+    return got
+
+
+def ds_config(cfg, world_size: int, override_file: str | None = None) -> dict:
+    global_batch = check_batch(cfg, world_size)
+    generated = {
+        "train_batch_size": global_batch,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum_steps,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "bf16": {"enabled": precision(cfg) == "bf16"},
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    merged = deep_merge(generated, cfg.deepspeed)
+    if override_file:
+        path = Path(override_file)
+        if not path.is_file():
+            raise ConfigError(f"--deepspeed_config: file not found: {path}")
+        try:
+            merged = deep_merge(merged, json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--deepspeed_config {path}: invalid JSON: {e}") from None
+    micro = merged.get("train_micro_batch_size_per_gpu")
+    accum = merged.get("gradient_accumulation_steps")
+    total = merged.get("train_batch_size")
+    if micro * accum * world_size != total or (micro, accum) != (cfg.train.micro_batch_size, cfg.train.grad_accum_steps):
+        raise ConfigError(
+            f"DeepSpeed batch sizes disagree: train_batch_size {total} must equal train_micro_batch_size_per_gpu "
+            f"{micro} × gradient_accumulation_steps {accum} × world_size {world_size} = {micro * accum * world_size}, "
+            f"and match train.micro_batch_size={cfg.train.micro_batch_size}, "
+            f"train.grad_accum_steps={cfg.train.grad_accum_steps}")
+    if merged.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
+        raise ConfigError("deepspeed.fp16.enabled=true is not supported on CPU; use train.precision=fp32 or bf16")
+    return merged
+
+
+def build_optimizer(model: torch.nn.Module, optim_cfg, device_type: str) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (embeddings included, as nanoGPT), none on norms and biases.
+    A client optimizer rather than DeepSpeed's FusedAdam/CPUAdam: no JIT build, and it works on CPU."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim_cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = optim_cfg.fused if optim_cfg.fused is not None else device_type == "cuda"
+    return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=(optim_cfg.beta1, optim_cfg.beta2), eps=optim_cfg.eps,
+                             fused=fused)
+
+
+_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
+                     "A6000": 155.0, "4090": 165.0}
+
+
+def peak_tflops(configured: float | None) -> float | None:
+    """Dense bf16 peak of this device for MFU (None on CPU unless configured)."""
+    if configured is not None:
+        return configured
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in _PEAK_BF16_TFLOPS.items() if k in name), None)

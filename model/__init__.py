@@ -1,0 +1,1 @@
+"""The decoder: transformers' MistralForCausalLM built from a typed config, plus residual-stream capture."""

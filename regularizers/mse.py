@@ -1,0 +1,9 @@
+"""``mse``: λ · Σ_i mean_tokens ‖h_i − h_{i+1}‖² (squared L2 over the hidden dimension, summed, not averaged)."""
+import torch
+
+from regularizers.base import Regularizer
+
+
+class MSERegularizer(Regularizer):
+    def token_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (y - x).pow(2).sum(dim=-1)
