@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     last_train_loss = float("nan")
     exit_code = 0
 
-    def sync_log(now_step: int) -> dict[str, float]:
+    def sync_log(now_step: int, own_norm) -> dict[str, float]:
         """Host sync: the averaged losses since the last log, over micro-steps and ranks."""
         nonlocal sums, steps_since_log, t_log
         dist.all_reduce_sum(sums)
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         out = {"train/loss": ce + reg, "train/ce": ce, "train/reg": reg, "train/lr": scheduler.get_last_lr()[0],
                "train/tokens_per_s": tok_s, "train/tokens": tokens_seen, "train/epoch": stream.epoch,
                "train/mem_gb": peak_memory_gb(device), "train/step_time_s": dt / steps_since_log}
-        gn = engine.get_global_grad_norm()
+        gn = engine.get_global_grad_norm() if own_norm is None else own_norm
         if gn is not None:
             out["train/grad_norm"] = float(gn)
         if peak:
@@ -228,7 +228,10 @@ def main(argv=None) -> int:
 
     try:
         while step < cfg.train.max_steps:
-            for _ in range(cfg.train.grad_accum_steps):
+            # DeepSpeed keeps no grad norm for ZeRO-0 in fp32 (it clips and drops it): measure it on log steps.
+            own_norm = None
+            measure_norm = (step + 1) % cfg.logging.every == 0 and engine.get_global_grad_norm() is None
+            for micro in range(cfg.train.grad_accum_steps):
                 batch = stream.next_batch().to(device, non_blocking=True)
                 inputs, targets = batch[:, :-1], batch[:, 1:]
                 if capture is not None:
@@ -241,6 +244,9 @@ def main(argv=None) -> int:
                 ce = causal_lm_loss(logits, targets)
                 loss = ce if reg is None else ce + reg
                 engine.backward(loss)
+                if measure_norm and micro == cfg.train.grad_accum_steps - 1:
+                    own_norm = torch.linalg.vector_norm(torch.stack(
+                        [p.grad.detach().norm() for p in engine.module.parameters() if p.grad is not None]))
                 engine.step()
                 sums[0] += ce.detach()
                 if reg is not None:
@@ -253,7 +259,7 @@ def main(argv=None) -> int:
             stopping = preempt.requested is not None
             ckpt_due = cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0
             if step % cfg.logging.every == 0 or ckpt_due or stopping or step == cfg.train.max_steps:
-                scalars = sync_log(step)  # also before every checkpoint: never save a NaN state
+                scalars = sync_log(step, own_norm)  # also before every checkpoint: never save a NaN state
                 last_train_loss = scalars["train/loss"]
                 if main_proc:
                     logger.log(step, scalars)

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("LINREG_DATA_ROOT", REPO.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.setdefault("LINREG_DATA_ROOT", str(REPO.parent / "shared" / "data")))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

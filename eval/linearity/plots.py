@@ -8,11 +8,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 TITLES = {
     "linearity": "Linearity score",
     "linearity_wo_res": "Linearity score without residual",
-    "norm_ratio": "Norm ratio ||h_{i+1} - h_i|| / ||h_{i+1}||",
+    "norm_ratio": r"Norm ratio $\|h_{i+1} - h_i\| \,/\, \|h_{i+1}\|$",
 }
 
 
@@ -63,6 +64,8 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
         ax.set_title(TITLES[key], fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("block")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     heat.tight_layout()
     return {"linearity_vs_step": curves, "linearity_heatmaps": heat}
 

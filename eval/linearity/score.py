@@ -65,39 +65,41 @@ def centered64(t: torch.Tensor, device: torch.device | str | None = None) -> tor
 
 
 def residual_sum_of_squares(xc: torch.Tensor, yc: torch.Tensor) -> tuple[float, int, str]:
-    """min_A ||xc A - yc||_F^2 for centred float64 matrices; returns (RSS, rank of xc, solver)."""
-    norms = xc.norm(dim=0)
+    """min_A ||xc A - yc||_F^2 for centred float64 matrices; returns (RSS, rank of xc, solver).
+
+    NaN (solver "nonfinite") when the inputs hold NaN/Inf: they reach the Gram matrices, checked in O(d^2)."""
+    gram, cross = xc.T @ xc, xc.T @ yc
+    if not (torch.isfinite(gram).all() and torch.isfinite(cross).all()):
+        return math.nan, 0, "nonfinite"
+    norms = gram.diagonal().sqrt()
     keep = norms > 0
-    xs = xc[:, keep] / norms[keep]
-    n, p = xs.shape
+    if not keep.all():
+        xc, gram, cross, norms = xc[:, keep], gram[keep][:, keep], cross[keep], norms[keep]
+    n, p = xc.shape
     if p == 0:
         return float((yc * yc).sum()), 0, "cholesky"
-    gram = xs.T @ xs
-    chol, info = torch.linalg.cholesky_ex(gram)
+    inv = 1.0 / norms  # Jacobi scaling: X_s = X_c diag(inv) has the same column space and a unit-diagonal Gram
+    chol, info = torch.linalg.cholesky_ex(gram * inv[:, None] * inv[None, :])
     if int(info) == 0 and float(torch.diagonal(chol).min()) ** 2 > _PIVOT_TOL:
-        coef = torch.cholesky_solve(xs.T @ yc, chol)
+        coef = torch.cholesky_solve(cross * inv[:, None], chol)
         rank, solver = p, "cholesky"
     else:
-        q, r = torch.linalg.qr(xs)
+        q, r = torch.linalg.qr(xc * inv)
         u, s, vh = torch.linalg.svd(r)
         rank = int((s > s[0] * max(n, p) * _EPS).sum())
         u, s, vh = u[:, :rank], s[:rank], vh[:rank]
         coef = vh.T @ ((u.T @ (q.T @ yc)) / s[:, None])
         solver = "rsvd"
-    resid = yc - xs @ coef
+    resid = yc - xc @ (coef * inv[:, None])  # coefficients of the unscaled X_c
     return float((resid * resid).sum()), rank, solver
-
-
-def _nan_stats() -> PairStats:
-    return PairStats(math.nan, math.nan, math.nan, 0, "nonfinite")
 
 
 def _pair_from_centered(x: torch.Tensor, y: torch.Tensor, xc: torch.Tensor, yc: torch.Tensor) -> PairStats:
     """x, y: the raw float64 states (for the per-token norm ratio); xc, yc: the same, centred."""
-    if not (torch.isfinite(xc).all() and torch.isfinite(yc).all()):
-        warnings.warn("non-finite hidden states: linearity statistics of this pair are NaN", stacklevel=3)
-        return _nan_stats()
     rss, rank, solver = residual_sum_of_squares(xc, yc)
+    if solver == "nonfinite":
+        warnings.warn("non-finite hidden states: the linearity statistics of this pair are NaN", stacklevel=3)
+        return PairStats(math.nan, math.nan, math.nan, 0, solver)
     y_energy = float((yc * yc).sum())
     delta_energy = float(((yc - xc) ** 2).sum())
     ratio = ((y - x).norm(dim=1) / y.norm(dim=1)).mean()
@@ -117,8 +119,6 @@ def linearity_score(x: torch.Tensor, y: torch.Tensor, device: torch.device | str
         raise ValueError(f"x and y must hold the same tokens: {x.shape[0]} vs {y.shape[0]} rows")
     check_sizes(*x.shape)
     xc, yc = centered64(x, device), centered64(y, device)
-    if not (torch.isfinite(xc).all() and torch.isfinite(yc).all()):
-        return math.nan
     y_energy = float((yc * yc).sum())
     if y_energy == 0:
         return math.nan  # a constant Y has no variance to explain
