@@ -8,7 +8,6 @@ the step, tokens seen, the data position and the resolved config.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 from pathlib import Path
 

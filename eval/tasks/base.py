@@ -5,7 +5,7 @@ choices; each choice becomes one log-likelihood request ``(context, target_delim
 lm-evaluation-harness's ``ConfigurableTask`` builds ``multiple_choice`` requests. Few-shot contexts are
 ``text(shot) + target_delimiter + answer(shot) + fewshot_delimiter`` for each of the ``k`` shots, then
 ``text(doc)``; the shots are drawn from the training split with one ``random.Random(seed)`` per task that advances
-document by document (lme's ``ContextSampler``: ``rnd.sample(train_docs, k)``; default seed 1234).
+document by document (lme's ``ContextSampler``, seed 1234 by default; see ``sample_shots``).
 """
 from __future__ import annotations
 
@@ -68,6 +68,16 @@ def load_hub_split(task: str, path: str, name: str | None, split: str) -> list[d
             f"task '{task}': no data root is set (--data-root / data.root / ${ENV_DATA_ROOT}) and the hub dataset "
             f"{path}{'/' + name if name else ''} split '{split}' could not be loaded: {first}") from None
     return [dict(row) for row in ds]
+
+
+def sample_shots(rnd: random.Random, pool: list[dict], k: int, doc: dict) -> list[dict]:
+    """lme 0.4's draw: none of our tasks sets a few-shot split or a test split, and lme compares the two (``None ==
+    None``), so it draws ``k + 1`` documents, drops any equal to the evaluated one and keeps the first ``k``
+    (resampling from the pool without it if that leaves fewer than ``k``)."""
+    shots = [d for d in rnd.sample(pool, k + 1) if d != doc][:k]
+    if len(shots) < k:
+        shots = rnd.sample([d for d in pool if d != doc], k)
+    return shots
 
 
 @dataclass
@@ -170,13 +180,13 @@ class MultipleChoiceTask(Task):
         docs = self.docs("validation")
         docs = docs[:limit] if limit else docs
         pool = self.docs("train") if num_fewshot > 0 else []
-        if num_fewshot > len(pool):
-            raise ValueError(f"task '{self.name}': {num_fewshot}-shot needs {num_fewshot} training examples, "
+        if num_fewshot and num_fewshot >= len(pool):
+            raise ValueError(f"task '{self.name}': {num_fewshot}-shot needs more than {num_fewshot} training examples, "
                              f"the training split has {len(pool)}")
         rnd = random.Random(seed)
         out = []
         for i, doc in enumerate(docs):
-            shots = rnd.sample(pool, num_fewshot) if num_fewshot > 0 else []
+            shots = sample_shots(rnd, pool, num_fewshot, doc) if num_fewshot > 0 else []
             choices = self.doc_to_choice(doc)
             out.append(Instance(i, doc, self.fewshot_context(doc, shots), choices, self.gold_index(doc, choices),
                                 self.target_delimiter))
