@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="delete an existing run dir first")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DeepSpeed launcher")
     p.add_argument("--deepspeed_config", help="DeepSpeed JSON config; overrides the YAML `deepspeed:` block")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
     return p.parse_args(argv)
 
@@ -229,6 +230,11 @@ def main(argv=None) -> int:
 
     dist.setup_env(args.local_rank)
     cfg, run_dir = resolve_config(args)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
 
     # Cheap checks first: batch arithmetic and the DeepSpeed block, before any data or model work.
     from linreg import engine as eng
@@ -269,6 +275,10 @@ def main(argv=None) -> int:
               f"{t.world} rank(s), {eng.precision(cfg)}, ZeRO-{cfg.train.zero_stage}, "
               f"{t.tokens_per_step} tokens/step, run dir {run_dir}", flush=True)
 
+    # DeepSpeed reports the global grad norm except for ZeRO-0 without a mixed-precision optimizer wrapper.
+    own_norm_needed = (ds_cfg.get("zero_optimization", {}).get("stage", 0) == 0
+                       and not ds_cfg.get("bf16", {}).get("enabled") and not ds_cfg.get("fp16", {}).get("enabled"))
+
     def client_state() -> dict:
         return {"step": step, "tokens_seen": tokens_seen, "data": t.stream.state_dict(), "config": cfg.to_dict()}
 
@@ -306,7 +316,7 @@ def main(argv=None) -> int:
 
     try:
         while step < cfg.train.max_steps:
-            measure_norm = (step + 1) % cfg.logging.every == 0 and t.engine.get_global_grad_norm() is None
+            measure_norm = own_norm_needed and (step + 1) % cfg.logging.every == 0
             own_norm = train_step(t, step, measure_norm)
             step += 1
             tokens_seen += t.tokens_per_step

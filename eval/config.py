@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from eval.benchmarks import BenchmarksEvalConfig
 from eval.linearity.evaluator import LinearityEvalConfig
 from eval.val_loss import ValLossConfig
 
@@ -11,3 +12,4 @@ from eval.val_loss import ValLossConfig
 class EvalConfig:
     val_loss: ValLossConfig = field(default_factory=ValLossConfig)
     linearity: LinearityEvalConfig = field(default_factory=LinearityEvalConfig)
+    benchmarks: BenchmarksEvalConfig = field(default_factory=BenchmarksEvalConfig)

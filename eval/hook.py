@@ -16,6 +16,7 @@ from eval.base import EvalContext, Evaluator
 EVALUATORS = {
     "val_loss": "eval.val_loss:ValLossEvaluator",
     "linearity": "eval.linearity.evaluator:LinearityEvaluator",
+    "benchmarks": "eval.benchmarks:BenchmarksEvaluator",
 }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ DEFAULT_MAX_LENGTH = 2048  # lme's fallback when neither the model config nor th
 _TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no model_max_length"
 
 TokenPair = tuple[list[int], list[int]]
+log = logging.getLogger("eval")
 
 
 def resolve_max_length(model_config, tokenizer=None, default: int = DEFAULT_MAX_LENGTH) -> int:
@@ -120,14 +122,15 @@ def naive_encode_pair(tokenizer, context: str, continuation: str) -> TokenPair:
 # Scoring
 # ----------------------------------------------------------------------------------------------------------------
 
-def model_input(ctx: list[int], cont: list[int], max_length: int) -> tuple[tuple[int, ...], int]:
-    """(input row, position of the first logit that predicts a continuation token)."""
+def model_input(ctx: list[int], cont: list[int], max_length: int) -> tuple[tuple[int, ...], int, list[int]]:
+    """(input row, position of the first logit that predicts a scored token, the scored tokens).
+
+    A continuation longer than ``max_length`` (lme asserts here) keeps only its last ``max_length`` tokens."""
     if not cont:
         raise ValueError("empty continuation: nothing to score")
-    if len(cont) > max_length:
-        raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={max_length}")
+    cont = cont[-max_length:]
     inp = tuple((ctx + cont)[-(max_length + 1):][:-1])
-    return inp, len(inp) - len(cont)
+    return inp, len(inp) - len(cont), cont
 
 
 @dataclass
@@ -144,7 +147,12 @@ class Plan:
 
 
 def plan_requests(requests: Sequence[TokenPair], max_length: int, batch_tokens: int, max_batch_size: int) -> Plan:
-    inputs, starts = zip(*(model_input(c, k, max_length) for c, k in requests)) if requests else ((), ())
+    prepared = [model_input(c, k, max_length) for c, k in requests]
+    inputs, starts, conts = zip(*prepared) if prepared else ((), (), ())
+    cut = sum(len(k) > max_length for _, k in requests)
+    if cut:
+        log.warning("%d continuation(s) longer than max_length=%d: only their last %d tokens are scored "
+                    "(lm-evaluation-harness would stop here)", cut, max_length, max_length)
     # A row that is a prefix of another is hosted by the longest row of its chain: in lexicographic order a
     # sequence's successor starts with it whenever any sequence does.
     order = sorted(range(len(inputs)), key=lambda i: inputs[i])
@@ -167,7 +175,7 @@ def plan_requests(requests: Sequence[TokenPair], max_length: int, batch_tokens: 
             cur.append(j)
         else:
             batches.append([j])
-    return Plan(rows, batches, [row_index[h] for h in host], list(starts), [list(k) for _, k in requests])
+    return Plan(rows, batches, [row_index[h] for h in host], list(starts), list(conts))
 
 
 def _supports_logits_to_keep(model) -> bool:
@@ -290,7 +298,7 @@ def naive_loglikelihood(model, requests: Sequence[TokenPair], max_length: int,
     """Reference scorer: one request per forward, full logits, as lme computes a single request."""
     out = []
     for ctx, cont in requests:
-        inp, start = model_input(ctx, cont, max_length)
+        inp, start, cont = model_input(ctx, cont, max_length)
         logits = model(input_ids=torch.tensor([inp], device=device), use_cache=False).logits[0]
         logp = F.log_softmax(logits[start:start + len(cont)].float(), dim=-1)
         target = torch.tensor(cont, device=device)

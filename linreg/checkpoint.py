@@ -78,7 +78,7 @@ def resolve(path: str | os.PathLike) -> Path:
         found = latest(root)
         if found is not None:
             return found
-    if (path / "mp_rank_00_model_states.pt").is_file():
+    if any(path.glob("*mp_rank_00_model_states.pt")):  # stage 0-2: mp_rank_00_..., stage 3: zero_pp_rank_0_mp_rank_00_...
         return path
     raise FileNotFoundError(f"no checkpoint found at {path} (expected a run dir, its checkpoints/ or a step_* dir)")
 

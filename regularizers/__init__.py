@@ -2,6 +2,8 @@
 
 Add a regularizer: write ``regularizers/<name>.py`` with a ``Regularizer`` subclass implementing
 ``token_loss(x, y)``, and add one line to ``REGISTRY`` below; select it with ``regularizer.name=<name>``.
+Optionally give it a ``fused_kernel()`` (see regularizers/fused.py) for speed and memory; ``token_loss`` stays the
+reference it is tested against.
 """
 from regularizers.base import NoRegularizer, Regularizer, RegularizerConfig
 from regularizers.cosine import CosineRegularizer

@@ -2,6 +2,7 @@
 import torch
 
 from regularizers.base import Regularizer
+from regularizers.fused import CosineKernel
 
 
 class CosineRegularizer(Regularizer):
@@ -9,3 +10,6 @@ class CosineRegularizer(Regularizer):
 
     def token_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 1.0 - torch.nn.functional.cosine_similarity(x, y, dim=-1, eps=self.eps)
+
+    def fused_kernel(self):
+        return CosineKernel(self.eps)

@@ -23,7 +23,8 @@ SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, max_pos
 FAMILIES = {  # family -> (builder, attribute path of the final norm)
     "llama": (lambda v: LlamaForCausalLM(LlamaConfig(vocab_size=v, intermediate_size=64, num_key_value_heads=2,
                                                      **SMALL)), "model.norm"),
-    "gpt2": (lambda v: GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=32, n_layer=3, n_head=4, n_positions=256)),
+    "gpt2": (lambda v: GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=32, n_layer=3, n_head=4, n_positions=256,
+                                                             bos_token_id=1, eos_token_id=2)),
              "transformer.ln_f"),
     "opt": (lambda v: OPTForCausalLM(OPTConfig(vocab_size=v, ffn_dim=64, word_embed_proj_dim=32, **SMALL)),
             "model.decoder.final_layer_norm"),
@@ -75,7 +76,7 @@ def test_profile_from_hooks_equals_independent_forward(family, tiny_tokenizer, t
     assert len(prof.pairs) == model.config.num_hidden_layers
     for got, want in zip([*prof.pairs, prof.final_norm], [*ref, ref_final]):
         for key in ("linearity", "linearity_wo_res", "norm_ratio"):
-            assert abs(getattr(got, key) - getattr(want, key)) < 1e-6, (family, key)
+            assert abs(getattr(got, key) - getattr(want, key)) < 1e-8, (family, key)  # measured: ~1e-11
     # The final norm matters: the extra pair is not the last block pair.
     assert abs(prof.final_norm.linearity - prof.pairs[-1].linearity) > 1e-4
 

@@ -113,9 +113,10 @@ class StateCollector:
         body = getattr(self.model, "base_model", self.model)
         pooled: list[list[torch.Tensor]] = [[] for _ in range(self.stream.num_layers + 1)]
         normed: list[torch.Tensor] = []
+        capture = self.stream if keep else contextlib.nullcontext()
         for ids, mask in batches:
             ids, mask = ids.to(device), mask.to(device)
-            with torch.no_grad(), (autocast or contextlib.nullcontext)(), (self.stream if keep else contextlib.nullcontext()):
+            with torch.no_grad(), (autocast or contextlib.nullcontext)(), capture:
                 body(input_ids=ids, attention_mask=mask, use_cache=False)
             if not keep:
                 continue
