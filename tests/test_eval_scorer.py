@@ -1,0 +1,153 @@
+"""The batched scorer against the one-request-at-a-time reference, on the real validation files and a tiny model."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from eval.scorer import Scorer, encode_pairs, naive_encode_pair, naive_loglikelihood
+from eval.tasks import DataSource, get_task
+
+TASKS = ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "xstorycloze_en", "xstorycloze_zh",
+         "xstorycloze_my"]
+LIMIT = {"record": 3}  # 13 entities per query; other tasks: 6 documents
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_hf_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_hf_model_dir)
+
+
+@pytest.fixture(scope="module")
+def model64(tiny_hf_model_dir):
+    """Float64 copy: batched and naive then agree to rounding far below 1e-5, so any difference is a bug."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir, dtype=torch.float64).eval()
+
+
+@pytest.fixture(scope="module")
+def instances(shared_data):
+    data = DataSource(shared_data)
+    return {name: get_task(name, data).build_instances(limit=LIMIT.get(name, 6)) for name in TASKS}
+
+
+def pairs_of(insts):
+    return [r for inst in insts for r in inst.requests]
+
+
+def test_encoding_matches_lme_reference(tokenizer, instances):
+    for name, insts in instances.items():
+        pairs = pairs_of(insts)
+        assert encode_pairs(tokenizer, pairs) == [naive_encode_pair(tokenizer, c, k) for c, k in pairs], name
+    bos = tokenizer.bos_token_id
+    ctx, cont = encode_pairs(tokenizer, [("Once upon a time ", "there")])[0]
+    assert ctx[0] == bos and bos not in cont  # our tokenizer prepends BOS to the context, like lme's default
+    assert tokenizer.decode(cont) == " there"  # the context's trailing space moved to the continuation
+    assert tokenizer.decode(ctx[1:]) == "Once upon a time"
+    ctx, _ = encode_pairs(tokenizer, [(tokenizer.bos_token + "Once", " upon")])[0]
+    assert ctx.count(bos) == 1  # a string that already starts with BOS gets no second one
+    ctx, cont = encode_pairs(tokenizer, [("", "Once upon")])[0]
+    assert ctx == [bos] and tokenizer.decode(cont) == "Once upon"
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_batched_equals_naive(name, model64, tokenizer, instances):
+    insts = instances[name]
+    reqs = encode_pairs(tokenizer, pairs_of(insts))
+    for max_length in (512, 96):  # 96: contexts are truncated from the left
+        scorer = Scorer(model64, tokenizer, max_length=max_length, batch_tokens=1024)
+        plan = scorer.plan(reqs)
+        lls, greedy = scorer.score_tokens(reqs, plan)
+        ref = naive_loglikelihood(model64, reqs, max_length)
+        np.testing.assert_allclose(lls, [r[0] for r in ref], rtol=0, atol=1e-5)
+        assert greedy.tolist() == [r[1] for r in ref]
+        o = 0
+        for inst in insts:  # identical predictions
+            k = len(inst.choices)
+            assert np.argmax(lls[o:o + k]) == np.argmax([r[0] for r in ref[o:o + k]])
+            o += k
+        assert len(plan.batches) > 1 or plan.num_tokens <= 1024
+
+
+def test_fp32_close_to_reference(tiny_hf_model_dir, tokenizer, instances):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir).eval()
+    reqs = encode_pairs(tokenizer, pairs_of(instances["record"] + instances["copa"]))
+    lls, _ = Scorer(model, tokenizer).score_tokens(reqs)
+    ref = np.array([r[0] for r in naive_loglikelihood(model, reqs, 512)])
+    np.testing.assert_allclose(lls, ref, rtol=2e-6)  # fp32 rounding of sums of ~60 token log-probs
+
+
+def test_shared_rows_and_length_sorting(model64, tokenizer, instances):
+    reqs = encode_pairs(tokenizer, pairs_of(instances["boolq"]))
+    plan = Scorer(model64, tokenizer).plan(reqs)
+    assert len(reqs) == 12 and len(plan.rows) == 6  # " no" / " yes" share their document's forward row
+    lengths = [len(r) for r in plan.rows]
+    assert lengths == sorted(lengths, reverse=True)
+
+
+def test_long_continuation_is_cut_not_fatal(model64, tokenizer):
+    ctx, cont = [tokenizer.bos_token_id] + list(range(10, 20)), list(range(30, 50))
+    scorer = Scorer(model64, tokenizer, max_length=8)
+    lls, _ = scorer.score_tokens([(ctx, cont)])
+    ref = naive_loglikelihood(model64, [(ctx, cont[-8:])], 8)[0][0]
+    assert lls[0] == pytest.approx(ref, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Two ranks (gloo): same numbers as one process, and the same number of forward calls on every rank (ZeRO-3)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _dist_worker(rank: int, world: int, model_dir: str, data_root: str, port: int, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.benchmarks import BenchmarkSuite
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    suite = BenchmarkSuite("copa,wsc,tinystories", tok, data_root=data_root, limit=9)
+    res = suite.run(model, batch_tokens=1024, seq_len=64, rank=rank, world_size=world)
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"metrics": {k: r.metrics for k, r in res.items()}, "calls": len(calls)}, f)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_match_one(tmp_path, tiny_hf_model_dir, shared_data):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.benchmarks import BenchmarkSuite
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "rank")
+    mp.spawn(_dist_worker, args=(2, str(tiny_hf_model_dir), str(shared_data), port, out), nprocs=2, join=True)
+    ranks = [json.loads(open(f"{out}.{r}").read()) for r in range(2)]
+    assert ranks[0]["calls"] == ranks[1]["calls"] > 0
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_hf_model_dir)
+    single = BenchmarkSuite("copa,wsc,tinystories", tok, data_root=shared_data, limit=9).run(
+        model, batch_tokens=1024, seq_len=64)
+    for r in ranks:
+        assert r["metrics"].keys() == single.keys()
+        for name, res in single.items():
+            for m, v in res.metrics.items():
+                assert r["metrics"][name][m] == pytest.approx(v, rel=1e-9, abs=1e-12), (name, m)
