@@ -11,6 +11,7 @@ SIGTERM/SIGINT finish the current step, save a checkpoint and exit 0 (cluster pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import resource
@@ -253,8 +254,13 @@ def main(argv=None) -> int:
     t = build(cfg, run_dir, device, ds_cfg)
     main_proc, ckpt_root = t.rank == 0, run_dir / "checkpoints"
 
+    from data.tokenizer import tokenizer_fingerprint
+
+    meta = {"tokenizer": tokenizer_fingerprint(t.tokenizer), "vocab_size": t.engine.module.config.vocab_size,
+            "model": dataclasses.asdict(cfg.model) | {"attn_implementation": None}}
     step, tokens_seen = 0, 0
     if resume_from is not None:
+        checkpoint.check_compatible(resume_from, meta)
         client = checkpoint.load(t.engine, resume_from)
         step, tokens_seen = client["step"], client["tokens_seen"]
         t.stream.load_state_dict(client["data"])
@@ -332,14 +338,14 @@ def main(argv=None) -> int:
                     logger.log(step, scalars)
                     bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", tok_s=f"{scalars['train/tokens_per_s']:.0f}")
             if stopping:
-                checkpoint.save(t.engine, ckpt_root, step, client_state(), cfg.checkpoint.keep_last)
+                checkpoint.save(t.engine, ckpt_root, step, client_state(), cfg.checkpoint.keep_last, meta)
                 if main_proc:
                     bar.close()
                     print(f"{preempt.requested}: saved checkpoint at step {step}; resume with --resume auto",
                           flush=True)
                 return 0
             if ckpt_due and step < cfg.train.max_steps:
-                checkpoint.save(t.engine, ckpt_root, step, client_state(), cfg.checkpoint.keep_last)
+                checkpoint.save(t.engine, ckpt_root, step, client_state(), cfg.checkpoint.keep_last, meta)
             if step < cfg.train.max_steps:
                 scalars = run_evaluators(evaluators, t.engine.module, step, final=False)
                 if main_proc and scalars:
@@ -352,7 +358,7 @@ def main(argv=None) -> int:
             ev.finish(step)
         if main_proc and final:
             logger.log(step, final)
-        tag_dir = checkpoint.save(t.engine, ckpt_root, step, client_state(), cfg.checkpoint.keep_last)
+        tag_dir = checkpoint.save(t.engine, ckpt_root, step, client_state(), cfg.checkpoint.keep_last, meta)
         if main_proc and cfg.checkpoint.export_at_end:
             export_checkpoint(tag_dir, run_dir / "export")
         if main_proc:

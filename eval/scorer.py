@@ -178,6 +178,10 @@ def plan_requests(requests: Sequence[TokenPair], max_length: int, batch_tokens: 
     return Plan(rows, batches, [row_index[h] for h in host], list(starts), list(conts))
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _supports_logits_to_keep(model) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -286,7 +290,7 @@ class Scorer:
                 logits = self.model(input_ids=ids, use_cache=False).logits
         if logits.dim() == 3:  # the model ignored logits_to_keep (or does not take it)
             logits = logits[keep]
-        logits = logits[sel_t].float()
+        logits = _at_least_fp32(logits[sel_t])
         logp = F.log_softmax(logits, dim=-1).gather(1, tgt_t[:, None]).squeeze(1)
         lls.index_add_(0, owner_t, logp.double())
         miss.index_add_(0, owner_t, (logits.argmax(-1) != tgt_t).double())
@@ -300,7 +304,7 @@ def naive_loglikelihood(model, requests: Sequence[TokenPair], max_length: int,
     for ctx, cont in requests:
         inp, start, cont = model_input(ctx, cont, max_length)
         logits = model(input_ids=torch.tensor([inp], device=device), use_cache=False).logits[0]
-        logp = F.log_softmax(logits[start:start + len(cont)].float(), dim=-1)
+        logp = F.log_softmax(_at_least_fp32(logits[start:start + len(cont)]), dim=-1)
         target = torch.tensor(cont, device=device)
         out.append((float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())))
     return out

@@ -7,6 +7,7 @@ the step, tokens seen, the data position and the resolved config.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -46,13 +47,15 @@ def _rng_from_tensors(t: dict) -> dict:
     return state
 
 
-def save(engine, ckpt_root: Path, step: int, client_state: dict, keep_last: int) -> Path:
-    """Save on all ranks (collective); returns the tag directory."""
+def save(engine, ckpt_root: Path, step: int, client_state: dict, keep_last: int, meta: dict | None = None) -> Path:
+    """Save on all ranks (collective); returns the tag directory. ``meta`` (small, JSON) is written as meta.json
+    and checked by ``check_compatible`` before a later load touches any weights."""
     tag = tag_for(step)
     engine.save_checkpoint(str(ckpt_root), tag=tag, client_state=client_state, save_latest=False)
     torch.save(_rng_to_tensors(dist.rng_state()), ckpt_root / tag / f"rng_rank{dist.rank()}.pt")
     dist.barrier()
     if dist.rank() == 0:
+        (ckpt_root / tag / "meta.json").write_text(json.dumps({"step": step, **(meta or {})}, indent=1))
         tmp = ckpt_root / (LATEST + ".tmp")
         tmp.write_text(tag)
         os.replace(tmp, ckpt_root / LATEST)
@@ -81,6 +84,17 @@ def resolve(path: str | os.PathLike) -> Path:
     if any(path.glob("*mp_rank_00_model_states.pt")):  # stage 0-2: mp_rank_00_..., stage 3: zero_pp_rank_0_mp_rank_00_...
         return path
     raise FileNotFoundError(f"no checkpoint found at {path} (expected a run dir, its checkpoints/ or a step_* dir)")
+
+
+def check_compatible(tag_dir: Path, meta: dict) -> None:
+    """One-line error when the checkpoint was written for another tokenizer or model shape."""
+    path = tag_dir / "meta.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    for key, now in meta.items():
+        if key in saved and saved[key] != now:
+            raise ValueError(f"checkpoint {tag_dir} does not match this run: {key} was {saved[key]!r}, now {now!r}")
 
 
 def load(engine, tag_dir: Path) -> dict:

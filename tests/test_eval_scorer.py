@@ -87,7 +87,9 @@ def test_fp32_close_to_reference(tiny_hf_model_dir, tokenizer, instances):
 def test_shared_rows_and_length_sorting(model64, tokenizer, instances):
     reqs = encode_pairs(tokenizer, pairs_of(instances["boolq"]))
     plan = Scorer(model64, tokenizer).plan(reqs)
-    assert len(reqs) == 12 and len(plan.rows) == 6  # " no" / " yes" share their document's forward row
+    # " no" / " yes" share their document's forward row unless truncation shifts the rows differently
+    fits = [len(reqs[i][0]) + max(len(reqs[i][1]), len(reqs[i + 1][1])) <= 513 for i in range(0, 12, 2)]
+    assert len(reqs) == 12 and len(plan.rows) == sum(1 if f else 2 for f in fits) and sum(fits) >= 3
     lengths = [len(r) for r in plan.rows]
     assert lengths == sorted(lengths, reverse=True)
 

@@ -81,6 +81,11 @@ def test_end_to_end(tmp_path, cache_dir):
     assert res.returncode == 2 and "exists: use --resume auto" in res.stderr.strip().splitlines()[-1]
     assert (run_dir / "metrics.jsonl").read_text() == before
 
+    # Resuming its checkpoint with another tokenizer fails before any weights are loaded.
+    res = run(train_cmd(tmp_path / "other", "tokenizer.vocab_size=512", extra=["--resume", str(run_dir)]), cache_dir)
+    assert res.returncode == 2
+    assert "does not match this run: tokenizer was" in res.stderr.strip().splitlines()[-1]
+
 
 def test_sigterm_then_resume_is_bit_exact(tmp_path, cache_dir):
     steps = ["train.max_steps=40", "checkpoint.every=0", "eval.val_loss.enabled=false"]

@@ -103,6 +103,8 @@ def main(argv=None) -> int:
         results.append({"label": label, "path": str(Path(path).resolve()),
                         "architecture": type(model).__name__, "dtype": str(dtype).replace("torch.", ""),
                         "profile": {**prof.to_dict(), "depths": prof.depths()}})
+        if args.final_norm and prof.final_norm is None:
+            print(f"{label}: no final norm module (post-LN blocks?): no final_norm pair", flush=True)
         means = prof.means()
         print(f"{label}: {prof.num_layers} blocks, d={prof.hidden_size}, {prof.num_tokens} tokens: "
               + ", ".join(f"mean {q} {means[q]:.4f}" for q in QUANTITIES), flush=True)

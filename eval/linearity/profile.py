@@ -32,11 +32,10 @@ _FINAL_NORM_PATHS = (
 
 def find_final_norm(model: nn.Module) -> nn.Module | None:
     for path in _FINAL_NORM_PATHS:
-        obj = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, nn.Module):
-            return obj
+        try:
+            return model.get_submodule(path)
+        except AttributeError:  # absent, or None (post-LN OPT)
+            continue
     return None
 
 

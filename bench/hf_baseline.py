@@ -1,0 +1,46 @@
+"""The plain-HF reference loop of issue 5: MistralForCausalLM, AdamW, bf16 autocast on GPU, no DeepSpeed.
+
+It is what the project's step is compared against, in the same process as bench/train_throughput.py. The
+'naive' cosine regularizer is the one issue 5 measured: ``output_hidden_states=True`` and one
+``F.cosine_similarity`` per consecutive pair (its last state is HF's post-norm one, as in that measurement).
+No gradient clipping (a plain loop); the loss is the project's ``causal_lm_loss`` (fp32 logits), so both sides
+pay for the same cross-entropy.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from model.build import build_model
+from model.loss import causal_lm_loss
+
+NAIVE_COSINE_WEIGHT = 0.5
+
+
+class PlainHFLoop:
+    def __init__(self, cfg, tokenizer, stream, device: torch.device, compile: bool, naive_cosine: bool):
+        self.model = build_model(cfg.model, tokenizer, seed=cfg.train.seed).to(device)  # fp32 weights
+        if compile:
+            self.model.compile()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                     fused=device.type == "cuda")
+        self.stream, self.device, self.naive_cosine = stream, device, naive_cosine
+        self.accum = cfg.train.grad_accum_steps
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
+            else contextlib.nullcontext
+
+    def step(self) -> None:
+        for _ in range(self.accum):
+            batch = self.stream.next_batch().to(self.device, non_blocking=True)
+            with self.autocast():
+                out = self.model(input_ids=batch[:, :-1], output_hidden_states=self.naive_cosine)
+                loss = causal_lm_loss(out.logits, batch[:, 1:])
+                if self.naive_cosine:
+                    hs = out.hidden_states
+                    loss = loss + NAIVE_COSINE_WEIGHT * sum(
+                        (1 - F.cosine_similarity(hs[i], hs[i + 1], dim=-1)).mean() for i in range(len(hs) - 1))
+            (loss / self.accum).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
