@@ -7,7 +7,9 @@ Per hidden size d it times, on each device:
           (no threshold on tiny singular values); the notebook runs it once per score, so twice per layer pair;
   ours    ``linearity_score`` (float64 Gram + Cholesky, explicit residual), one score;
   pair    ``pair_stats``: LS, LS without residual and the norm ratio of a pair, from one solve;
-and, on the CPU, the float64 ``numpy.linalg.lstsq`` reference that both are checked against. The data imitate
+and, on the CPU, the float64 ``numpy.linalg.lstsq`` reference that both are checked against. ``--fallback``
+times the rank-deficient path (R-SVD) instead, on an X like h_0 of a probe with fewer distinct tokens than d
+(its n rows drawn from d/2 distinct vectors). The data imitate
 hidden states (anisotropic spectrum, a few "massive activation" features, a mean offset) with Y = X plus a
 small nonlinear update. Prints a markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
 """
@@ -71,13 +73,35 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def fallback_table(args) -> int:
+    print(f"# {datetime.date.today()} torch {torch.__version__}, n = {args.n} tokens, X of d/2 distinct rows")
+    print("| device | d | solver | rank | ours s/score | svd32 s/score | ours - lstsq64 |")
+    print("|---|---|---|---|---|---|---|")
+    for d in args.dims:
+        x, y = hidden_state_like(args.n, d)
+        x = x[torch.randint(0, d // 2, (args.n,), generator=torch.Generator().manual_seed(1))]
+        ref = None if args.no_lstsq else lstsq_reference(x, y)
+        for name in args.devices:
+            device = torch.device(name)
+            xd, yd = x.to(device), y.to(device)
+            stats, t_ours = timed(lambda: pair_stats(xd, yd), device)
+            _, t_svd = timed(lambda: svd_recipe(xd, yd), device)
+            err = "n/a" if ref is None else f"{abs(stats.linearity - ref):.1e}"
+            print(f"| {device_name(device)} | {d} | {stats.solver} | {stats.rank_x} | {t_ours:.2f} | {t_svd:.2f} "
+                  f"| {err} |", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=15000)
     ap.add_argument("--dims", type=int, nargs="+", default=[768, 2048, 4096])
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     ap.add_argument("--no-lstsq", action="store_true", help="skip the (slow) float64 numpy reference")
+    ap.add_argument("--fallback", action="store_true", help="time the rank-deficient (R-SVD) path instead")
     args = ap.parse_args(argv)
+    if args.fallback:
+        return fallback_table(args)
 
     print(f"# {datetime.date.today()} torch {torch.__version__}, n = {args.n} tokens")
     print("| device | d | svd32 s/score | ours s/score | ours s/pair (LS, LS w/o res, ratio) | speed-up/score "

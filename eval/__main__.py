@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     report = write_results(out, results, meta, log_samples=args.log_samples, label=label)
     write_tensorboard(out, results_to_scalars(results), args.step)
     print(report)
-    print(f"wrote {out / 'results.json'}" + (f" and samples_<task>.jsonl" if args.log_samples else ""))
+    print(f"wrote {out / 'results.json'}" + (" and samples_<task>.jsonl" if args.log_samples else ""))
     return 0
 
 

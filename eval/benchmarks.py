@@ -206,6 +206,9 @@ class BenchmarksEvaluator(Evaluator):
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         cfg, ctx = self.cfg, self.ctx
+        # a torch.compile'd module would recompile for every batch shape: score with the module it wraps (same
+        # parameters; ZeRO-3's hooks sit on the submodules)
+        model = getattr(model, "_orig_mod", model)
         max_length = cfg.max_length or resolve_max_length(getattr(model, "config", None), ctx.tokenizer)
         results = self.suite.run(model, device=ctx.device, autocast_dtype=ctx.autocast_dtype, max_length=max_length,
                                  seq_len=cfg.seq_len, batch_tokens=cfg.batch_tokens, rank=ctx.rank,

@@ -112,7 +112,7 @@ def test_evaluator_logs_profiles_through_training(tiny_run):
                 "norm_ratio/block_01", "linearity/final_norm", "time/eval_linearity"):
         assert key in logged, key
     for name in ("linearity_vs_step.png", "linearity_heatmaps.png"):
-        assert matplotlib.image.imread(tiny_run / name).shape[0] > 200
+        assert matplotlib.image.imread(tiny_run / "plots" / name).shape[0] > 200
     assert any((tiny_run / "tb").iterdir())
 
 

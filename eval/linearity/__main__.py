@@ -1,7 +1,7 @@
 """Linearity profiles from the command line.
 
     python -m eval.linearity --model PATH [--model PATH ...] --text FILE --out DIR
-    python -m eval.linearity --run RUN_DIR            # redraw a training run's curves from its linearity.jsonl
+    python -m eval.linearity --run RUN_DIR [--out DIR]  # redraw a run's curves (default RUN_DIR/plots)
 
 PATH: any local AutoModelForCausalLM directory (an HF export, GPT-2, OPT, Llama, Mistral, Pythia...), a linreg
 run directory or a linreg checkpoint directory. Writes DIR/linearity.json (probe settings + full profiles),

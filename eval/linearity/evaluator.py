@@ -2,8 +2,8 @@
 
 Logs per-block scalars and their means (``linearity/block_00`` .. ``linearity/mean``, the same under
 ``linearity_wo_res/`` and ``norm_ratio/``), appends one record per evaluation to ``run_dir/linearity.jsonl``
-and, at the end, draws ``linearity_vs_step.png`` and ``linearity_heatmaps.png`` into the run directory (again
-on demand with ``python -m eval.linearity --run RUN_DIR``).
+and, at the end, draws ``plots/linearity_vs_step.png`` and ``plots/linearity_heatmaps.png`` in the run directory
+(again on demand with ``python -m eval.linearity --run RUN_DIR``).
 
 Under ZeRO-3 every rank runs the same forwards (parameters are gathered collectively); rank 0 alone keeps the
 states and solves. The probe is tokenized once, at construction.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
-from eval.linearity.plots import plot_history, read_history, training_figures
+from eval.linearity.plots import read_history, save_figures, training_figures
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
 from eval.linearity.profile import QUANTITIES, StateCollector, probe_batches, profile_from_states
 from eval.linearity.score import check_sizes
@@ -96,7 +96,9 @@ class LinearityEvaluator(Evaluator):
             self.collector.remove()
         if not (self.ctx.is_main and self.cfg.plot and self.jsonl.is_file()):
             return
-        plot_history(self.jsonl, self.ctx.run_dir)
-        if self.ctx.tb_writer is not None:
-            for name, fig in training_figures(read_history(self.jsonl)).items():
-                self.ctx.tb_writer.add_figure(f"linearity/{name}", fig, step)  # closes the figure
+        figures = training_figures(read_history(self.jsonl))
+        tb = self.ctx.tb_writer
+        save_figures(figures, self.ctx.run_dir / "plots", close=tb is None)
+        if tb is not None:
+            for name, fig in figures.items():
+                tb.add_figure(f"linearity/{name}", fig, step)  # closes the figure

@@ -70,13 +70,19 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
     return {"linearity_vs_step": curves, "linearity_heatmaps": heat}
 
 
-def plot_history(jsonl: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write the training figures of a linearity.jsonl as PNGs (next to it by default)."""
-    out_dir = Path(out_dir) if out_dir is not None else Path(jsonl).parent
+def save_figures(figures: dict[str, plt.Figure], out_dir: str | Path, close: bool = True) -> list[Path]:
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, fig in training_figures(read_history(jsonl)).items():
+    for name, fig in figures.items():
         paths.append(out_dir / f"{name}.png")
         fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        if close:
+            plt.close(fig)
     return paths
+
+
+def plot_history(jsonl: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write the training figures of a linearity.jsonl as PNGs (default: ``plots/`` beside it)."""
+    out_dir = Path(out_dir) if out_dir is not None else Path(jsonl).parent / "plots"
+    return save_figures(training_figures(read_history(jsonl)), out_dir)

@@ -10,6 +10,7 @@ no final norm module: their block outputs are already normed, and there is no ex
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import asdict, dataclass
 
 import torch
@@ -87,6 +88,9 @@ class StateCollector:
     def __init__(self, model: nn.Module, final_norm: bool = False):
         self.model = getattr(model, "_orig_mod", model)  # hook the real module under torch.compile
         self.stream = ResidualStream(self.model)
+        # The whole model runs (ZeRO-3's hooks expect the top-level forward), but the LM head on one position.
+        accepts = inspect.signature(self.model.forward).parameters
+        self._head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
         self._normed: torch.Tensor | None = None
         self._norm_handle = None
         if final_norm:
@@ -98,25 +102,19 @@ class StateCollector:
         if self.stream.active:
             self._normed = output[0] if isinstance(output, (tuple, list)) else output
 
-    @property
-    def has_final_norm(self) -> bool:
-        return self._norm_handle is not None
-
     def collect(self, batches, device, autocast=None, keep: bool = True,
                 store_device: str | torch.device = "cpu") -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Forward every batch. With ``keep`` (the computing rank) return the states of the real tokens, pooled
         and moved to ``store_device`` in the dtype the model produced; other ranks only take part in the
         forwards (ZeRO-3 gathers parameters collectively) and get ([], None). ``autocast``: a context factory
         (e.g. ``EvalContext.autocast``) entered around each forward."""
-        # The base model skips the LM head: no vocab-sized logits for ~15k tokens.
-        body = getattr(self.model, "base_model", self.model)
         pooled: list[list[torch.Tensor]] = [[] for _ in range(self.stream.num_layers + 1)]
         normed: list[torch.Tensor] = []
         capture = self.stream if keep else contextlib.nullcontext()
         for ids, mask in batches:
             ids, mask = ids.to(device), mask.to(device)
             with torch.no_grad(), (autocast or contextlib.nullcontext)(), capture:
-                body(input_ids=ids, attention_mask=mask, use_cache=False)
+                self.model(input_ids=ids, attention_mask=mask, use_cache=False, **self._head_kwargs)
             if not keep:
                 continue
             real = mask.bool()

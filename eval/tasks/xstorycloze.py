@@ -31,12 +31,14 @@ class XStoryCloze(MultipleChoiceTask):
         super().__init__(name, data)
         self.lang = name.rsplit("_", 1)[-1]
         if self.lang not in LANGUAGES:
-            raise ValueError(f"task '{name}': unknown XStoryCloze language '{self.lang}' (one of {', '.join(LANGUAGES)})")
+            raise ValueError(f"task '{name}': unknown XStoryCloze language '{self.lang}' "
+                             f"(one of {', '.join(LANGUAGES)})")
 
     def load_split(self, split):
         if self.data.root is None:
             return load_hub_split(self.name, HUB_DATASET, self.lang, "eval" if split == "validation" else split)
-        path = self.data.root / "xstorycloze" / f"spring2016.val.{self.lang}.tsv.split_20_80_{_SPLIT_FILES[split]}.tsv"
+        name = f"spring2016.val.{self.lang}.tsv.split_20_80_{_SPLIT_FILES[split]}.tsv"
+        path = self.data.root / "xstorycloze" / name
         return read_xstorycloze_tsv(self.name, path)
 
     def doc_to_text(self, doc):
