@@ -89,38 +89,34 @@ def peak_bytes(reg, states, device) -> int:
     return peak
 
 
-def measure(kind: str, fused: bool, compiled: bool, states, args, device) -> dict:
-    reg = build_regularizer(RegularizerConfig(name=kind, weight=0.5, fused=fused, compile=compiled))
-    fwd_bwd(reg, states)  # warm-up (compilation)
-    times = []
-    for _ in range(args.repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fwd_bwd(reg, states)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"kind": kind, "path": ("fused" if fused else "reference") + (" compiled" if compiled else ""),
-            "ms": statistics.median(times) * 1e3, "saved_mb": saved_bytes(reg, states) / 2**20,
-            "peak_mb": peak_bytes(reg, states, device) / 2**20}
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     states = make_states(args, device)
     state_mb = states[0].numel() * states[0].element_size() / 2**20
+    paths = [(fused, compiled) for compiled in ([False, True] if args.compile else [False]) for fused in (False, True)]
+    regs = {(kind, *path): build_regularizer(RegularizerConfig(name=kind, weight=0.5, fused=path[0], compile=path[1]))
+            for kind in ("cosine", "mse") for path in paths}
+    times = {key: [] for key in regs}
+    for reg in regs.values():
+        fwd_bwd(reg, states)  # warm-up (compilation)
+    for _ in range(args.repeats):  # round robin: a shared machine's load drifts alike over all paths
+        for key, reg in regs.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fwd_bwd(reg, states)
+            sync(device)
+            times[key].append(time.perf_counter() - t0)
     print(f"{args.layers + 1} states of {list(states[0].shape)} {args.dtype} ({state_mb:.0f} MB each) on {device}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, median of {args.repeats}\n")
-    print("| regularizer | path | fwd+bwd ms | vs reference | saved beyond states MB | peak above states MB |")
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, median of {args.repeats} (round robin)\n")
+    print("| regularizer | path | fwd+bwd ms | speed-up vs reference | saved beyond states MB | peak above states MB |")
     print("|---|---|---|---|---|---|")
-    for kind in ("cosine", "mse"):
-        ref = None
-        for compiled in ([False, True] if args.compile else [False]):
-            for fused in (False, True):
-                r = measure(kind, fused, compiled, states, args, device)
-                ref = ref or r["ms"]
-                print(f"| {kind} | {r['path']} | {r['ms']:.1f} | {ref / r['ms']:.2f}x | {r['saved_mb']:.1f} | "
-                      f"{r['peak_mb']:.0f} |", flush=True)
+    for (kind, fused, compiled), reg in regs.items():
+        ms = statistics.median(times[(kind, fused, compiled)]) * 1e3
+        ref = statistics.median(times[(kind, False, False)]) * 1e3
+        path = ("fused" if fused else "reference") + (" compiled" if compiled else "")
+        print(f"| {kind} | {path} | {ms:.1f} | {ref / ms:.2f}x | {saved_bytes(reg, states) / 2**20:.1f} | "
+              f"{peak_bytes(reg, states, device) / 2**20:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=None,
                    help="context length for truncation (default: the model's, as lme resolves it)")
     p.add_argument("--seq-len", type=int, default=None, help="TinyStories window (default min(max length, 2048))")
+    p.add_argument("--no-share-context", action="store_true",
+                   help="give every choice its own copy of the context (slower; the numbers are the same)")
     p.add_argument("--step", type=int, default=0, help="global step for the TensorBoard scalars")
     p.add_argument("--label", default=None, help="row label in the tables (default: the model path's name)")
     return p.parse_args(argv)
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         results = suite.run(model, device=device, autocast_dtype=autocast_dtype, max_length=args.max_length,
                             seq_len=args.seq_len, batch_tokens=batch_tokens, progress=True,
-                            log_samples=args.log_samples)
+                            log_samples=args.log_samples, share_context=not args.no_share_context)
     from eval.scorer import resolve_max_length
 
     out = Path(args.out)

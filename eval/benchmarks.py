@@ -42,7 +42,7 @@ class _Prepared:
     logged_name: str
     instances: list[Instance] = field(default_factory=list)
     requests: list = field(default_factory=list)  # token pairs, instance by instance, choice by choice
-    plans: dict = field(default_factory=dict)  # (max_length, batch_tokens) -> Plan
+    plans: dict = field(default_factory=dict)  # (max_length, batch_tokens, share_context) -> Plan
     loss_data: dict = field(default_factory=dict)  # seq_len -> LossData
 
 
@@ -65,17 +65,15 @@ class BenchmarkSuite:
             item.logged_name = task.logged_name(limit)  # after loading: a fallback split changes the name
             self.items.append(item)
 
-    @property
-    def notes(self) -> list[str]:
-        return [n for item in self.items for n in item.task.notes]
-
     def run(self, model, *, device=None, autocast_dtype: torch.dtype | None = None, max_length: int | None = None,
             seq_len: int | None = None, batch_tokens: int = 16384, rank: int = 0, world_size: int = 1,
-            progress: bool = False, log_samples: bool = False) -> dict[str, TaskResult]:
+            progress: bool = False, log_samples: bool = False,
+            share_context: bool = True) -> dict[str, TaskResult]:
         """Score every task; results keyed by logged name (plus the ``xstorycloze`` group when complete)."""
         device = torch.device(device) if device is not None else next(model.parameters()).device
         scorer = Scorer(model, self.tokenizer, device=device, autocast_dtype=autocast_dtype, max_length=max_length,
-                        batch_tokens=batch_tokens, rank=rank, world_size=world_size, progress=progress)
+                        batch_tokens=batch_tokens, rank=rank, world_size=world_size, progress=progress,
+                        share_context=share_context)
         window = seq_len or min(scorer.max_length, MAX_LOSS_WINDOW)
         results: dict[str, TaskResult] = {}
         for item in self.items:
@@ -99,7 +97,7 @@ class BenchmarkSuite:
         return results
 
     def _run_choice(self, item: _Prepared, scorer: Scorer, desc: str | None, log_samples: bool) -> TaskResult:
-        key = (scorer.max_length, scorer.batch_tokens)
+        key = (scorer.max_length, scorer.batch_tokens, scorer.share_context)
         if key not in item.plans:
             item.plans[key] = scorer.plan(item.requests)
         plan: Plan = item.plans[key]
@@ -175,6 +173,7 @@ class BenchmarksEvalConfig(EvaluatorConfig):
     batch_tokens: int = 16384  # tokens (rows x padded length) per forward
     max_length: int | None = None  # None: the model's (lme rule: config.max_position_embeddings)
     seq_len: int | None = None  # TinyStories window; None: min(max_length, 2048)
+    share_context: bool = True  # one copy of a context shared by its choices (SDPA models; same numbers)
 
     def validate(self, p: str) -> None:
         from linreg.config import ConfigError, check
@@ -212,7 +211,7 @@ class BenchmarksEvaluator(Evaluator):
         max_length = cfg.max_length or resolve_max_length(getattr(model, "config", None), ctx.tokenizer)
         results = self.suite.run(model, device=ctx.device, autocast_dtype=ctx.autocast_dtype, max_length=max_length,
                                  seq_len=cfg.seq_len, batch_tokens=cfg.batch_tokens, rank=ctx.rank,
-                                 world_size=ctx.world_size)
+                                 world_size=ctx.world_size, share_context=cfg.share_context)
         if ctx.is_main:
             meta = {"step": step, "data": self.suite.data.describe(), "num_fewshot": cfg.num_fewshot,
                     "limit": cfg.limit, "fewshot_seed": cfg.fewshot_seed, "max_length": max_length}

@@ -10,13 +10,18 @@ Semantics (lme ``HFLM`` for causal models):
   the score is the sum of the continuation tokens' log-probabilities (log-softmax in fp32) and ``is_greedy`` says
   whether every continuation token is the argmax.
 
-Engine (``Scorer``): requests are turned into model input rows; a request whose input row is a prefix of another's
-(e.g. choices that differ only in their last token, like " yes"/" no") is read off that longer row, so it costs no
-forward of its own. Rows are sorted by length (longest first) and packed into batches under a token budget (right
-padding, no attention mask: causal attention never lets a real token see the padding). Only the positions that
-predict continuation tokens go through the LM head (``logits_to_keep`` as a boolean mask). With ``world_size > 1``
-batches are dealt round-robin to ranks, ranks with fewer batches run a dummy forward so that every rank makes the
-same number of forward calls (ZeRO-3 gathers parameters collectively), and results are summed with all-reduce.
+Engine (``Scorer``): requests are turned into model input rows, sharing work where the numbers stay the same:
+- choices with the same (untruncated) context share one copy of it: a *packed* row holds the context once, then
+  each continuation's tokens (all but the last), with position ids that continue the context's and a 4D mask
+  that lets each continuation see the context and itself only (SDPA models without a shorter sliding window);
+- a request whose input row is a prefix of another's (e.g. one-token choices like " yes"/" no") is read off that
+  longer row.
+Rows are sorted by length (longest first) and packed into batches under a token budget (right padding; plain rows
+need no attention mask: causal attention never lets a real token see the padding). Only the positions that
+predict continuation tokens go through the LM head (``logits_to_keep`` as a boolean mask). With
+``world_size > 1`` batches are dealt round-robin to ranks, ranks with fewer batches run a dummy forward so that
+every rank makes the same number of forward calls (ZeRO-3 gathers parameters collectively), and results are
+summed with all-reduce.
 
 ``naive_loglikelihood`` is the reference: one request at a time, full logits, no sharing.
 """
@@ -134,48 +139,112 @@ def model_input(ctx: list[int], cont: list[int], max_length: int) -> tuple[tuple
 
 
 @dataclass
+class Row:
+    """One model input row. A packed row holds a shared context (segment 0) followed by several continuations
+    (segments 1, 2, ...): each continuation attends to the context and to itself only, at the positions it would
+    have after the context alone."""
+    tokens: tuple[int, ...]
+    segments: tuple[int, ...] | None = None  # None: a plain causal row
+    positions: tuple[int, ...] | None = None  # None: 0 .. len - 1
+
+    @property
+    def needs_mask(self) -> bool:  # two continuation segments that must not see each other
+        return self.segments is not None and len(set(self.segments)) > 2
+
+
+@dataclass
 class Plan:
-    rows: list[tuple[int, ...]]  # distinct model input rows, longest first
+    rows: list[Row]  # longest first
     batches: list[list[int]]  # row indices per batch
     req_row: list[int]  # request -> row that hosts it
-    req_start: list[int]  # request -> first predicting position in that row
-    req_cont: list[list[int]]  # request -> continuation tokens
+    req_pos: list[list[int]]  # request -> positions in its row whose logits predict its scored tokens
+    req_cont: list[list[int]]  # request -> scored tokens
 
     @property
     def num_tokens(self) -> int:
-        return sum(len(r) for r in self.rows)
+        return sum(len(r.tokens) for r in self.rows)
 
 
-def plan_requests(requests: Sequence[TokenPair], max_length: int, batch_tokens: int, max_batch_size: int) -> Plan:
-    prepared = [model_input(c, k, max_length) for c, k in requests]
-    inputs, starts, conts = zip(*prepared) if prepared else ((), (), ())
-    cut = sum(len(k) > max_length for _, k in requests)
+def _packed_rows(requests: Sequence[TokenPair], max_length: int, limit: int) -> list[tuple[Row, list[int]]]:
+    """Rows that share one copy of a context among requests with that same context (none truncated): the
+    continuation ``k`` is scored from the context's last position and from ``k[:-1]`` placed after the context."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, cont) in enumerate(requests):
+        if len(ctx) + len(cont) <= max_length + 1:
+            groups.setdefault(tuple(ctx), []).append(i)
+    out = []
+    for ctx, members in groups.items():
+        if sum(len(requests[i][1]) > 1 for i in members) < 2:
+            continue  # at most one continuation needs tokens of its own: prefix sharing does as well
+        chunks, cur, size = [], [], len(ctx)
+        for i in members:  # rows of at most ``limit`` tokens
+            extra = len(requests[i][1]) - 1
+            if cur and size + extra > limit:
+                chunks.append(cur)
+                cur, size = [], len(ctx)
+            cur.append(i)
+            size += extra
+        chunks.append(cur)
+        for chunk in chunks:
+            tokens, segs, pos = list(ctx), [0] * len(ctx), list(range(len(ctx)))
+            for j, i in enumerate(chunk, 1):
+                tail = requests[i][1][:-1]
+                tokens += tail
+                segs += [j] * len(tail)
+                pos += range(len(ctx), len(ctx) + len(tail))
+            out.append((Row(tuple(tokens), tuple(segs), tuple(pos)), chunk))
+    return out
+
+
+def plan_requests(requests: Sequence[TokenPair], max_length: int, batch_tokens: int, max_batch_size: int,
+                  share_context: bool = False) -> Plan:
+    n = len(requests)
+    req_row, req_pos, req_cont = [0] * n, [[] for _ in range(n)], [[] for _ in range(n)]
+    rows: list[Row] = []
+    done = set()
+    if share_context:
+        for row, members in _packed_rows(requests, max_length, max(2 * max_length, 1024)):
+            c = row.segments.count(0)
+            offset = c  # the members' segments follow the context in member order
+            for i in members:
+                tail = len(requests[i][1]) - 1
+                req_row[i], req_cont[i] = len(rows), list(requests[i][1])
+                req_pos[i] = [c - 1] + list(range(offset, offset + tail))
+                offset += tail
+                done.add(i)
+            rows.append(row)
+    rest = [i for i in range(n) if i not in done]
+    cut = sum(len(requests[i][1]) > max_length for i in rest)
     if cut:
         log.warning("%d continuation(s) longer than max_length=%d: only their last %d tokens are scored "
                     "(lm-evaluation-harness would stop here)", cut, max_length, max_length)
+    prepared = {i: model_input(*requests[i], max_length) for i in rest}
     # A row that is a prefix of another is hosted by the longest row of its chain: in lexicographic order a
     # sequence's successor starts with it whenever any sequence does.
-    order = sorted(range(len(inputs)), key=lambda i: inputs[i])
-    host: list[tuple[int, ...]] = [()] * len(inputs)
+    host: dict[int, tuple[int, ...]] = {}
     succ: tuple[int, ...] | None = None
     succ_host: tuple[int, ...] = ()
-    for i in reversed(order):
-        s = inputs[i]
-        if succ is not None and len(s) <= len(succ) and succ[:len(s)] == s:
-            host[i] = succ_host
-        else:
-            host[i] = s
+    for i in sorted(rest, key=lambda i: prepared[i][0], reverse=True):
+        s = prepared[i][0]
+        host[i] = succ_host if succ is not None and succ[:len(s)] == s else s
         succ, succ_host = s, host[i]
-    rows = sorted(set(host), key=lambda r: (-len(r), r))
-    row_index = {r: j for j, r in enumerate(rows)}
+    hosts = sorted(set(host.values()))
+    plain = {h: len(rows) + j for j, h in enumerate(hosts)}
+    rows += [Row(h) for h in hosts]
+    for i in rest:
+        _, start, cont = prepared[i]
+        req_row[i], req_pos[i], req_cont[i] = plain[host[i]], list(range(start, start + len(cont))), cont
+    order = sorted(range(len(rows)), key=lambda j: (-len(rows[j].tokens), rows[j].tokens))
+    new_index = {old: new for new, old in enumerate(order)}
+    rows = [rows[j] for j in order]
     batches: list[list[int]] = []
     for j, r in enumerate(rows):
         cur = batches[-1] if batches else None
-        if cur and len(cur) < max_batch_size and (len(cur) + 1) * len(rows[cur[0]]) <= batch_tokens:
+        if cur and len(cur) < max_batch_size and (len(cur) + 1) * len(rows[cur[0]].tokens) <= batch_tokens:
             cur.append(j)
         else:
             batches.append([j])
-    return Plan(rows, batches, [row_index[h] for h in host], list(starts), list(conts))
+    return Plan(rows, batches, [new_index[r] for r in req_row], req_pos, req_cont)
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -187,6 +256,14 @@ def _supports_logits_to_keep(model) -> bool:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def supports_packed_rows(model, max_length: int) -> bool:
+    """Packed rows need custom position ids and a 4D boolean mask: SDPA attention, and no sliding window shorter
+    than the context (a custom mask would bypass it)."""
+    cfg = getattr(model, "config", None)
+    window = getattr(cfg, "sliding_window", None)
+    return getattr(cfg, "_attn_implementation", None) == "sdpa" and (window is None or window >= max_length)
 
 
 def run_sharded(n_batches: int, run, dummy, rank: int = 0, world_size: int = 1, desc: str | None = None) -> None:
@@ -212,7 +289,7 @@ class Scorer:
     def __init__(self, model, tokenizer, *, device: torch.device | str | None = None,
                  autocast_dtype: torch.dtype | None = None, max_length: int | None = None,
                  batch_tokens: int = 16384, max_batch_size: int = 256, rank: int = 0, world_size: int = 1,
-                 progress: bool = False):
+                 progress: bool = False, share_context: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -224,6 +301,7 @@ class Scorer:
         self.progress = progress
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._keep_mask = _supports_logits_to_keep(model)
+        self.share_context = share_context and supports_packed_rows(model, self.max_length)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -238,7 +316,7 @@ class Scorer:
         return encode_pairs(self.tokenizer, pairs)
 
     def plan(self, requests: Sequence[TokenPair]) -> Plan:
-        return plan_requests(requests, self.max_length, self.batch_tokens, self.max_batch_size)
+        return plan_requests(requests, self.max_length, self.batch_tokens, self.max_batch_size, self.share_context)
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], desc: str = "scoring") -> list[tuple[float, bool]]:
         lls, greedy = self.score_tokens(self.encode(pairs), desc=desc)
@@ -262,38 +340,56 @@ class Scorer:
         return lls.cpu().numpy(), (miss == 0).cpu().numpy()
 
     def _score_batch(self, plan: Plan, batch: list[int], by_row, lls: torch.Tensor, miss: torch.Tensor) -> None:
-        width = len(plan.rows[batch[0]])
+        rows = [plan.rows[r] for r in batch]
+        width = len(rows[0].tokens)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         keep = torch.zeros((len(batch), width), dtype=torch.bool)
-        for b, r in enumerate(batch):
-            row = plan.rows[r]
-            ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+        for b, (r, row) in enumerate(zip(batch, rows)):
+            ids[b, :len(row.tokens)] = torch.tensor(row.tokens, dtype=torch.long)
             for i in by_row[r]:
-                keep[b, plan.req_start[i]:plan.req_start[i] + len(plan.req_cont[i])] = True
-        # flat index (in the row-major order of keep's True entries) of each continuation token
+                keep[b, plan.req_pos[i]] = True
+        # flat index (in the row-major order of keep's True entries) of each scored token
         flat = torch.cumsum(keep.flatten().long(), 0).view_as(keep) - 1
         sel, tgt, owner = [], [], []
         for b, r in enumerate(batch):
             for i in by_row[r]:
-                s, cont = plan.req_start[i], plan.req_cont[i]
-                sel.append(flat[b, s:s + len(cont)])
-                tgt.extend(cont)
-                owner.extend([i] * len(cont))
+                sel.append(flat[b, plan.req_pos[i]])
+                tgt.extend(plan.req_cont[i])
+                owner.extend([i] * len(plan.req_cont[i]))
         sel_t = torch.cat(sel).to(self.device)
         tgt_t = torch.tensor(tgt, dtype=torch.long, device=self.device)
         owner_t = torch.tensor(owner, dtype=torch.long, device=self.device)
-        ids, keep = ids.to(self.device), keep.to(self.device)
+        kwargs = {"input_ids": ids.to(self.device), "use_cache": False}
+        if any(row.positions is not None for row in rows):
+            kwargs.update(_packed_inputs(rows, width, self.device))
+        if self._keep_mask:
+            kwargs["logits_to_keep"] = keep.to(self.device)
         with self._autocast():
-            if self._keep_mask:
-                logits = self.model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
-            else:
-                logits = self.model(input_ids=ids, use_cache=False).logits
+            logits = self.model(**kwargs).logits
         if logits.dim() == 3:  # the model ignored logits_to_keep (or does not take it)
-            logits = logits[keep]
+            logits = logits[keep.to(self.device)]
         logits = _at_least_fp32(logits[sel_t])
         logp = F.log_softmax(logits, dim=-1).gather(1, tgt_t[:, None]).squeeze(1)
         lls.index_add_(0, owner_t, logp.double())
         miss.index_add_(0, owner_t, (logits.argmax(-1) != tgt_t).double())
+
+
+def _packed_inputs(rows: list[Row], width: int, device) -> dict[str, torch.Tensor]:
+    """position_ids, and a [batch, 1, query, key] boolean attention mask when a row holds several continuations:
+    causal, and a key is visible if it is in the shared context (segment 0) or in the query's own segment. Padding
+    (segment -1) is never visible to a real token; a padding query sees itself, so no mask row is empty."""
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        n = len(row.tokens)
+        pos[b, :n] = torch.tensor(row.positions) if row.positions is not None else torch.arange(n)
+        seg[b, :n] = torch.tensor(row.segments) if row.segments is not None else 0
+    out = {"position_ids": pos.to(device)}
+    if any(row.needs_mask for row in rows):
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+        out["attention_mask"] = (causal & visible)[:, None].to(device)
+    return out
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ def test_compiled_step_matches_eager(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(REPO / "bench" / "train_throughput.py"), "--config", "tests/tiny.yaml",
            "--variants", "cosine", "--compile", "off,on", "--warmup", "2", "--steps", "1", "--repeats", "1",
-           "--max-docs", "300", "--no-baselines", "--out", str(out)]
+           "--max-docs", "300", "--baselines", "none", "--out", str(out)]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     eager, compiled = json.loads((out / "results.json").read_text())["rows"]
