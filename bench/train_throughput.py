@@ -291,7 +291,7 @@ def render(runs: list[dict], rows: list[dict]) -> str:
 def describe_device(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    return f"CPU ({os.cpu_count()} cores, {platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
 def versions() -> str:

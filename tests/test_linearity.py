@@ -184,3 +184,17 @@ def test_probe_is_the_papers_recipe(tinystories_valid, tiny_tokenizer):
     assert sum(map(len, capped)) == 500 and max(map(len, capped)) <= 40
     with pytest.warns(UserWarning, match="only 2 chunks"):
         assert len(sample_chunks(text[:1100], ProbeConfig(num_chunks=8))) == 2
+
+
+def test_probe_text_from_a_dataset(tmp_path, tinystories_valid):
+    import json
+
+    from data.sources import read_txt_documents
+    from eval.linearity.probe import read_probe_dataset
+
+    with (tmp_path / "valid.jsonl").open("w") as f:  # a local HF dataset directory (works offline)
+        for doc in read_txt_documents(tinystories_valid)[:50]:
+            f.write(json.dumps({"story": doc}) + "\n")
+    text = read_probe_dataset(str(tmp_path), "validation", text_field="story")
+    assert text == read_probe_text(tmp_path / "valid.jsonl", "story")
+    assert text.startswith(read_txt_documents(tinystories_valid)[0])

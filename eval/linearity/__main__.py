@@ -1,6 +1,6 @@
 """Linearity profiles from the command line.
 
-    python -m eval.linearity --model PATH [--model PATH ...] --text FILE --out DIR
+    python -m eval.linearity --model PATH [--model PATH ...] (--text FILE | --dataset NAME [--split S]) --out DIR
     python -m eval.linearity --run RUN_DIR [--out DIR]  # redraw a run's curves (default RUN_DIR/plots)
 
 PATH: any local AutoModelForCausalLM directory (an HF export, GPT-2, OPT, Llama, Mistral, Pythia...), a linreg
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from eval.linearity.plots import plot_history, plot_profiles
-from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
+from eval.linearity.probe import ProbeConfig, build_probe, read_probe_dataset, read_probe_text
 from eval.linearity.profile import QUANTITIES, model_profile
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -31,7 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", action="append", default=[], metavar="PATH", help="model directory (repeatable)")
     ap.add_argument("--label", action="append", default=[], help="legend label per --model (default: its name)")
     ap.add_argument("--text", help="probe text: .txt (linreg <|endoftext|> format or plain) or .jsonl")
-    ap.add_argument("--text-field", default="text", help="field of a .jsonl probe file")
+    ap.add_argument("--dataset", help="probe text from an HF dataset instead (hub name or local directory)")
+    ap.add_argument("--dataset-config", default=None)
+    ap.add_argument("--split", default="validation", help="split of --dataset")
+    ap.add_argument("--text-field", default="text", help="text field of a .jsonl file or a dataset")
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--run", help="a training run directory: redraw its linearity curves and exit")
     ap.add_argument("--num-chunks", type=int, default=ProbeConfig.num_chunks)
@@ -45,8 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--final-norm", action="store_true",
                     help="also score the pair (h_{L-1}, final_norm(h_L)) that HF hidden_states end with")
     args = ap.parse_args(argv)
-    if args.run is None and not (args.model and args.text and args.out):
-        ap.error("give --model PATH (one or more), --text FILE and --out DIR; or --run RUN_DIR")
+    if args.run is None and not (args.model and args.out and (args.text is None) != (args.dataset is None)):
+        ap.error("give --model PATH (one or more), --text FILE or --dataset NAME, and --out DIR; or --run RUN_DIR")
     if args.label and len(args.label) != len(args.model):
         ap.error(f"{len(args.label)} --label for {len(args.model)} --model")
     return args
@@ -87,7 +90,11 @@ def main(argv=None) -> int:
     dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
     probe_cfg.validate("probe")
-    text = read_probe_text(args.text, args.text_field)
+    if args.text is not None:
+        text, source = read_probe_text(args.text, args.text_field), str(Path(args.text).resolve())
+    else:
+        text = read_probe_dataset(args.dataset, args.split, args.dataset_config, args.text_field)
+        source = f"{args.dataset}:{args.dataset_config or ''}:{args.split}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, profiles = [], {}
@@ -112,7 +119,7 @@ def main(argv=None) -> int:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    meta = {"text": str(Path(args.text).resolve()), "probe": vars(probe_cfg), "device": str(device)}
+    meta = {"text": source, "probe": vars(probe_cfg), "device": str(device)}
     (out / "linearity.json").write_text(json.dumps({**meta, "models": results}, indent=1))
     write_csv(results, out / "linearity.csv")
     plot_profiles(profiles, out / "linearity.png")

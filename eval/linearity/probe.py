@@ -80,6 +80,16 @@ def read_probe_text(path: str | Path, text_field: str = "text") -> str:
     return "\n".join(docs)
 
 
+def read_probe_dataset(name: str, split: str, config: str | None = None, text_field: str = "text") -> str:
+    """An HF dataset's split (hub name, or a local directory of data files) as one string: documents joined
+    with newlines. Goes through the training core's loader, so offline errors read the same."""
+    from data.config import DataConfig
+    from data.sources import load_documents
+
+    cfg = DataConfig(dataset=name, dataset_config=config, valid_split=split, text_field=text_field)
+    return "\n".join(load_documents(cfg, "valid"))
+
+
 def build_probe(text: str, tokenizer, cfg: ProbeConfig | None = None, max_len: int | None = None) -> list[list[int]]:
     cfg = cfg or ProbeConfig()
     return tokenize_chunks(tokenizer, sample_chunks(text, cfg), cfg.max_tokens, max_len)

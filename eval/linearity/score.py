@@ -44,7 +44,7 @@ class PairStats:
     linearity_wo_res: float
     norm_ratio: float  # mean over tokens of ||y - x|| / ||y||
     rank_x: int  # numerical rank of the centred X
-    solver: str  # "cholesky", "rsvd" or "nonfinite"
+    solver: str  # "cholesky", "rsvd", "constant" (X has no variance) or "nonfinite"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,10 +57,15 @@ def check_sizes(n: int, d: int) -> None:
                          f"(with n <= d + 1 every score is trivially 1; the paper uses ~15k tokens for d=4096)")
 
 
-def centered64(t: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+def to64(t: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """Move first, then upcast on the device: a bf16 state crosses PCIe in 2 bytes per value, not 8."""
     if t.dim() != 2:
         raise ValueError(f"expected an n x d matrix of token embeddings, got shape {tuple(t.shape)}")
-    t = t.detach().to(device=device or t.device, dtype=torch.float64)
+    return t.detach().to(device or t.device).to(torch.float64)
+
+
+def centered64(t: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    t = to64(t, device)
     return t - t.mean(dim=0, keepdim=True)
 
 
@@ -77,7 +82,7 @@ def residual_sum_of_squares(xc: torch.Tensor, yc: torch.Tensor) -> tuple[float, 
         xc, gram, cross, norms = xc[:, keep], gram[keep][:, keep], cross[keep], norms[keep]
     n, p = xc.shape
     if p == 0:
-        return float((yc * yc).sum()), 0, "cholesky"
+        return float((yc * yc).sum()), 0, "constant"  # a constant X explains nothing
     inv = 1.0 / norms  # Jacobi scaling: X_s = X_c diag(inv) has the same column space and a unit-diagonal Gram
     chol, info = torch.linalg.cholesky_ex(gram * inv[:, None] * inv[None, :])
     if int(info) == 0 and float(torch.diagonal(chol).min()) ** 2 > _PIVOT_TOL:
@@ -130,7 +135,7 @@ def pair_stats(x: torch.Tensor, y: torch.Tensor, device: torch.device | str | No
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     check_sizes(*x.shape)
-    x64, y64 = (t.detach().to(device=device or x.device, dtype=torch.float64) for t in (x, y))
+    x64, y64 = to64(x, device), to64(y, device)
     return _pair_from_centered(x64, y64, centered64(x64), centered64(y64))
 
 
@@ -148,10 +153,10 @@ def linearity_profile(states: list[torch.Tensor], device: torch.device | str | N
     check_sizes(*shape)
     device = device or states[0].device
     out = []
-    x = states[0].detach().to(device=device, dtype=torch.float64)
+    x = to64(states[0], device)
     xc = centered64(x)
     for nxt in states[1:]:
-        y = nxt.detach().to(device=device, dtype=torch.float64)
+        y = to64(nxt, device)
         yc = centered64(y)
         out.append(_pair_from_centered(x, y, xc, yc))
         x, xc = y, yc
