@@ -73,23 +73,21 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def fallback_table(args) -> int:
-    print(f"# {datetime.date.today()} torch {torch.__version__}, n = {args.n} tokens, X of d/2 distinct rows")
-    print("| device | d | solver | rank | ours s/score | svd32 s/score | ours - lstsq64 | svd32 - lstsq64 |")
-    print("|---|---|---|---|---|---|---|---|")
+def cases(args, rank_deficient: bool = False):
+    """(d, device, x, y, err) per size and device; err(v) = |v - float64 lstsq| as text ("n/a" with --no-lstsq).
+    With ``rank_deficient``, X is like h_0 of a probe with d/2 distinct tokens: its rows repeat d/2 vectors."""
     for d in args.dims:
         x, y = hidden_state_like(args.n, d)
-        x = x[torch.randint(0, d // 2, (args.n,), generator=torch.Generator().manual_seed(1))]
+        if rank_deficient:
+            x = x[torch.randint(0, d // 2, (args.n,), generator=torch.Generator().manual_seed(1))]
         ref = None if args.no_lstsq else lstsq_reference(x, y)
         for name in args.devices:
             device = torch.device(name)
             xd, yd = x.to(device), y.to(device)
-            stats, t_ours = timed(lambda: pair_stats(xd, yd), device)
-            svd, t_svd = timed(lambda: svd_recipe(xd, yd), device)
-            err = (lambda v: "n/a" if ref is None else f"{abs(v - ref):.1e}")
-            print(f"| {device_name(device)} | {d} | {stats.solver} | {stats.rank_x} | {t_ours:.2f} | {t_svd:.2f} "
-                  f"| {err(stats.linearity)} | {err(svd)} |", flush=True)
-    return 0
+            if device.type == "cuda":  # load cuSOLVER/cuBLAS before timing
+                svd_recipe(xd[:1024, :64], yd[:1024, :64])
+                linearity_score(xd[:1024, :64], yd[:1024, :64])
+            yield d, device, xd, yd, (lambda v, ref=ref: "n/a" if ref is None else f"{abs(v - ref):.1e}")
 
 
 def main(argv=None) -> int:
@@ -100,28 +98,27 @@ def main(argv=None) -> int:
     ap.add_argument("--no-lstsq", action="store_true", help="skip the (slow) float64 numpy reference")
     ap.add_argument("--fallback", action="store_true", help="time the rank-deficient (R-SVD) path instead")
     args = ap.parse_args(argv)
-    if args.fallback:
-        return fallback_table(args)
 
-    print(f"# {datetime.date.today()} torch {torch.__version__}, n = {args.n} tokens")
+    print(f"# {datetime.date.today()} torch {torch.__version__}, n = {args.n} tokens"
+          + (", X of d/2 distinct rows" if args.fallback else ""))
+    if args.fallback:
+        print("| device | d | solver | rank | ours s/score | svd32 s/score | ours - lstsq64 | svd32 - lstsq64 |")
+        print("|---|---|---|---|---|---|---|---|")
+        for d, device, xd, yd, err in cases(args, rank_deficient=True):
+            stats, t_ours = timed(lambda: pair_stats(xd, yd), device)
+            svd, t_svd = timed(lambda: svd_recipe(xd, yd), device)
+            print(f"| {device_name(device)} | {d} | {stats.solver} | {stats.rank_x} | {t_ours:.2f} | {t_svd:.2f} "
+                  f"| {err(stats.linearity)} | {err(svd)} |", flush=True)
+        return 0
     print("| device | d | svd32 s/score | ours s/score | ours s/pair (LS, LS w/o res, ratio) | speed-up/score "
           "| speed-up/pair | ours - lstsq64 | svd32 - lstsq64 |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for d in args.dims:
-        x, y = hidden_state_like(args.n, d)
-        ref = None if args.no_lstsq else lstsq_reference(x, y)
-        for name in args.devices:
-            device = torch.device(name)
-            xd, yd = x.to(device), y.to(device)
-            if device.type == "cuda":  # load cuSOLVER/cuBLAS before timing
-                svd_recipe(xd[:1024, :64], yd[:1024, :64])
-                linearity_score(xd[:1024, :64], yd[:1024, :64])
-            svd, t_svd = timed(lambda: svd_recipe(xd, yd), device)
-            ours, t_ours = timed(lambda: linearity_score(xd, yd), device)
-            _, t_pair = timed(lambda: pair_stats(xd, yd), device)
-            err = (lambda v: "n/a" if ref is None else f"{abs(v - ref):.1e}")
-            print(f"| {device_name(device)} | {d} | {t_svd:.2f} | {t_ours:.2f} | {t_pair:.2f} | "
-                  f"{t_svd / t_ours:.1f}x | {2 * t_svd / t_pair:.1f}x | {err(ours)} | {err(svd)} |", flush=True)
+    for d, device, xd, yd, err in cases(args):
+        svd, t_svd = timed(lambda: svd_recipe(xd, yd), device)
+        ours, t_ours = timed(lambda: linearity_score(xd, yd), device)
+        _, t_pair = timed(lambda: pair_stats(xd, yd), device)
+        print(f"| {device_name(device)} | {d} | {t_svd:.2f} | {t_ours:.2f} | {t_pair:.2f} | "
+              f"{t_svd / t_ours:.1f}x | {2 * t_svd / t_pair:.1f}x | {err(ours)} | {err(svd)} |", flush=True)
     return 0
 
 

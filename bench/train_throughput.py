@@ -108,7 +108,8 @@ def data_overrides(args, work: Path) -> tuple[str, list[str]]:
         return f"real (first {args.max_docs} TinyStories docs)", []
     corpus = work / "synthetic.txt"
     synthetic_corpus(corpus, args.max_docs)
-    return f"synthetic ({args.max_docs} random-word docs)", [f"data.train_files=[{corpus}]", f"data.valid_files=[{corpus}]"]
+    files = [f"data.{split}_files=[{corpus}]" for split in ("train", "valid")]
+    return f"synthetic ({args.max_docs} random-word docs)", files
 
 
 def load_cfg(args, overrides: list[str]):
@@ -190,7 +191,7 @@ def measure(step_fn, args, device, flops_tok: float, peak_tflops: float | None, 
     tok_s = tokens_per_step / step_s
     steps_run = args.warmup + args.repeats * args.steps
     syncs = host_syncs(step_fn, steps_run, device)
-    return {"tokens_per_s": tok_s, "tokens_per_s_range": [tokens_per_step / max(per_step), tokens_per_step / min(per_step)],
+    return {"tokens_per_s": tok_s, "tokens_per_s_range": [tokens_per_step / t for t in (max(per_step), min(per_step))],
             "step_s": step_s, "mfu": flops_tok * tok_s / (peak_tflops * 1e12) if peak_tflops else None,
             "peak_mem_gb": mem, "warmup_s": warmup_s, "host_syncs_per_step": syncs,
             "steps_run": steps_run + (syncs is not None)}

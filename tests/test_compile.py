@@ -22,6 +22,7 @@ def test_compiled_step_matches_eager(tmp_path):
     assert (eager["compile"], compiled["compile"]) == (False, True)
     assert eager["loss"]["reg"] > 0  # the hooks captured the states in both
     for k in ("ce", "reg"):
-        assert abs(eager["loss"][k] - compiled["loss"][k]) <= 1e-5 * max(1.0, abs(eager["loss"][k])), (k, eager, compiled)
+        want, got = eager["loss"][k], compiled["loss"][k]
+        assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), (k, eager, compiled)
     table = (out / "results.md").read_text()
     assert "| project | cosine | 1 | off | on |" in table

@@ -25,7 +25,7 @@ from eval.linearity.score import check_sizes
 
 @dataclass
 class LinearityEvalConfig(EvaluatorConfig):
-    every: int = 200  # ~1.3% of wall time on tiny_cpu with the paper probe (docs/PERFORMANCE.md)
+    every: int = 200  # ~1% of wall time on tiny_cpu with the paper probe (docs/PERFORMANCE.md)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     text_file: str | None = None  # probe text; None = the run's validation documents joined by newlines
     batch_size: int = 32  # probe sequences per forward (their L+1 states are held until moved to the CPU)
