@@ -182,7 +182,9 @@ def build(cfg, run_dir: Path, device: torch.device, ds_cfg: dict) -> Trainer:
         # Non-reentrant: the checkpointed block's output is the tensor our capture hooks saw, so the
         # regularizer's gradient flows through recomputation.
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    regularizer = build_regularizer(cfg.regularizer)
+    # train.compile also compiles the regularizer's per-token math (inductor fuses each state's work).
+    regularizer = build_regularizer(dataclasses.replace(cfg.regularizer,
+                                                        compile=cfg.regularizer.compile or cfg.train.compile))
     capture = ResidualStream(model) if regularizer.needs_states else None
     if cfg.train.compile:
         model.compile()  # in place: keeps parameter names (checkpoints, export) unchanged

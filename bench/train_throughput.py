@@ -26,6 +26,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -306,15 +307,8 @@ def versions() -> str:
 
 # ------------------------------------------------------------------------------------------------------------
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import train
-    from linreg import dist
-
-    dist.setup_env()
-    device = train.init_distributed()
-    work = Path(tempfile.mkdtemp(prefix="linreg_bench_"))
+def run_grid(args, work: Path, device) -> tuple[list[dict], object, str]:
+    """Every project setup of the grid, then the plain-HF baselines: the rows, the last config, the data."""
     data_desc, data_ovr = data_overrides(args, work)
     common = [*data_ovr, f"data.cache_dir={work / 'cache'}", f"data.max_docs={args.max_docs}",
               "tokenizer.train_max_bytes=2000000", "train.max_steps=1000000"]
@@ -324,7 +318,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
 
-    this_run, keep = [], {}
+    rows, keep = [], {}
 
     def record(row: dict, fn, *fn_args) -> None:
         t0 = time.perf_counter()
@@ -335,7 +329,7 @@ def main(argv=None) -> int:
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
         row["wall_s"] = round(time.perf_counter() - t0, 1)
         release(device)
-        this_run.append(row)
+        rows.append(row)
         print("bench:", json.dumps(row), flush=True)
 
     for zero in zeros:
@@ -354,13 +348,28 @@ def main(argv=None) -> int:
                 row = {"setup": "plain HF", "variant": "naive cosine" if naive else "none", "zero": None,
                        "ckpt": False, "compile": comp, "mem_before_gb": allocated_gb(device)}
                 record(row, run_baseline, cfg, device, args, keep, comp, naive)
+    return rows, cfg, data_desc
 
-    write_report(Path(args.out), args.append, this_run, {
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import train
+    from linreg import dist
+
+    dist.setup_env()
+    device = train.init_distributed()
+    work = Path(tempfile.mkdtemp(prefix="linreg_bench_"))
+    try:
+        rows, cfg, data_desc = run_grid(args, work, device)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the bench's tokenizer, token cache and synthetic text
+    write_report(Path(args.out), args.append, rows, {
         "date": date.today().isoformat(), "device": describe_device(device), "versions": versions(),
         "command": " ".join(["python", "bench/train_throughput.py", *map(shlex.quote, argv or sys.argv[1:])]),
         "data": data_desc, "timing": f"{args.repeats} windows of {args.steps} steps after {args.warmup} warm-up steps",
-        "shape": f"{this_run[0].get('params_m', '?')}M params, {describe_batch(cfg)}"})
-    return 1 if any("error" in r for r in this_run) else 0
+        "shape": f"{rows[0].get('params_m', '?')}M params, {describe_batch(cfg)}"})
+    return 1 if any("error" in r for r in rows) else 0
 
 
 def describe_batch(cfg) -> str:

@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
                    help="bf16 autocast or fp32; auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--batch-tokens", type=int, default=None,
-                   help="tokens per forward batch (default 65536 on GPU, 16384 on CPU)")
+                   help="tokens per forward batch (default 32768 on GPU, 4096 on CPU)")
     p.add_argument("--max-length", type=int, default=None,
                    help="context length for truncation (default: the model's, as lme resolves it)")
     p.add_argument("--seq-len", type=int, default=None, help="TinyStories window (default min(max length, 2048))")
@@ -68,13 +68,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from eval.benchmarks import BenchmarkSuite, results_to_scalars, write_results
+    from eval.benchmarks import BenchmarkSuite, default_batch_tokens, results_to_scalars, write_results
     from eval.tasks import TaskDataError
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     autocast_dtype = torch.bfloat16 if dtype == "bf16" else None
-    batch_tokens = args.batch_tokens or (65536 if device.type == "cuda" else 16384)
 
     t0 = time.perf_counter()
     model, tokenizer = load(args.model)
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
     t_prep = time.perf_counter() - t0
     with torch.no_grad():
         results = suite.run(model, device=device, autocast_dtype=autocast_dtype, max_length=args.max_length,
-                            seq_len=args.seq_len, batch_tokens=batch_tokens, progress=True,
+                            seq_len=args.seq_len, batch_tokens=args.batch_tokens, progress=True,
                             log_samples=args.log_samples, share_context=not args.no_share_context)
     from eval.scorer import resolve_max_length
 
@@ -96,7 +95,7 @@ def main(argv=None) -> int:
     meta = {
         "model": str(Path(args.model).resolve()), "data": suite.data.describe(), "tasks": suite.task_names,
         "num_fewshot": args.num_fewshot, "fewshot_seed": args.fewshot_seed, "limit": args.limit,
-        "device": str(device), "dtype": dtype, "batch_tokens": batch_tokens,
+        "device": str(device), "dtype": dtype, "batch_tokens": args.batch_tokens or default_batch_tokens(device),
         "max_length": args.max_length or resolve_max_length(model.config, tokenizer),
         "load_and_prepare_seconds": round(t_prep, 3), "total_seconds": round(time.perf_counter() - t0, 3),
         "torch": torch.__version__,

@@ -68,7 +68,11 @@ class LinearityEvaluator(Evaluator):
         else:
             from data.sources import load_documents
 
-            text = "\n".join(load_documents(ctx.config.data, "valid"))
+            try:
+                text = "\n".join(load_documents(ctx.config.data, "valid"))
+            except ValueError as e:
+                raise ValueError(f"eval.linearity: {e} (or set eval.linearity.text_file, or "
+                                 f"eval.linearity.enabled=false)") from None
         model_cfg = ctx.config.model
         probe = build_probe(text, ctx.tokenizer, cfg.probe, max_len=getattr(model_cfg, "max_seq_len", ctx.seq_len))
         self.num_tokens = sum(len(p) for p in probe)
