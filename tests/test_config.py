@@ -59,7 +59,8 @@ def test_batch_arithmetic():
 
 
 def test_deepspeed_block_and_override_file(tmp_path):
-    cfg = load_config(REPO_CONFIGS / "tiny_cpu.yaml", ["deepspeed={zero_optimization: {stage: 2, overlap_comm: true}}"])
+    cfg = load_config(REPO_CONFIGS / "tiny_cpu.yaml", ["deepspeed={zero_optimization: {stage: 2, overlap_comm: true}}",
+                                                       "train.micro_batch_size=16", "train.grad_accum_steps=1"])
     ds = ds_config(cfg, world_size=1)
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
     assert ds["train_batch_size"] == cfg.train.micro_batch_size

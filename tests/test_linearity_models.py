@@ -92,7 +92,8 @@ def tiny_run(tmp_path_factory, shared_data):
             "tokenizer.train_max_bytes=200000", "train.max_steps=3", "train.micro_batch_size=2",
             "eval.linearity.every=2", "eval.linearity.probe.num_chunks=16", "eval.linearity.final_norm=true",
             f"eval.linearity.text_file={shared_data / 'tinystories' / 'valid.txt'}",
-            "checkpoint.every=0", "checkpoint.export_at_end=false", "logging.progress_bar=false"]
+            "checkpoint.every=0", "checkpoint.export_at_end=false", "logging.progress_bar=false",
+            "eval.benchmarks.enabled=false"]
     env = {**os.environ, "LINREG_DATA_ROOT": str(shared_data)}
     res = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
