@@ -21,11 +21,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from eval.scorer import run_sharded
 from eval.tasks.base import Task, TaskDataError, load_hub_split, require_file
 from linreg.dist import all_reduce_sum
+from model.loss import causal_lm_loss
 
 HUB_DATASET = "roneneldan/TinyStories"
 
@@ -86,7 +86,7 @@ def evaluate_loss(model, data: LossData, *, device, autocast_dtype=None, batch_t
         with autocast():
             logits = model(input_ids=x[:, :-1], use_cache=False).logits
         for b in range(x.shape[0]):  # one row at a time keeps the fp32 copy of the logits small
-            total[0] += F.cross_entropy(logits[b].float(), x[b, 1:], reduction="sum").double()
+            total[0] += causal_lm_loss(logits[b], x[b, 1:], reduction="sum").double()
         total[1] += x[:, 1:].numel()
 
     def dummy() -> None:

@@ -46,17 +46,24 @@ def build_from_run(run_dir: Path):
     return build_model(cfg.model, tokenizer), tokenizer
 
 
-def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
-    tag_dir = checkpoint.resolve(path)
+def model_from_checkpoint(tag_dir: Path):
+    """(model, tokenizer) rebuilt from the run config with the checkpoint's weights."""
     model, tokenizer = build_from_run(run_dir_of(tag_dir))
     state = checkpoint_state_dict(tag_dir)
-    if model.config.tie_word_embeddings:
+    tied = model.config.tie_word_embeddings
+    if tied:
         state.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (model.config.tie_word_embeddings and k == "lm_head.weight")]
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"checkpoint {tag_dir} does not match its run config: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")
+    return model, tokenizer
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
+    tag_dir = checkpoint.resolve(path)
+    model, tokenizer = model_from_checkpoint(tag_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -73,10 +80,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
     if (path / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         return model.eval(), AutoTokenizer.from_pretrained(path)
-    tag_dir = checkpoint.resolve(path)
-    model, tokenizer = build_from_run(run_dir_of(tag_dir))
-    state = checkpoint_state_dict(tag_dir)
-    model.load_state_dict(state, strict=not model.config.tie_word_embeddings)
+    model, tokenizer = model_from_checkpoint(checkpoint.resolve(path))
     return model.to(dtype).eval(), tokenizer
 
 
