@@ -248,6 +248,7 @@ def main(argv=None) -> int:
     from eval.hook import build_evaluators, run_evaluators
     from linreg import checkpoint
     from linreg.metrics import MetricsLogger
+    from linreg.schedule import apply_lr_override
     from model.build import flops_per_token
     from model.export import export_checkpoint
 
@@ -266,8 +267,10 @@ def main(argv=None) -> int:
         client = checkpoint.load(t.engine, resume_from)
         step, tokens_seen = client["step"], client["tokens_seen"]
         t.stream.load_state_dict(client["data"])
+        lr_changed = apply_lr_override(t.scheduler, cfg.optim.lr)
         if main_proc:
-            print(f"resumed from {resume_from} at step {step}", flush=True)
+            print(f"resumed from {resume_from} at step {step}"
+                  + (f" (optim.lr now {cfg.optim.lr})" if lr_changed else ""), flush=True)
 
     logger = MetricsLogger(run_dir, cfg.logging.tensorboard, purge_step=step + 1) if main_proc else None
     autocast_dtype = torch.bfloat16 if eng.precision(cfg) == "bf16" else None

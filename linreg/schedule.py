@@ -29,3 +29,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg, max_steps: int)
                              sched_cfg.decay_fraction)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def apply_lr_override(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> bool:
+    """After a resume, use ``optim.lr`` from the config rather than the checkpoint's base lr (LambdaLR restores
+    ``base_lrs`` from its state dict, which would silently ignore an ``optim.lr=`` override). Returns whether the
+    lr changed; when it did not, nothing is touched (bit-exact resume)."""
+    if all(base == lr for base in scheduler.base_lrs):
+        return False
+    scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+    for group, fn in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = lr * fn(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+    return True
