@@ -31,7 +31,7 @@ from linearity_bench import device_name  # noqa: E402  (shared with the other be
 def build_random(config: str, seed: int = 0):
     from data.sources import read_txt_documents
     from data.tokenizer import train_bpe_tokenizer
-    from linreg.run_config import load_config
+    from linreg.config import load_config
     from model.build import build_model
 
     cfg = load_config(config)
@@ -56,8 +56,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     from eval.benchmarks import BenchmarkSuite, default_batch_tokens
-    from eval.scorer import naive_loglikelihood
-    from eval.tasks import MultipleChoiceTask
+    from eval.benchmarks.scorer import naive_loglikelihood
+    from eval.benchmarks.tasks import MultipleChoiceTask
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None

@@ -46,7 +46,7 @@ def install_squad_metrics(path: Path) -> None:
 
 def export_docs(task, out: Path) -> dict[str, str]:
     """Write the task's validation/train documents as jsonl; returns lme split name -> file."""
-    from eval.tasks.xstorycloze import XStoryCloze
+    from eval.benchmarks.tasks.xstorycloze import XStoryCloze
 
     files = {}
     for split in ("validation", "train"):
@@ -91,7 +91,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eval.benchmarks import BenchmarkSuite
-    from eval.tasks import DataSource, expand_task_names, get_task
+    from eval.benchmarks.tasks import DataSource, expand_task_names, get_task
 
     names = expand_task_names(args.tasks)
     if args.squad_metrics:

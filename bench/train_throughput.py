@@ -1,4 +1,4 @@
-"""Training throughput of the project's real step (``train.build`` + ``train.train_step``, under DeepSpeed) for
+"""Training throughput of the project's real step (``linreg.trainer.Trainer.train_step``, under DeepSpeed) for
 each regularizer, beside the plain-HF loop of issue 5 (bench/hf_baseline.py), in one process: every figure is
 a ratio on the same machine.
 
@@ -114,8 +114,8 @@ def data_overrides(args, work: Path) -> tuple[str, list[str]]:
 
 
 def load_cfg(args, overrides: list[str]):
-    from linreg.config import deep_merge, load_yaml_tree
-    from linreg.run_config import load_config
+    from core.config import deep_merge, load_yaml_tree
+    from linreg.config import load_config
 
     tree: dict = {}
     for f in args.config or PRESETS[args.preset]:
@@ -144,7 +144,7 @@ def sync(device) -> None:
 
 def timed_windows(step_fn, first: int, args, device) -> tuple[list[float], float | None]:
     """Seconds per step in each window, and the peak memory (GB) over the windows."""
-    import train
+    from linreg.meter import peak_memory_gb
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -157,7 +157,7 @@ def timed_windows(step_fn, first: int, args, device) -> tuple[list[float], float
             s += 1
         sync(device)
         per_step.append((time.perf_counter() - t0) / args.steps)
-    return per_step, train.peak_memory_gb(device)  # CPU: the process's RSS high-water mark (cumulative)
+    return per_step, peak_memory_gb(device)  # CPU: the process's RSS high-water mark (cumulative)
 
 
 def host_syncs(step_fn, step: int, device) -> int | None:
@@ -210,31 +210,32 @@ def allocated_gb(device) -> float | None:
 
 
 def run_project(cfg, run_dir: Path, device, args, keep: dict) -> dict:
-    """The real training step: train.build + train.train_step."""
-    import train
+    """The real training step: ``Trainer.train_step`` (a fresh run dir per setup; no logging or evaluators)."""
+    from core.rundir import RunDir
     from linreg import engine as eng
-    from model.build import flops_per_token
+    from linreg.trainer import Trainer
 
-    t = train.build(cfg, run_dir, device, eng.ds_config(cfg, 1))
-    keep.setdefault("tokenizer", t.tokenizer)
-    keep.setdefault("samples", t.stream.samples)
-    flops = flops_per_token(t.params["dense"], cfg.model.num_layers, cfg.model.hidden_size, cfg.data.seq_len)
-    row = {"params_m": round(t.params["total"] / 1e6, 2),
-           "data_ms_per_step": data_ms_per_step(t.stream, cfg.train.grad_accum_steps)}
-    t.sums.zero_()
-    row.update(measure(lambda s: train.train_step(t, s), args, device, flops,
-                       eng.peak_tflops(cfg.logging.peak_tflops), t.tokens_per_step))
-    ce, reg = (t.sums / (row["steps_run"] * cfg.train.grad_accum_steps)).tolist()
-    row["loss"] = {"ce": ce, "reg": reg}  # means over every measured micro-step (compile parity reads these)
+    t = Trainer(cfg, RunDir(run_dir), overwrite=True, log=False)
+    try:
+        keep.setdefault("tokenizer", t.tokenizer)
+        keep.setdefault("samples", t.stream.samples)
+        row = {"params_m": round(t.params["total"] / 1e6, 2),
+               "data_ms_per_step": data_ms_per_step(t.stream, cfg.train.grad_accum_steps)}
+        t.meter.reset()
+        row.update(measure(lambda s: t.train_step(), args, device, t.flops_per_token,
+                           eng.peak_tflops(cfg.logging.peak_tflops), t.tokens_per_step))
+        ce, reg = t.meter.mean_losses(t.state.step)
+        row["loss"] = {"ce": ce, "reg": reg}  # means over every measured micro-step (compile parity reads these)
+    finally:
+        t.close()
     return row
 
 
 def run_baseline(cfg, device, args, keep: dict, comp: bool, naive_cosine: bool) -> dict:
+    from bench.hf_baseline import PlainHFLoop
     from data.stream import TrainStream
     from linreg import engine as eng
     from model.build import count_params, flops_per_token
-
-    from bench.hf_baseline import PlainHFLoop
 
     stream = TrainStream(keep["samples"], cfg.train.micro_batch_size, 0, 1, cfg.train.seed)
     loop = PlainHFLoop(cfg, keep["tokenizer"], stream, device, comp, naive_cosine)
@@ -354,11 +355,11 @@ def run_grid(args, work: Path, device) -> tuple[list[dict], object, str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import train
-    from linreg import dist
+    from core import dist
+    from linreg.trainer import init_distributed
 
     dist.setup_env()
-    device = train.init_distributed()
+    device = init_distributed()
     work = Path(tempfile.mkdtemp(prefix="linreg_bench_"))
     try:
         rows, cfg, data_desc = run_grid(args, work, device)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import DataError
 from data.sources import describe_source, load_documents
 from data.tokenizer import tokenizer_fingerprint
 
@@ -75,5 +76,5 @@ def tokenized_split(cfg, split: str, tokenizer, rank: int = 0, barrier=lambda: N
     barrier()
     meta = json.loads(meta_path.read_text())
     if meta["num_tokens"] == 0:
-        raise ValueError(f"empty {split} dataset after tokenization: {meta['source']}")
+        raise DataError(f"empty {split} dataset after tokenization: {meta['source']}")
     return np.memmap(tokens_path, dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["num_tokens"],))

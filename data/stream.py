@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from core.errors import CheckpointError, DataError
+
 
 class PackedSamples:
     def __init__(self, tokens: np.ndarray, seq_len: int):
@@ -21,7 +23,7 @@ class PackedSamples:
         self.seq_len = seq_len
         self.num_samples = (len(tokens) - 1) // seq_len
         if self.num_samples < 1:
-            raise ValueError(f"dataset has {len(tokens)} tokens: fewer than one sequence of data.seq_len={seq_len} + 1")
+            raise DataError(f"dataset has {len(tokens)} tokens: fewer than one sequence of data.seq_len={seq_len} + 1")
 
     def __len__(self) -> int:
         return self.num_samples
@@ -65,7 +67,7 @@ class TrainStream:
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_samples"] != len(self.samples):
-            raise ValueError(f"data changed since the checkpoint: {len(self.samples)} training sequences now, "
+            raise CheckpointError(f"data changed since the checkpoint: {len(self.samples)} training sequences now, "
                              f"{state['num_samples']} then (different data, tokenizer or data.seq_len?)")
         self.cursor = state["cursor"]
 

@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from core.errors import DataError, MissingDataError
+
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
 
@@ -53,9 +55,9 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         why = "not a local directory and the hub is offline (HF_HUB_OFFLINE=1)" if offline else str(e).splitlines()[0]
-        raise FileNotFoundError(f"cannot load tokenizer '{name_or_path}': {why}") from None
+        raise MissingDataError(f"cannot load tokenizer '{name_or_path}': {why}") from None
     if tok.eos_token_id is None:
-        raise ValueError(f"tokenizer '{name_or_path}' has no EOS token; packing needs one between documents")
+        raise DataError(f"tokenizer '{name_or_path}' has no EOS token; packing needs one between documents")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -64,7 +66,6 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 def tokenizer_fingerprint(tok) -> str:
     """A hash of the tokenizer's full definition (vocab, merges, normalisation, specials), for cache keys."""
     import hashlib
-
     import json
 
     backend = getattr(tok, "backend_tokenizer", None)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 import time
 from pathlib import Path
+
+from core import precision
+from core.cli import command, run_cli
+from core.errors import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,10 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fewshot-seed", type=int, default=1234, help="few-shot sampling seed (lme's default 1234)")
     p.add_argument("--limit", type=int, default=None, help="first N documents per task (logged as <task>_firstN)")
     p.add_argument("--log-samples", action="store_true", help="write samples_<task>.jsonl, one line per document")
-    p.add_argument("--data-root", default=os.environ.get("LINREG_DATA_ROOT"),
+    p.add_argument("--data-root", default=None,
                    help="local data in the shared/data layout (default $LINREG_DATA_ROOT; none: the HF hub)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--dtype", choices=precision.CHOICES, default="auto",
                    help="bf16 autocast or fp32; auto: bf16 on GPU, fp32 on CPU")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="tokens per forward batch (default 32768 on GPU, 4096 on CPU)")
@@ -46,13 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load(path: str):
-    """(model, tokenizer) through the training core's loader (HF dir, run dir or checkpoint dir)."""
-    from model.export import load_model
-
-    return load_model(path)
-
-
 def write_tensorboard(out: Path, scalars: dict[str, float], step: int) -> None:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -63,33 +58,35 @@ def write_tensorboard(out: Path, scalars: dict[str, float], step: int) -> None:
             w.add_scalar(k, v, step)
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
     from eval.benchmarks import BenchmarkSuite, default_batch_tokens, results_to_scalars, write_results
-    from eval.tasks import TaskDataError
+    from eval.benchmarks.tasks import expand_task_names
+    from model.export import load_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    autocast_dtype = torch.bfloat16 if dtype == "bf16" else None
+    dtype = precision.resolve(args.dtype, device)
+    autocast_dtype = precision.autocast_dtype(dtype, device)
 
     t0 = time.perf_counter()
-    model, tokenizer = load(args.model)
-    model.to(device).eval()
     try:
-        suite = BenchmarkSuite(args.tasks, tokenizer, data_root=args.data_root, num_fewshot=args.num_fewshot,
-                               limit=args.limit, fewshot_seed=args.fewshot_seed)
-    except (TaskDataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        expand_task_names(args.tasks)
+    except ValueError as e:
+        raise ConfigError(f"--tasks: {e}") from None
+    model, tokenizer = load_model(args.model)
+    model.to(device).eval()
+    suite = BenchmarkSuite(args.tasks, tokenizer, data_root=args.data_root, num_fewshot=args.num_fewshot,
+                           limit=args.limit, fewshot_seed=args.fewshot_seed)
     t_prep = time.perf_counter() - t0
     with torch.no_grad():
         results = suite.run(model, device=device, autocast_dtype=autocast_dtype, max_length=args.max_length,
                             seq_len=args.seq_len, batch_tokens=args.batch_tokens, progress=True,
                             log_samples=args.log_samples, share_context=not args.no_share_context)
-    from eval.scorer import resolve_max_length
+    from eval.benchmarks.scorer import resolve_max_length
 
     out = Path(args.out)
     meta = {
@@ -109,4 +106,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

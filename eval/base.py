@@ -1,7 +1,9 @@
 """The eval hook: the small interface through which evaluators run inside training.
 
-The trainer builds every enabled evaluator once (after ``deepspeed.initialize``) and, every ``every`` steps and at
-the end of the run, calls ``evaluate(model, step)`` **on all ranks** -- under ZeRO-3 every rank must take part in
+An evaluator is one file: a config dataclass (a subclass of ``EvaluatorConfig`` whose ``build(ctx)`` returns the
+evaluator) and an ``Evaluator`` subclass; its config becomes one field of ``eval/config.py``. The trainer builds every
+enabled evaluator once (after ``deepspeed.initialize``) and, every ``every`` steps and at the end of the run, calls
+``evaluate(model, step)`` **on all ranks** -- under ZeRO-3 every rank must take part in
 each forward, because parameters are gathered collectively. ``model`` is the engine's module (an HF
 ``MistralForCausalLM``), already in ``eval()`` mode and under ``torch.no_grad()``; the trainer puts it back into
 ``train()`` afterwards. Return the scalars to log (``{"val/loss": 2.1}``); the trainer logs rank 0's dict to
@@ -10,12 +12,14 @@ visible. Files (plots, jsonl) go under ``ctx.run_dir``, written by rank 0 only (
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+
+from core import precision
+from core.config import check
+from core.rundir import RunDir
 
 
 @dataclass
@@ -26,14 +30,15 @@ class EvaluatorConfig:
     at_end: bool = True
 
     def validate(self, p: str) -> None:
-        if self.every < 0:
-            from linreg.config import ConfigError
-            raise ConfigError(f"{p}.every={self.every}: must be >= 0")
+        check(self.every >= 0, f"{p}.every", self.every, "must be >= 0")
+
+    def build(self, ctx: EvalContext) -> Evaluator:
+        raise NotImplementedError(f"{type(self).__name__} must define build(ctx)")
 
 
 @dataclass
 class EvalContext:
-    run_dir: Path
+    run_dir: RunDir
     tokenizer: Any  # a transformers PreTrainedTokenizerFast
     device: torch.device
     autocast_dtype: torch.dtype | None  # bf16 on GPU runs, None (fp32) on CPU
@@ -48,9 +53,7 @@ class EvalContext:
         return self.rank == 0
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return precision.autocast(self.device, self.autocast_dtype)
 
 
 class Evaluator:

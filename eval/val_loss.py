@@ -10,16 +10,19 @@ from dataclasses import dataclass
 
 import torch
 
+from core import dist
 from data.cache import tokenized_split
 from data.stream import PackedSamples, validation_batches
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
-from linreg import dist
 from model.loss import causal_lm_loss
 
 
 @dataclass
 class ValLossConfig(EvaluatorConfig):
     every: int = 200
+
+    def build(self, ctx: EvalContext) -> Evaluator:
+        return ValLossEvaluator(self, ctx)
 
 
 class ValLossEvaluator(Evaluator):

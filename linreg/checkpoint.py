@@ -1,9 +1,14 @@
-"""Checkpoints: DeepSpeed's own ``engine.save_checkpoint`` plus what it does not save.
+"""Checkpoints: DeepSpeed's own ``engine.save_checkpoint`` plus what it does not save, in one symmetric mechanism.
 
-Layout: ``run_dir/checkpoints/step_00000100/`` (DeepSpeed's files, our ``rng_rank<r>.pt`` per rank) and
-``run_dir/checkpoints/latest`` naming the newest *complete* tag: it is rewritten atomically only after every rank
-has finished writing, so a crash mid-save leaves the previous checkpoint as ``latest``. The client state holds
-the step, tokens seen, the data position and the resolved config.
+Components with state (the train state, the step meter, the data stream) register with the ``Checkpointer``;
+``save`` writes each one's ``state_dict()`` into DeepSpeed's client state and ``load`` hands it back to the same
+component's ``load_state_dict``. Per rank it adds ``rng_rank<r>.pt`` (plain tensors: loads with
+``weights_only=True``) and, on rank 0, ``meta.json`` (tokenizer fingerprint, vocabulary, model shape), which
+``load`` checks before any weights are read.
+
+Layout (``core.rundir``): ``checkpoints/step_00000100/`` and ``checkpoints/latest`` naming the newest *complete*
+tag: it is rewritten atomically only after every rank has finished writing, so a crash mid-save leaves the
+previous checkpoint as ``latest``.
 """
 from __future__ import annotations
 
@@ -11,17 +16,20 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from linreg import dist
+from core import dist
+from core.errors import CheckpointError
+from core.rundir import LATEST, RunDir, tag_for
 
-LATEST = "latest"
 
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
 
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def _rng_to_tensors(state: dict) -> dict:
@@ -47,62 +55,61 @@ def _rng_from_tensors(t: dict) -> dict:
     return state
 
 
-def save(engine, ckpt_root: Path, step: int, client_state: dict, keep_last: int, meta: dict | None = None) -> Path:
-    """Save on all ranks (collective); returns the tag directory. ``meta`` (small, JSON) is written as meta.json
-    and checked by ``check_compatible`` before a later load touches any weights."""
-    tag = tag_for(step)
-    engine.save_checkpoint(str(ckpt_root), tag=tag, client_state=client_state, save_latest=False)
-    torch.save(_rng_to_tensors(dist.rng_state()), ckpt_root / tag / f"rng_rank{dist.rank()}.pt")
-    dist.barrier()
-    if dist.rank() == 0:
-        (ckpt_root / tag / "meta.json").write_text(json.dumps({"step": step, **(meta or {})}, indent=1))
-        tmp = ckpt_root / (LATEST + ".tmp")
-        tmp.write_text(tag)
-        os.replace(tmp, ckpt_root / LATEST)
-        tags = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
-        for old in tags[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-    return ckpt_root / tag
+class Checkpointer:
+    def __init__(self, engine, run: RunDir, every: int, keep_last: int, meta: dict, extra: dict | None = None):
+        """``meta``: small JSON written as meta.json and checked on load; ``extra``: more client state to save
+        (e.g. the resolved config), never loaded back."""
+        self.engine, self.run = engine, run
+        self.every, self.keep_last = every, keep_last
+        self.meta, self.extra = meta, extra or {}
+        self.stateful: dict[str, Stateful] = {}
 
+    def register(self, name: str, obj: Stateful) -> None:
+        self.stateful[name] = obj
 
-def latest(ckpt_root: Path) -> Path | None:
-    marker = Path(ckpt_root) / LATEST
-    if not marker.is_file():
-        return None
-    path = Path(ckpt_root) / marker.read_text().strip()
-    return path if path.is_dir() else None
+    def due(self, step: int) -> bool:
+        """A periodic checkpoint is due (the final one and preemption saves are the trainer's decision)."""
+        return self.every > 0 and step % self.every == 0
 
+    def save(self, step: int) -> Path:
+        """Save on all ranks (collective); returns the tag directory."""
+        root, tag = self.run.checkpoints, tag_for(step)
+        client = {**self.extra, **{name: obj.state_dict() for name, obj in self.stateful.items()}}
+        self.engine.save_checkpoint(str(root), tag=tag, client_state=client, save_latest=False)
+        torch.save(_rng_to_tensors(dist.rng_state()), root / tag / f"rng_rank{dist.rank()}.pt")
+        dist.barrier()
+        if dist.rank() == 0:
+            (root / tag / "meta.json").write_text(json.dumps({"step": step, **self.meta}, indent=1))
+            tmp = root / (LATEST + ".tmp")
+            tmp.write_text(tag)
+            os.replace(tmp, root / LATEST)
+            for old in self.run.checkpoint_dirs()[:-self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        return root / tag
 
-def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint tag directory from: a tag dir, a checkpoints dir (its latest) or a run dir (its latest)."""
-    path = Path(path)
-    for root in (path, path / "checkpoints"):
-        found = latest(root)
-        if found is not None:
-            return found
-    if any(path.glob("*mp_rank_00_model_states.pt")):  # stage 0-2: mp_rank_00_..., stage 3: zero_pp_rank_0_mp_rank_00_...
-        return path
-    raise FileNotFoundError(f"no checkpoint found at {path} (expected a run dir, its checkpoints/ or a step_* dir)")
+    def check_compatible(self, tag_dir: Path) -> None:
+        """One-line error when the checkpoint was written for another tokenizer or model shape."""
+        path = tag_dir / "meta.json"
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        for key, now in self.meta.items():
+            if key in saved and saved[key] != now:
+                raise CheckpointError(f"checkpoint {tag_dir} does not match this run: {key} was {saved[key]!r}, "
+                                      f"now {now!r}")
 
-
-def check_compatible(tag_dir: Path, meta: dict) -> None:
-    """One-line error when the checkpoint was written for another tokenizer or model shape."""
-    path = tag_dir / "meta.json"
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    for key, now in meta.items():
-        if key in saved and saved[key] != now:
-            raise ValueError(f"checkpoint {tag_dir} does not match this run: {key} was {saved[key]!r}, now {now!r}")
-
-
-def load(engine, tag_dir: Path) -> dict:
-    """Restore model, optimizer, scheduler and this rank's RNG; return the client state."""
-    load_path, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-    if load_path is None:
-        raise FileNotFoundError(f"DeepSpeed could not load the checkpoint {tag_dir}")
-    rng_file = tag_dir / f"rng_rank{dist.rank()}.pt"
-    if rng_file.is_file():
-        dist.set_rng_state(_rng_from_tensors(torch.load(rng_file, weights_only=True)))
-    return client_state
+    def load(self, tag_dir: Path) -> dict[str, Any]:
+        """Restore model, optimizer, scheduler, this rank's RNG and every registered component."""
+        self.check_compatible(tag_dir)
+        load_path, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed could not load the checkpoint {tag_dir}")
+        rng_file = tag_dir / f"rng_rank{dist.rank()}.pt"
+        if rng_file.is_file():
+            dist.set_rng_state(_rng_from_tensors(torch.load(rng_file, weights_only=True)))
+        for name, obj in self.stateful.items():
+            if name not in client:
+                raise CheckpointError(f"checkpoint {tag_dir} has no '{name}' state (written by another version?)")
+            obj.load_state_dict(client[name])
+        return client

@@ -1,205 +1,26 @@
-"""YAML configs mapped onto typed, validated dataclasses.
+"""The root config of a run: every component's section plus the training-loop sections, loaded from YAML.
 
-- ``extends: other.yaml`` (or a list of files) is resolved relative to the file that names it and deep-merged:
-  later files and the file itself win; mappings merge key by key, everything else is replaced.
-- Dotted overrides after the config (``train.max_steps=200 regularizer.weight=0.5``) are parsed with
-  a YAML safe loader so ``1e-3`` is a float, ``null`` is None and ``[1, 2]`` a list.
-- Validation is strict and happens before anything heavy: an unknown key names the closest valid one, a wrong
-  type names key and value, and each section's ``validate()`` checks ranges.
-
-Each component owns its section dataclass (model/config.py, data/config.py, regularizers/base.py,
-eval/config.py); the training-loop sections (optim, schedule, train, checkpoint, logging) live here, and the
-root ``Config`` that composes them all is in ``linreg/run_config.py``.
-Config text is never evaluated: a ``yaml.SafeLoader`` subclass only.
+The machinery (``extends:``, dotted overrides, strict typed validation) is ``core.config``'s. Each component owns
+its section: ``model/config.py``, ``data/config.py``, ``regularizers/base.py``, ``eval/config.py``; the sections
+of the loop itself (optim, schedule, train, checkpoint, logging) are defined here.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import re
-import types
-import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
+from core.config import apply_overrides, check, from_dict, load_yaml_tree
+from core.errors import ConfigError
+from data.config import DataConfig, TokenizerConfig
+from eval.config import EvalConfig
+from model.config import ModelConfig
+from regularizers.base import RegularizerConfig
 
-class ConfigError(ValueError):
-    """A bad config: the message is one line naming the key and the problem."""
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``3e-4`` as a float (YAML 1.1 wants ``3.0e-4``; researchers type ``3e-4``)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
-               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."),
-)
-
-
-def yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only, never objects or code
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Generic machinery
-# ----------------------------------------------------------------------------------------------------------------
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def load_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
-    """Load a YAML file and everything it ``extends``, merged (the file itself last)."""
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path in _seen:
-        raise ConfigError(f"config 'extends' cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
-    try:
-        data = yaml_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    parents = data.pop("extends", None) or []
-    if isinstance(parents, str):
-        parents = [parents]
-    merged: dict = {}
-    for parent in parents:
-        merged = deep_merge(merged, load_yaml_tree(path.parent / parent, (*_seen, path)))
-    return deep_merge(merged, data)
-
-
-def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict."""
-    tree = dict(tree)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        node = tree
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            child = node.get(p)
-            child = dict(child) if isinstance(child, dict) else {}
-            node[p] = child
-            node = child
-        node[parts[-1]] = value
-    return tree
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert ``value`` against the annotation ``tp``; raise ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
-    if origin is Literal:
-        if value not in args:
-            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}{hint}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for section '{key}', got {value!r}")
-        return from_dict(tp, value, prefix=key)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported annotation {tp}")
-
-
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, strictly: unknown keys and wrong types are errors."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
-            valid = "" if close else f" (valid keys: {', '.join(names)})"
-            raise ConfigError(f"unknown config key '{full}'{hint}{valid}")
-        kwargs[key] = _coerce(value, hints[key], full)
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate(prefix)
-    return obj
-
-
-def to_dict(obj: Any) -> Any:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
-
-
-def check(cond: bool, key: str, value: Any, why: str) -> None:
-    """One-line range check used by the sections' ``validate`` methods."""
-    if not cond:
-        raise ConfigError(f"{key}={value!r}: {why}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training-loop sections (the components own theirs: model/, data/, regularizers/, eval/)
-# ----------------------------------------------------------------------------------------------------------------
 
 @dataclass
 class OptimConfig:
@@ -214,7 +35,8 @@ class OptimConfig:
     def validate(self, p: str) -> None:
         check(self.lr > 0, f"{p}.lr", self.lr, "must be > 0")
         check(self.weight_decay >= 0, f"{p}.weight_decay", self.weight_decay, "must be >= 0")
-        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"{p}.beta1/beta2", (self.beta1, self.beta2), "must be in [0, 1)")
+        betas = (self.beta1, self.beta2)
+        check(all(0 <= b < 1 for b in betas), f"{p}.beta1/beta2", betas, "must be in [0, 1)")
         check(self.grad_clip >= 0, f"{p}.grad_clip", self.grad_clip, "must be >= 0")
 
 
@@ -272,3 +94,60 @@ class LoggingConfig:
 
     def validate(self, p: str) -> None:
         check(self.every >= 1, f"{p}.every", self.every, "must be >= 1")
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    deepspeed: dict = field(default_factory=dict)  # merged over the generated DeepSpeed config
+
+    def validate(self, p: str) -> None:
+        check(self.model.max_seq_len >= self.data.seq_len, "data.seq_len", self.data.seq_len,
+              f"exceeds model.max_seq_len={self.model.max_seq_len}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (), tree: dict | None = None) -> Config:
+    """Load a config file (with ``extends``) plus dotted overrides into a validated ``Config``."""
+    if tree is None:
+        tree = load_yaml_tree(path) if path is not None else {}
+    tree = apply_overrides(tree, list(overrides))
+    if "name" not in tree and path is not None:
+        tree["name"] = Path(path).stem
+    return from_dict(Config, tree)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def resolve_run(config: str | None, run_dir: str | None, resume: str | None, overrides: list[str] = ()):
+    """The config to run with and its ``RunDir``, from the command line. A resume reads back the run dir's
+    config.yaml (dotted overrides still apply); without ``run_dir`` the run dir is ``runs/<config name>``, or the
+    run a ``--resume PATH`` checkpoint belongs to."""
+    from core.rundir import RunDir, find_checkpoint
+
+    if config is None and resume is None:
+        raise ConfigError("--config is required (or --resume with an existing run dir)")
+    run = RunDir(run_dir) if run_dir else None
+    if resume not in (None, "auto") and run is None:
+        run = RunDir.of_checkpoint(find_checkpoint(resume))
+    if run is None:
+        run = RunDir(Path("runs") / load_config(config, overrides).name)
+    if resume is not None and run.config.is_file():
+        return load_config(run.config, overrides), run
+    if config is None:
+        raise ConfigError(f"--resume {resume}: no config.yaml in {run.path}; pass --config")
+    return load_config(config, overrides), run

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
-from linreg.config import ConfigError, deep_merge
+from core import precision as core_precision
+from core.config import deep_merge
+from core.errors import ConfigError
 
 
 def precision(cfg) -> str:
-    if cfg.train.precision == "auto":
-        return "bf16" if torch.cuda.is_available() else "fp32"
-    return cfg.train.precision
+    """The run's training precision, ``fp32`` or ``bf16`` (``train.precision=auto``: bf16 on CUDA)."""
+    return core_precision.resolve(cfg.train.precision)
 
 
 def check_batch(cfg, world_size: int) -> int:
@@ -55,7 +56,8 @@ def ds_config(cfg, world_size: int, override_file: str | None = None) -> dict:
     micro = merged.get("train_micro_batch_size_per_gpu")
     accum = merged.get("gradient_accumulation_steps")
     total = merged.get("train_batch_size")
-    if micro * accum * world_size != total or (micro, accum) != (cfg.train.micro_batch_size, cfg.train.grad_accum_steps):
+    configured = (cfg.train.micro_batch_size, cfg.train.grad_accum_steps)
+    if micro * accum * world_size != total or (micro, accum) != configured:
         raise ConfigError(
             f"DeepSpeed batch sizes disagree: train_batch_size {total} must equal train_micro_batch_size_per_gpu "
             f"{micro} × gradient_accumulation_steps {accum} × world_size {world_size} = {micro * accum * world_size}, "

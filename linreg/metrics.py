@@ -6,17 +6,20 @@ import json
 import math
 from pathlib import Path
 
+from core.io import read_jsonl
+from core.rundir import RunDir
+
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None):
-        self.path = Path(run_dir) / "metrics.jsonl"
+    def __init__(self, run: RunDir, tensorboard: bool = True, purge_step: int | None = None):
+        self.path = run.metrics
         self._file = self.path.open("a", encoding="utf-8")
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a preempted run logged after its last checkpoint.
-            self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_step)
+            self.tb = SummaryWriter(str(run.tb), purge_step=purge_step)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not scalars:
@@ -42,5 +45,4 @@ class MetricsLogger:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """All lines of a metrics.jsonl (for tests, plots and analysis)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path)

@@ -7,19 +7,22 @@ import math
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
+from core.errors import ConfigError
 from model.config import ModelConfig
 
 
 def padded_vocab(cfg: ModelConfig, tokenizer_size: int) -> int:
     if cfg.vocab_size is not None:
         if cfg.vocab_size < tokenizer_size:
-            raise ValueError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {tokenizer_size} tokens")
+            raise ConfigError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's "
+                              f"{tokenizer_size} tokens")
         return cfg.vocab_size
     m = cfg.pad_vocab_multiple
     return int(math.ceil(tokenizer_size / m) * m)
 
 
-def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> MistralConfig:
+def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int | None, eos_id: int | None,
+              pad_id: int | None) -> MistralConfig:
     return MistralConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
@@ -70,7 +73,7 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     emb = model.get_input_embeddings().weight
     tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is emb
     dense = total if tied else total - emb.numel()
-    return {"total": total, "dense": dense, "embedding": emb.numel()}
+    return {"total": total, "dense": dense}
 
 
 def flops_per_token(n_dense: int, num_layers: int, hidden_size: int, seq_len: int) -> float:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.errors import UnsupportedModelError
+
 # Where common decoder families keep their block list (checked in order).
 _LAYER_PATHS = (
     "model.layers",  # Mistral, Llama, Qwen, Gemma
@@ -44,7 +46,7 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
             if best is None or len(mod) > len(best):
                 best = mod
     if best is None:
-        raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}")
+        raise UnsupportedModelError(f"cannot find the decoder blocks of {type(model).__name__}")
     return best
 
 
@@ -80,7 +82,7 @@ class ResidualStream:
 
         return hook
 
-    def __enter__(self) -> "ResidualStream":
+    def __enter__(self) -> ResidualStream:
         self._states = [None] * (self.num_layers + 1)
         self.active = True
         return self
@@ -93,7 +95,8 @@ class ResidualStream:
         states, self._states = self._states, [None] * (self.num_layers + 1)
         if any(s is None for s in states):
             missing = [i for i, s in enumerate(states) if s is None]
-            raise RuntimeError(f"residual stream not captured for states {missing}: was the forward run inside `with stream:`?")
+            raise RuntimeError(f"residual stream not captured for states {missing}: "
+                               "was the forward run inside `with stream:`?")
         return states
 
     def remove(self) -> None:

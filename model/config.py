@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from linreg.config import check
+from core.config import check
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from linreg.config import check
+from core.config import check
 from regularizers.fused import fused_token_losses
 
 

@@ -1,6 +1,6 @@
 """``train.compile=true`` (model.compile() in place before deepspeed.initialize) with the residual-stream hooks
 and ``regularizer.compile=true`` (the fused cosine under inductor) trains like eager: same losses to fp32
-tolerance, through train.build/train.train_step as bench/train_throughput.py drives them (one subprocess, which
+tolerance, through Trainer.train_step as bench/train_throughput.py drives it (one subprocess, which
 is also that script's smoke test). The slowest test here: inductor's C++ compilation of the tiny model."""
 import json
 import os

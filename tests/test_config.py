@@ -1,9 +1,9 @@
 """Config loading: inheritance, overrides, strict validation with one-line errors."""
 import pytest
 
-from linreg.config import ConfigError
+from core.errors import ConfigError
+from linreg.config import load_config
 from linreg.engine import check_batch, ds_config
-from linreg.run_config import load_config
 
 REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 

@@ -6,10 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from eval.metrics import (max_over_ground_truths, mc_predictions, multiclass_mean_f1, normalize_squad,
-                          squad_exact, squad_f1)
-from eval.report import base_name, paper_mean, render_report
-from eval.tasks import DataSource, Instance, get_task
+from eval.benchmarks.metrics import (
+    max_over_ground_truths,
+    mc_predictions,
+    multiclass_mean_f1,
+    normalize_squad,
+    squad_exact,
+    squad_f1,
+)
+from eval.benchmarks.report import base_name, paper_mean, render_report
+from eval.benchmarks.tasks import DataSource, Instance, get_task
 
 
 def test_cb_f1_hand_computed():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.scorer import Scorer, encode_pairs, naive_encode_pair, naive_loglikelihood
-from eval.tasks import DataSource, get_task
+from eval.benchmarks.scorer import Scorer, encode_pairs, naive_encode_pair, naive_loglikelihood
+from eval.benchmarks.tasks import DataSource, get_task
 
 TASKS = ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "xstorycloze_en", "xstorycloze_zh",
          "xstorycloze_my"]

@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 
-from eval.tasks import GROUPS, TASKS, DataSource, TaskDataError, expand_task_names, get_task
-from eval.tasks.superglue import fix_wsc_spans
+from eval.benchmarks.tasks import GROUPS, TASKS, DataSource, TaskDataError, expand_task_names, get_task
+from eval.benchmarks.tasks.superglue import fix_wsc_spans
 
 GOLDEN = {  # task: (doc index in the validation split, context, continuations, gold) -- produced by lme 0.4.13
     'boolq': (106, "Gambling in Australia -- Gamblers' winnings in Australia are not taxed . There are 3 main reasons for that:\nQuestion: do you pay tax on gambling winnings in australia?\nAnswer:",

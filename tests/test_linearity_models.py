@@ -10,11 +10,20 @@ import sys
 import matplotlib.image
 import pytest
 import torch
-from torch import nn
-from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
-                          LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM)
-
 from conftest import REPO
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+)
+
 from eval.linearity import ProbeConfig, build_probe, linearity_profile, model_profile, pair_stats, read_probe_text
 from eval.linearity.__main__ import main as cli_main
 from eval.linearity.plots import read_history

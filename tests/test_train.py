@@ -1,7 +1,6 @@
 """train.py end to end, as users run it (subprocesses through deepspeed.initialize on CPU)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -61,7 +60,7 @@ def test_end_to_end(tmp_path, cache_dir):
 
     from data.cache import tokenized_split
     from data.stream import PackedSamples, validation_batches
-    from linreg.run_config import load_config
+    from linreg.config import load_config
     from model.loss import causal_lm_loss
 
     model = AutoModelForCausalLM.from_pretrained(run_dir / "export").eval()
@@ -112,7 +111,7 @@ def test_sigterm_then_resume_is_bit_exact(tmp_path, cache_dir):
 
     res = run(train_cmd(part, *steps, extra=["--resume", "auto"]), cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"resumed from" in res.stdout
+    assert "resumed from" in res.stdout
     a, b = losses(full), losses(part)
     assert sorted(b) == list(range(1, 41))
     assert all(a[s] == b[s] for s in range(1, 41)), [(s, a[s], b[s]) for s in range(1, 41) if a[s] != b[s]]

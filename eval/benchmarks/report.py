@@ -7,7 +7,7 @@ perplexity. Values are percentages (loss and bpb as they are). Results computed 
 
 Compare runs (e.g. baseline vs regularized) from their results.json files:
 
-    python -m eval.report runs/base/eval/results.json runs/cos/eval/results.json [--labels base cos]
+    python -m eval.benchmarks.report runs/base/eval/results.json runs/cos/eval/results.json [--labels base cos]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from eval.tasks import GROUPS, TASKS
+from eval.benchmarks.tasks import GROUPS, TASKS
 
 PAPER_COLUMNS = (  # (column, task, metric)
     ("boolq", "boolq", "acc"), ("cb-acc", "cb", "acc"), ("cb-f1", "cb", "f1"), ("copa", "copa", "acc"),

@@ -27,7 +27,6 @@ summed with all-reduce.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
@@ -38,7 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from linreg.dist import all_reduce_sum
+from core import precision
+from core.dist import all_reduce_sum
 
 DEFAULT_MAX_LENGTH = 2048  # lme's fallback when neither the model config nor the tokenizer gives a length
 _TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no model_max_length"
@@ -238,7 +238,7 @@ def plan_requests(requests: Sequence[TokenPair], max_length: int, batch_tokens: 
     new_index = {old: new for new, old in enumerate(order)}
     rows = [rows[j] for j in order]
     batches: list[list[int]] = []
-    for j, r in enumerate(rows):
+    for j in range(len(rows)):
         cur = batches[-1] if batches else None
         if cur and len(cur) < max_batch_size and (len(cur) + 1) * len(rows[cur[0]].tokens) <= batch_tokens:
             cur.append(j)
@@ -304,23 +304,14 @@ class Scorer:
         self.share_context = share_context and supports_packed_rows(model, self.max_length)
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return precision.autocast(self.device, self.autocast_dtype)
 
     def dummy_forward(self) -> None:
         with self._autocast():
             self.model(input_ids=torch.full((1, 1), self.pad_id, device=self.device), use_cache=False)
 
-    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[TokenPair]:
-        return encode_pairs(self.tokenizer, pairs)
-
     def plan(self, requests: Sequence[TokenPair]) -> Plan:
         return plan_requests(requests, self.max_length, self.batch_tokens, self.max_batch_size, self.share_context)
-
-    def loglikelihood(self, pairs: Sequence[tuple[str, str]], desc: str = "scoring") -> list[tuple[float, bool]]:
-        lls, greedy = self.score_tokens(self.encode(pairs), desc=desc)
-        return list(zip(lls.tolist(), greedy.tolist()))
 
     @torch.no_grad()
     def score_tokens(self, requests: Sequence[TokenPair], plan: Plan | None = None,

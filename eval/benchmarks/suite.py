@@ -1,20 +1,13 @@
-"""Benchmark evaluation (SuperGLUE, XStoryCloze, TinyStories), in the training loop and on checkpoints.
+"""The benchmark suite: tasks prepared once, scored with any model, results written as json/markdown/jsonl.
 
 ``BenchmarkSuite`` prepares the tasks once -- documents, prompts, token ids -- and ``run`` scores them with a model
 through the batched ``Scorer`` (multiple-choice tasks) or ``evaluate_loss`` (TinyStories). The CLI
 (``python -m eval``) and the in-loop ``BenchmarksEvaluator`` both use it, so a checkpoint scored either way gets
 the same numbers (up to bf16 autocast on GPU).
 
-In the loop (``eval.benchmarks`` in the run config; off by default):
-
-    eval:
-      benchmarks: {enabled: true, every: 500, tasks: [superglue, xstorycloze_en, tinystories], limit: 200}
-
-Every rank runs ``evaluate`` (ZeRO-3 needs all ranks in every forward): batches are dealt round-robin to ranks and
-the results all-reduced. Scalars ``eval/<task>/<metric>`` go to TensorBoard and metrics.jsonl through the trainer;
-rank 0 also writes ``<run_dir>/benchmarks/step_<step>/results.{json,md}``. With ``limit`` each task is scored on its
-first ``limit`` documents and is logged as ``<task>_first<limit>`` so that subset numbers are never mistaken for
-full-split ones.
+Every rank may take part (``rank``/``world_size``): batches are dealt round-robin to ranks and the results
+all-reduced, as ZeRO-3 needs. With ``limit`` each task is scored on its first ``limit`` documents and is logged as
+``<task>_first<limit>``, so that subset numbers are never mistaken for full-split ones.
 """
 from __future__ import annotations
 
@@ -26,11 +19,18 @@ from typing import Any
 
 import torch
 
-from eval.base import EvalContext, Evaluator, EvaluatorConfig
-from eval.report import paper_mean, render_report
-from eval.scorer import Plan, Scorer, encode_pairs, resolve_max_length
-from eval.tasks import GROUPS, DataSource, Instance, MultipleChoiceTask, TaskResult, expand_task_names, get_task
-from eval.tinystories import LossData, evaluate_loss
+from eval.benchmarks.report import paper_mean, render_report
+from eval.benchmarks.scorer import Plan, Scorer, encode_pairs
+from eval.benchmarks.tasks import (
+    GROUPS,
+    DataSource,
+    Instance,
+    MultipleChoiceTask,
+    TaskResult,
+    expand_task_names,
+    get_task,
+)
+from eval.benchmarks.tinystories import LossData, evaluate_loss
 
 DEFAULT_TASKS = ("superglue", "xstorycloze_en", "tinystories")
 MAX_LOSS_WINDOW = 2048  # TinyStories window cap when it is taken from the model's max length
@@ -163,63 +163,3 @@ def write_results(out_dir: Path, results: dict[str, TaskResult], meta: dict, log
                     for s in r.samples:
                         f.write(json.dumps(s, ensure_ascii=False) + "\n")
     return report
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# In-loop evaluator
-# ----------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class BenchmarksEvalConfig(EvaluatorConfig):
-    enabled: bool = False  # tasks take minutes on a real model: turn on explicitly (the quick start does)
-    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # names and groups, see eval/tasks
-    limit: int | None = None  # score the first N documents per task (logged as <task>_first<N>)
-    num_fewshot: int = 0
-    fewshot_seed: int = 1234
-    batch_tokens: int | None = None  # tokens (rows x padded length) per forward; None: 32768 on GPU, 4096 on CPU
-    max_length: int | None = None  # None: the model's (lme rule: config.max_position_embeddings)
-    seq_len: int | None = None  # TinyStories window; None: min(max_length, 2048)
-    share_context: bool = True  # one copy of a context shared by its choices (SDPA models; same numbers)
-
-    def validate(self, p: str) -> None:
-        from linreg.config import ConfigError, check
-
-        super().validate(p)
-        try:
-            expand_task_names(self.tasks)
-        except ValueError as e:
-            raise ConfigError(f"{p}.tasks: {e}") from None
-        check(self.limit is None or self.limit >= 1, f"{p}.limit", self.limit, "must be >= 1 or null")
-        check(self.num_fewshot >= 0, f"{p}.num_fewshot", self.num_fewshot, "must be >= 0")
-        for k in ("batch_tokens", "max_length", "seq_len"):
-            v = getattr(self, k)
-            check(v is None or v >= 1, f"{p}.{k}", v, "must be >= 1 or null")
-
-
-class BenchmarksEvaluator(Evaluator):
-    name = "benchmarks"
-
-    def __init__(self, cfg: BenchmarksEvalConfig, ctx: EvalContext):
-        super().__init__(cfg, ctx)
-        from data.sources import data_root
-
-        data_cfg = getattr(ctx.config, "data", None)
-        root = data_root(data_cfg) if data_cfg is not None else None
-        self.suite = BenchmarkSuite(cfg.tasks, ctx.tokenizer, data_root=root, num_fewshot=cfg.num_fewshot,
-                                    limit=cfg.limit, fewshot_seed=cfg.fewshot_seed)
-
-    def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
-        cfg, ctx = self.cfg, self.ctx
-        # a torch.compile'd module would recompile for every batch shape: score with the module it wraps (same
-        # parameters; ZeRO-3's hooks sit on the submodules)
-        model = getattr(model, "_orig_mod", model)
-        max_length = cfg.max_length or resolve_max_length(getattr(model, "config", None), ctx.tokenizer)
-        results = self.suite.run(model, device=ctx.device, autocast_dtype=ctx.autocast_dtype, max_length=max_length,
-                                 seq_len=cfg.seq_len, batch_tokens=cfg.batch_tokens, rank=ctx.rank,
-                                 world_size=ctx.world_size, share_context=cfg.share_context)
-        if ctx.is_main:
-            meta = {"step": step, "data": self.suite.data.describe(), "num_fewshot": cfg.num_fewshot,
-                    "limit": cfg.limit, "fewshot_seed": cfg.fewshot_seed, "max_length": max_length}
-            write_results(Path(ctx.run_dir) / "benchmarks" / f"step_{step:08d}", results, meta,
-                          label=f"step {step}")
-        return results_to_scalars(results)

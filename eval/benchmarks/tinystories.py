@@ -16,15 +16,15 @@ Data: ``<root>/tinystories/valid.txt`` (stories separated by ``<|endoftext|>`` l
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 
-from eval.scorer import run_sharded
-from eval.tasks.base import Task, TaskDataError, load_hub_split, require_file
-from linreg.dist import all_reduce_sum
+from core import precision
+from core.dist import all_reduce_sum
+from eval.benchmarks.scorer import run_sharded
+from eval.benchmarks.tasks.base import Task, TaskDataError, load_hub_split, require_file
 from model.loss import causal_lm_loss
 
 HUB_DATASET = "roneneldan/TinyStories"
@@ -39,8 +39,7 @@ class LossData:
 
 
 class TinyStories(Task):
-    kind = "loss"
-    metric_names = ("loss", "bpb", "ppl")
+    """Loss and bits per byte of the TinyStories validation stories (metrics: loss, bpb, ppl)."""
 
     def documents(self) -> list[str]:
         if self.data.root is None:
@@ -79,7 +78,7 @@ def evaluate_loss(model, data: LossData, *, device, autocast_dtype=None, batch_t
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of token losses (nats), tokens]
 
     def autocast():
-        return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        return precision.autocast(device, autocast_dtype)
 
     def run(i: int) -> None:
         x = torch.stack(batches[i]).to(device)

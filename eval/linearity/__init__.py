@@ -19,8 +19,14 @@ Everything is computed in float64 (inputs of any float dtype are upcast exactly)
 Probe sets follow the paper's recipe (``probe``); ``python -m eval.linearity`` profiles models and plots them;
 ``evaluator.LinearityEvaluator`` tracks the profile through training. See docs/linearity.md.
 """
-from eval.linearity.probe import (ProbeConfig, build_probe, read_probe_dataset, read_probe_text, sample_chunks,
-                                  tokenize_chunks)
+from eval.linearity.probe import (
+                                  ProbeConfig,
+                                  build_probe,
+                                  read_probe_dataset,
+                                  read_probe_text,
+                                  sample_chunks,
+                                  tokenize_chunks,
+)
 from eval.linearity.profile import Profile, StateCollector, model_profile, profile_from_states
 from eval.linearity.score import PairStats, linearity_profile, linearity_score, pair_stats
 

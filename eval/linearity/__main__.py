@@ -14,16 +14,16 @@ import csv
 import gc
 import json
 import re
-import sys
 from pathlib import Path
 
 import torch
 
+from core import precision
+from core.cli import command, run_cli
+from core.rundir import RunDir
 from eval.linearity.plots import plot_history, plot_profiles
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_dataset, read_probe_text
 from eval.linearity.profile import QUANTITIES, model_profile
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,8 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=None, help="cap on pooled probe tokens")
     ap.add_argument("--batch-size", type=int, default=8, help="probe sequences per forward")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                    help="forward precision (auto: bfloat16 on CUDA, float32 otherwise); scores are float64 anyway")
+    ap.add_argument("--dtype", choices=precision.CHOICES, default="auto",
+                    help="forward precision: bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 otherwise); "
+                         "scores are float64 anyway")
     ap.add_argument("--final-norm", action="store_true",
                     help="also score the pair (h_{L-1}, final_norm(h_L)) that HF hidden_states end with")
     args = ap.parse_args(argv)
@@ -78,16 +79,18 @@ def write_csv(results: list[dict], path: Path) -> None:
                             pair["solver"]])
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.run is not None:
-        for path in plot_history(Path(args.run) / "linearity.jsonl", args.out):
+        for path in plot_history(RunDir(args.run).linearity, args.out):
             print(path)
         return 0
     from model.export import load_model
 
     device = torch.device(args.device)
-    dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = precision.resolve(args.dtype, device)
+    autocast_dtype = precision.autocast_dtype(dtype, device)
     probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
     probe_cfg.validate("probe")
     if args.text is not None:
@@ -99,16 +102,16 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results, profiles = [], {}
     for path, label in zip(args.model, args.label or default_labels(args.model)):
-        model, tokenizer = load_model(path, dtype=dtype)
+        model, tokenizer = load_model(path)
         model.to(device)
         max_len = getattr(model.config, "max_position_embeddings", None)
         probe = build_probe(text, tokenizer, probe_cfg, max_len=max_len)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prof = model_profile(model, probe, batch_size=args.batch_size, device=device, final_norm=args.final_norm,
-                             pad_id=pad)
+                             pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype))
         profiles[label] = prof
         results.append({"label": label, "path": str(Path(path).resolve()),
-                        "architecture": type(model).__name__, "dtype": str(dtype).replace("torch.", ""),
+                        "architecture": type(model).__name__, "dtype": dtype,
                         "profile": {**prof.to_dict(), "depths": prof.depths()}})
         if args.final_norm and prof.final_norm is None:
             print(f"{label}: no final norm module (post-LN blocks?): no final_norm pair", flush=True)
@@ -128,4 +131,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

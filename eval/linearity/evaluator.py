@@ -10,12 +10,15 @@ states and solves. The probe is tokenized once, at construction.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from core.config import check
+from core.errors import DataError
+from core.io import append_jsonl
+from data.sources import load_documents
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
 from eval.linearity.plots import read_history, save_figures, training_figures
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
@@ -34,9 +37,10 @@ class LinearityEvalConfig(EvaluatorConfig):
 
     def validate(self, p: str) -> None:
         super().validate(p)
-        from linreg.config import check  # lazy: linreg.config imports every section, this one included
-
         check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be >= 1")
+
+    def build(self, ctx: EvalContext) -> Evaluator:
+        return LinearityEvaluator(self, ctx)
 
 
 def history_record(step: int, profile, seconds: float) -> dict:
@@ -66,12 +70,10 @@ class LinearityEvaluator(Evaluator):
         if cfg.text_file is not None:
             text = read_probe_text(cfg.text_file, ctx.config.data.text_field)
         else:
-            from data.sources import load_documents
-
             try:
                 text = "\n".join(load_documents(ctx.config.data, "valid"))
             except ValueError as e:
-                raise ValueError(f"eval.linearity: {e} (or set eval.linearity.text_file, or "
+                raise DataError(f"eval.linearity: {e} (or set eval.linearity.text_file, or "
                                  f"eval.linearity.enabled=false)") from None
         model_cfg = ctx.config.model
         probe = build_probe(text, ctx.tokenizer, cfg.probe, max_len=getattr(model_cfg, "max_seq_len", ctx.seq_len))
@@ -80,7 +82,7 @@ class LinearityEvaluator(Evaluator):
         pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
         self.batches = probe_batches(probe, cfg.batch_size, pad)
         self.collector: StateCollector | None = None  # hooks go on at the first evaluation (the engine's module)
-        self.jsonl = ctx.run_dir / "linearity.jsonl"
+        self.jsonl = ctx.run_dir.linearity
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -91,8 +93,7 @@ class LinearityEvaluator(Evaluator):
         if not self.ctx.is_main:
             return {}
         profile = profile_from_states(states, normed, self.ctx.device)
-        with self.jsonl.open("a") as f:
-            f.write(json.dumps(history_record(step, profile, time.perf_counter() - t0)) + "\n")
+        append_jsonl(self.jsonl, history_record(step, profile, time.perf_counter() - t0))
         return scalars_of(profile)
 
     def finish(self, step: int) -> None:
@@ -102,7 +103,7 @@ class LinearityEvaluator(Evaluator):
             return
         figures = training_figures(read_history(self.jsonl))
         tb = self.ctx.tb_writer
-        save_figures(figures, self.ctx.run_dir / "plots", close=tb is None)
+        save_figures(figures, self.ctx.run_dir.plots, close=tb is None)
         if tb is not None:
             for name, fig in figures.items():
                 tb.add_figure(f"linearity/{name}", fig, step)  # closes the figure

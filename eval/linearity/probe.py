@@ -17,6 +17,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.config import check
+
 
 @dataclass
 class ProbeConfig:
@@ -26,8 +28,6 @@ class ProbeConfig:
     max_tokens: int | None = None  # cap on pooled tokens (the last chunk kept is cut); None = all
 
     def validate(self, p: str) -> None:
-        from linreg.config import check  # lazy: linreg.config imports every section, this one included
-
         check(self.num_chunks >= 1, f"{p}.num_chunks", self.num_chunks, "must be >= 1")
         check(self.chunk_chars >= 1, f"{p}.chunk_chars", self.chunk_chars, "must be >= 1")
         if self.max_tokens is not None:

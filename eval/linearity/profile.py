@@ -86,7 +86,9 @@ class StateCollector:
     """Hooks a model once; ``collect`` runs probe batches and returns the pooled [h_0..h_L] (+ normed h_L)."""
 
     def __init__(self, model: nn.Module, final_norm: bool = False):
-        self.model = getattr(model, "_orig_mod", model)  # hook the real module under torch.compile
+        # A torch.compile(model) wrapper hides the module that owns the blocks (the trainer's in-place
+        # model.compile() leaves no wrapper; its evaluators run eagerly, see eval/hook.py).
+        self.model = getattr(model, "_orig_mod", model)
         self.stream = ResidualStream(self.model)
         # The whole model runs (ZeRO-3's hooks expect the top-level forward), but the LM head on one position.
         accepts = inspect.signature(self.model.forward).parameters

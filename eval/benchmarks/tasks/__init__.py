@@ -8,22 +8,23 @@ from __future__ import annotations
 import difflib
 import importlib
 
-from eval.tasks.base import DataSource, Instance, MultipleChoiceTask, Task, TaskDataError, TaskResult
-from eval.tasks.xstorycloze import LANGUAGES as XSTORYCLOZE_LANGUAGES
+from eval.benchmarks.tasks.base import DataSource, Instance, MultipleChoiceTask, Task, TaskDataError, TaskResult
+from eval.benchmarks.tasks.xstorycloze import LANGUAGES as XSTORYCLOZE_LANGUAGES
 
 # task name -> "module:Class"; the class is constructed as Class(name, DataSource)
 TASKS: dict[str, str] = {
-    "boolq": "eval.tasks.superglue:BoolQ",
-    "cb": "eval.tasks.superglue:CB",
-    "copa": "eval.tasks.superglue:COPA",
-    "multirc": "eval.tasks.superglue:MultiRC",
-    "multirc_fixed": "eval.tasks.superglue:MultiRCFixed",
-    "record": "eval.tasks.superglue:ReCoRD",
-    "rte": "eval.tasks.superglue:RTE",
-    "wic": "eval.tasks.superglue:WiC",
-    "wsc": "eval.tasks.superglue:WSC",
-    **{f"xstorycloze_{lang}": "eval.tasks.xstorycloze:XStoryCloze" for lang in XSTORYCLOZE_LANGUAGES},
-    "tinystories": "eval.tinystories:TinyStories",
+    "boolq": "eval.benchmarks.tasks.superglue:BoolQ",
+    "cb": "eval.benchmarks.tasks.superglue:CB",
+    "copa": "eval.benchmarks.tasks.superglue:COPA",
+    "multirc": "eval.benchmarks.tasks.superglue:MultiRC",
+    "multirc_fixed": "eval.benchmarks.tasks.superglue:MultiRCFixed",
+    "record": "eval.benchmarks.tasks.superglue:ReCoRD",
+    "rte": "eval.benchmarks.tasks.superglue:RTE",
+    "wic": "eval.benchmarks.tasks.superglue:WiC",
+    "wsc": "eval.benchmarks.tasks.superglue:WSC",
+    **{f"xstorycloze_{lang}": "eval.benchmarks.tasks.xstorycloze:XStoryCloze" for lang in XSTORYCLOZE_LANGUAGES},
+    "tinystories": "eval.benchmarks.tinystories:TinyStories",
+    "arc_easy": "eval.benchmarks.tasks.arc:ArcEasy",
 }
 
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -9,7 +9,6 @@ document by document (lme's ``ContextSampler``, seed 1234 by default; see ``samp
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -19,14 +18,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eval.metrics import mc_predictions, mean
+from core.errors import DataError, MissingDataError
+from core.io import read_jsonl as core_read_jsonl
+from data.sources import ENV_DATA_ROOT, data_root
+from data.sources import load_hub_split as data_load_hub_split
+from eval.benchmarks.metrics import mc_predictions, mean
 
 log = logging.getLogger("eval")
 
-ENV_DATA_ROOT = "LINREG_DATA_ROOT"
-
-
-class TaskDataError(FileNotFoundError):
+class TaskDataError(MissingDataError):
     """Data for a requested task is missing: the message names the task and the path or hub dataset tried."""
 
 
@@ -37,9 +37,8 @@ class DataSource:
 
     @classmethod
     def resolve(cls, root: str | os.PathLike | None = None) -> DataSource:
-        """``root`` if given, else ``$LINREG_DATA_ROOT``, else the hub."""
-        root = root or os.environ.get(ENV_DATA_ROOT) or None
-        return cls(Path(root).expanduser() if root else None)
+        """``root`` if given (a --data-root flag), else ``$LINREG_DATA_ROOT``, else the hub (``data_root``'s rule)."""
+        return cls(data_root(cli=root))
 
     def describe(self) -> str:
         return str(self.root) if self.root else "hub"
@@ -52,21 +51,15 @@ def require_file(task: str, path: Path) -> Path:
 
 
 def read_jsonl(task: str, path: Path) -> list[dict]:
-    with require_file(task, path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return core_read_jsonl(require_file(task, path))
 
 
 def load_hub_split(task: str, path: str, name: str | None, split: str) -> list[dict]:
-    """Rows of an HF hub dataset split, or a TaskDataError naming the dataset when it cannot be loaded."""
+    """Rows of an HF hub dataset split, or a TaskDataError naming the task when it cannot be loaded."""
     try:
-        import datasets
-
-        ds = datasets.load_dataset(path, name, split=split)
-    except Exception as e:  # offline, missing config, script-only dataset...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise TaskDataError(
-            f"task '{task}': no data root is set (--data-root / data.root / ${ENV_DATA_ROOT}) and the hub dataset "
-            f"{path}{'/' + name if name else ''} split '{split}' could not be loaded: {first}") from None
+        ds = data_load_hub_split(path, name, split, hint=f"no data root is set (--data-root / ${ENV_DATA_ROOT})")
+    except DataError as e:
+        raise TaskDataError(f"task '{task}': {e}") from None
     return [dict(row) for row in ds]
 
 
@@ -108,7 +101,6 @@ class TaskResult:
 
 class Task:
     """A named evaluation task bound to a data source."""
-    kind: ClassVar[str] = "task"
 
     def __init__(self, name: str, data: DataSource):
         self.name = name
@@ -128,7 +120,6 @@ class Task:
 
 class MultipleChoiceTask(Task):
     """Log-likelihood multiple choice. Subclasses define the data (``load_split``) and the prompt functions."""
-    kind = "multiple_choice"
     target_delimiter: ClassVar[str] = " "
     fewshot_delimiter: ClassVar[str] = "\n\n"
     metric_names: ClassVar[tuple[str, ...]] = ("acc", "acc_norm")
@@ -176,6 +167,10 @@ class MultipleChoiceTask(Task):
                  for s in shots]
         return "".join(parts) + self.doc_to_text(doc)
 
+    def draw_shots(self, rnd: random.Random, pool: list[dict], k: int, doc: dict) -> list[dict]:
+        """The few-shot examples of ``doc`` (lme's draw for tasks whose few-shot and test splits are both unset)."""
+        return sample_shots(rnd, pool, k, doc)
+
     def build_instances(self, limit: int | None = None, num_fewshot: int = 0, seed: int = 1234) -> list[Instance]:
         docs = self.docs("validation")
         docs = docs[:limit] if limit else docs
@@ -186,7 +181,7 @@ class MultipleChoiceTask(Task):
         rnd = random.Random(seed)
         out = []
         for i, doc in enumerate(docs):
-            shots = sample_shots(rnd, pool, num_fewshot, doc) if num_fewshot > 0 else []
+            shots = self.draw_shots(rnd, pool, num_fewshot, doc) if num_fewshot > 0 else []
             choices = self.doc_to_choice(doc)
             out.append(Instance(i, doc, self.fewshot_context(doc, shots), choices, self.gold_index(doc, choices),
                                 self.target_delimiter))

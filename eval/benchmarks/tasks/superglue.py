@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from eval.metrics import max_over_ground_truths, mean, multiclass_mean_f1, squad_exact, squad_f1
-from eval.tasks.base import Instance, MultipleChoiceTask, TaskDataError, load_hub_split, read_jsonl
+from eval.benchmarks.metrics import max_over_ground_truths, mean, multiclass_mean_f1, squad_exact, squad_f1
+from eval.benchmarks.tasks.base import Instance, MultipleChoiceTask, TaskDataError, load_hub_split, read_jsonl
 
 HUB_DATASET = "aps/super_glue"
 

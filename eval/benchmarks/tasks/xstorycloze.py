@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 
-from eval.tasks.base import MultipleChoiceTask, load_hub_split, require_file
+from eval.benchmarks.tasks.base import MultipleChoiceTask, load_hub_split, require_file
 
 LANGUAGES = ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
 HUB_DATASET = "juletxara/xstory_cloze"

@@ -1,0 +1,354 @@
+"""The Trainer: one training run, built from a resolved config and a run directory, driven by ``fit()``.
+
+    trainer = Trainer(cfg, RunDir("runs/x"), resume="auto")
+    exit_code = trainer.fit()          # train_step() until max_steps or preemption, then finish()
+
+Everything goes through ``deepspeed.initialize`` (gloo on CPU, NCCL on GPU), one process or many. Each component
+owns its cadence and its state: the ``StepMeter`` decides when a training row is due and produces it (the only
+host sync of a step), the ``Checkpointer`` when a periodic checkpoint is due and how every stateful component is
+saved and restored, the ``Evaluators`` which evaluations are due, ``Preemption`` whether every rank agreed to stop.
+The Trainer only puts them in order, so sweeps, pruning-with-distillation and benchmarks drive the same loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core import dist
+from core.rundir import RunDir, find_checkpoint
+from linreg import engine as eng
+from linreg.checkpoint import Checkpointer
+from linreg.meter import StepMeter
+from linreg.preemption import Preemption
+
+
+@dataclass
+class TrainState:
+    """What the loop itself has done: optimizer steps and tokens seen (the stateful component of the loop)."""
+    step: int = 0
+    tokens_seen: int = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "tokens_seen": self.tokens_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+
+
+def init_distributed() -> torch.device:
+    import deepspeed
+
+    on_gpu = torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
+    device = torch.device("cuda", dist.local_rank()) if on_gpu else torch.device("cpu")
+    if on_gpu:
+        torch.cuda.set_device(device)
+    return device
+
+
+class Trainer:
+    def __init__(self, cfg, run: RunDir, *, resume: str | None = None, overwrite: bool = False,
+                 deepspeed_config: str | None = None, log: bool = True, model: torch.nn.Module | None = None,
+                 tokenizer=None, stream=None):
+        """Build the run: DeepSpeed config (checked first: cheap), run dir, tokenizer, data, model, engine, meter,
+        checkpointer, evaluators, logger; then restore ``resume`` ('auto' = the run dir's latest checkpoint, fresh
+        if none; or a path). ``log=False`` builds no evaluators, logger or progress bar (benchmarks).
+
+        Workflows that train something else than a fresh ``cfg.model`` language model (distilling a pruned model,
+        fine-tuning a classifier) pass ``model`` (only its parameters with ``requires_grad`` are trained),
+        ``tokenizer`` (saved into the run dir) and/or ``stream`` (an object with ``next_batch()``,
+        ``state_dict()``, ``load_state_dict()`` and ``epoch``), and override ``forward_loss``."""
+        dist.setup_env()
+        self.cfg, self.run = cfg, run
+        self.ds_cfg = eng.ds_config(cfg, dist.world_size(), deepspeed_config)
+        self.device = init_distributed()
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.is_main = self.rank == 0
+        resume_from = self._prepare_run_dir(resume, overwrite)
+        self.state = TrainState()
+        self._build_components(model, tokenizer, stream)
+        self.meter = StepMeter(every=cfg.logging.every, max_steps=cfg.train.max_steps,
+                               micro_steps=cfg.train.grad_accum_steps, world=self.world,
+                               tokens_per_step=self.tokens_per_step, flops_per_token=self.flops_per_token,
+                               peak_tflops=eng.peak_tflops(cfg.logging.peak_tflops), device=self.device,
+                               on_nonfinite=f" (last good checkpoint kept in {run.checkpoints})")
+        self.checkpointer = Checkpointer(self.engine, run, cfg.checkpoint.every, cfg.checkpoint.keep_last,
+                                         self._checkpoint_meta(), extra={"config": cfg.to_dict()})
+        for name, obj in (("train", self.state), ("meter", self.meter), ("data", self.stream)):
+            self.checkpointer.register(name, obj)
+        if resume_from is not None:
+            self._resume(resume_from)
+        self.preemption = Preemption(self.device)
+        self.logger, self.evaluators, self.bar = None, None, None
+        if log:
+            self._build_logging()
+
+    # -- construction ------------------------------------------------------------------------------------------
+    def _prepare_run_dir(self, resume: str | None, overwrite: bool) -> Path | None:
+        """Create/validate the run dir on rank 0 and write config.yaml; return the checkpoint to resume from."""
+        from linreg.config import save_config
+
+        resume_from = self.run.latest_checkpoint() if resume == "auto" else (
+            find_checkpoint(resume) if resume is not None else None)
+        if self.is_main:
+            self.run.prepare(fresh=resume_from is None and resume is None, overwrite=overwrite)
+            save_config(self.cfg, self.run.config)
+        dist.barrier()
+        return resume_from
+
+    def _build_tokenizer(self, given=None):
+        """The run's tokenizer: saved in the run dir once (given, trained or loaded on rank 0), then read back."""
+        from data.sources import load_documents
+        from data.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
+
+        cfg, tok_dir = self.cfg.tokenizer, self.run.tokenizer
+        if self.is_main and not (tok_dir / "tokenizer_config.json").is_file():
+            if given is not None:
+                tokenizer = given
+            elif cfg.name is not None:
+                tokenizer = load_tokenizer(cfg.name)
+            else:
+                print(f"training a byte-level BPE tokenizer (vocab {cfg.vocab_size})", flush=True)
+                tokenizer = train_bpe_tokenizer(load_documents(self.cfg.data, "train"), cfg.vocab_size,
+                                                cfg.train_max_bytes)
+            save_tokenizer(tokenizer, tok_dir)
+        dist.barrier()
+        return load_tokenizer(tok_dir)
+
+    def _build_components(self, model, tokenizer, stream) -> None:
+        import deepspeed
+
+        from data.cache import tokenized_split
+        from data.stream import PackedSamples, TrainStream
+        from linreg.schedule import build_scheduler
+        from model.build import build_model, count_params, flops_per_token
+        from model.capture import ResidualStream
+        from regularizers import build_regularizer
+
+        cfg = self.cfg
+        dist.seed_everything(cfg.train.seed)
+        self.tokenizer = self._build_tokenizer(tokenizer)
+        if stream is None:
+            train_tokens = tokenized_split(cfg.data, "train", self.tokenizer, self.rank, dist.barrier,
+                                           progress=self.is_main)
+            stream = TrainStream(PackedSamples(train_tokens, cfg.data.seq_len), cfg.train.micro_batch_size,
+                                 self.rank, self.world, cfg.train.seed)
+        self.stream = stream
+        self.custom_model = model is not None
+        if model is None:
+            model = build_model(cfg.model, self.tokenizer, seed=cfg.train.seed)
+        self.params = count_params(model)
+        hf = model.config
+        self.flops_per_token = flops_per_token(self.params["dense"], hf.num_hidden_layers, hf.hidden_size,
+                                               cfg.data.seq_len)
+        if cfg.train.gradient_checkpointing:
+            # Non-reentrant: the checkpointed block's output is the tensor our capture hooks saw, so the
+            # regularizer's gradient flows through recomputation.
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        # train.compile also compiles the regularizer's per-token math (inductor fuses each state's work).
+        self.regularizer = build_regularizer(dataclasses.replace(cfg.regularizer,
+                                                                 compile=cfg.regularizer.compile or cfg.train.compile))
+        self.capture = ResidualStream(model) if self.regularizer.needs_states else None
+        if cfg.train.compile:
+            model.compile()  # in place: keeps parameter names (checkpoints, export) unchanged
+        optimizer = eng.build_optimizer(model, cfg.optim, self.device.type)
+        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                 lr_scheduler=scheduler, config=self.ds_cfg)
+        # One grad-norm rule: DeepSpeed reports the global norm, except for ZeRO-0 without a mixed-precision
+        # wrapper, where it clips but drops it; then we measure it ourselves, on the steps that get a row.
+        self._own_grad_norm = (self.ds_cfg.get("zero_optimization", {}).get("stage", 0) == 0
+                               and not self.ds_cfg.get("bf16", {}).get("enabled")
+                               and not self.ds_cfg.get("fp16", {}).get("enabled"))
+        self._grad_norm: torch.Tensor | None = None
+
+    def _checkpoint_meta(self) -> dict:
+        from data.tokenizer import tokenizer_fingerprint
+
+        module = self.engine.module
+        shape = (dataclasses.asdict(self.cfg.model) | {"attn_implementation": None} if not self.custom_model else
+                 {"architecture": type(module).__name__, "config": module.config.to_diff_dict()})
+        return {"tokenizer": tokenizer_fingerprint(self.tokenizer), "vocab_size": module.config.vocab_size,
+                "model": shape}
+
+    def _resume(self, tag_dir: Path) -> None:
+        from linreg.schedule import apply_lr_override
+
+        self.checkpointer.load(tag_dir)
+        lr_changed = apply_lr_override(self.scheduler, self.cfg.optim.lr)
+        if self.is_main:
+            print(f"resumed from {tag_dir} at step {self.state.step}"
+                  + (f" (optim.lr now {self.cfg.optim.lr})" if lr_changed else ""), flush=True)
+
+    def _build_logging(self) -> None:
+        from tqdm import tqdm
+
+        from eval.base import EvalContext
+        from eval.hook import Evaluators
+        from linreg.metrics import MetricsLogger
+
+        cfg = self.cfg
+        if self.is_main:
+            self.logger = MetricsLogger(self.run, cfg.logging.tensorboard, purge_step=self.state.step + 1)
+        from core.precision import autocast_dtype
+
+        ctx = EvalContext(run_dir=self.run, tokenizer=self.tokenizer, device=self.device,
+                          autocast_dtype=autocast_dtype(eng.precision(cfg)), rank=self.rank, world_size=self.world,
+                          seq_len=cfg.data.seq_len, config=cfg, tb_writer=self.logger.tb if self.logger else None)
+        self.evaluators = Evaluators(cfg.eval, ctx)
+        self.bar = tqdm(total=cfg.train.max_steps, initial=self.state.step, desc="train", unit="step",
+                        dynamic_ncols=True, disable=not (self.is_main and cfg.logging.progress_bar))
+        if self.is_main:
+            print(f"model: {self.params['total'] / 1e6:.2f}M parameters ({self.params['dense'] / 1e6:.2f}M dense), "
+                  f"{self.world} rank(s), {eng.precision(cfg)}, ZeRO-{cfg.train.zero_stage}, "
+                  f"{self.tokens_per_step} tokens/step, run dir {self.run}", flush=True)
+
+    # -- public API ----------------------------------------------------------------------------------------------
+    @property
+    def tokens_per_step(self) -> int:
+        return self.ds_cfg["train_batch_size"] * self.cfg.data.seq_len
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The engine's module (an HF causal LM), e.g. for evaluation."""
+        return self.engine.module
+
+    def forward_loss(self, batch, step: int):
+        """(loss, reg or None) of one micro-batch from the stream: next-token cross-entropy plus the regularizer.
+        Workflows with another objective (distillation, classification) override this."""
+        from model.loss import causal_lm_loss
+
+        batch = batch.to(self.device, non_blocking=True)
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        if self.capture is not None:
+            with self.capture:
+                logits = self.engine(input_ids=inputs).logits
+            reg = self.regularizer(self.capture.take(), step)
+        else:
+            logits = self.engine(input_ids=inputs).logits
+            reg = None
+        return causal_lm_loss(logits, targets), reg
+
+    def train_step(self) -> None:
+        """One optimizer step (all micro-steps). Losses accumulate on the device in the meter: no host sync."""
+        step = self.state.step
+        accum = self.cfg.train.grad_accum_steps
+        measure_norm = self._own_grad_norm and self.meter.due(step + 1)
+        for micro in range(accum):
+            ce, reg = self.forward_loss(self.stream.next_batch(), step)
+            self.engine.backward(ce if reg is None else ce + reg)
+            if measure_norm and micro == accum - 1:  # gradients are gone after engine.step()
+                self._grad_norm = torch.linalg.vector_norm(torch.stack(
+                    [p.grad.detach().norm() for p in self.engine.module.parameters() if p.grad is not None]))
+            self.engine.step()
+            self.meter.add(ce, reg)
+        self.state.step += 1
+        self.state.tokens_seen += self.tokens_per_step
+        self.meter.step_done()
+
+    def grad_norm(self) -> float | None:
+        """The global gradient norm of the last step (None where it was not measured)."""
+        if self._own_grad_norm:
+            return float(self._grad_norm) if self._grad_norm is not None else None
+        gn = self.engine.get_global_grad_norm()
+        return float(gn) if gn is not None else None
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if self.logger is not None and scalars:
+            self.logger.log(step, scalars)
+
+    def log_train_row(self, step: int) -> dict[str, float]:
+        row = self.meter.row(step, lr=self.scheduler.get_last_lr()[0], grad_norm=self.grad_norm(),
+                             **{"train/tokens": self.state.tokens_seen, "train/epoch": self.stream.epoch})
+        self.log(step, row)
+        self.last_row = row
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['train/loss']:.4f}", tok_s=f"{row['train/tokens_per_s']:.0f}")
+        return row
+
+    def save_checkpoint(self) -> Path:
+        step = self.state.step
+        self.meter.check_finite(step)  # never save a state whose loss went NaN/Inf
+        with self.meter.pause():
+            return self.checkpointer.save(step)
+
+    def evaluate(self, final: bool = False) -> dict[str, float]:
+        if self.evaluators is None:
+            return {}
+        step = self.state.step
+        with self.meter.pause():
+            scalars = self.evaluators.run(self.model, step, final=final)
+        self.log(step, scalars)
+        return scalars
+
+    def after_step(self) -> bool:
+        """Everything due after an optimizer step, in order; True when the run must stop (preemption)."""
+        step, last = self.state.step, self.state.step >= self.cfg.train.max_steps
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.meter.due(step):
+            self.log_train_row(step)
+        stop = self.preemption.agreed() and not last  # at the last step finish() saves anyway
+        if stop or (self.checkpointer.due(step) and not last):
+            self.save_checkpoint()
+        if stop:
+            if self.is_main:
+                print(f"{self.preemption.requested}: saved checkpoint at step {step}; resume with --resume auto",
+                      flush=True)
+            return True
+        if not last:
+            self.evaluate()
+        return False
+
+    def fit(self) -> int:
+        """Train to ``train.max_steps`` (or until preempted), then ``finish()``. Returns the exit code (0)."""
+        import time
+
+        self._t_start, self._step_at_start = time.perf_counter(), self.state.step
+        self.last_row: dict[str, float] = {}
+        try:
+            while self.state.step < self.cfg.train.max_steps:
+                self.train_step()
+                if self.after_step():
+                    return 0
+            self.finish()
+            return 0
+        finally:
+            self.close()
+
+    def finish(self) -> Path:
+        """Final evaluations, the final checkpoint, the HF export and the summary line; returns the checkpoint."""
+        import time
+
+        from model.export import export_checkpoint
+
+        step = self.state.step
+        if self.bar is not None:
+            self.bar.close()
+        final = self.evaluate(final=True)
+        if self.evaluators is not None:
+            self.evaluators.finish(step)
+        tag_dir = self.save_checkpoint()
+        if self.is_main and self.cfg.checkpoint.export_at_end and not self.custom_model:
+            export_checkpoint(tag_dir, self.run.export)  # a workflow with its own model exports it itself
+        if self.is_main and self.logger is not None:
+            elapsed = time.perf_counter() - self._t_start
+            summary = {"steps": step, "tokens": self.state.tokens_seen,
+                       "train_loss": round(self.last_row.get("train/loss", float("nan")), 4),
+                       **{k: round(v, 4) for k, v in final.items() if k.startswith("val/")},
+                       "wall_s": round(elapsed, 1),
+                       "tokens_per_s": round((step - self._step_at_start) * self.tokens_per_step / max(elapsed, 1e-9))}
+            print("done: " + " ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
+        return tag_dir
+
+    def close(self) -> None:
+        """Release what the run holds (log files, signal handlers, capture hooks); safe to call twice."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        self.preemption.restore()
