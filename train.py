@@ -33,14 +33,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from core import dist
-    from linreg.config import resolve_run
+    from linreg.config import resolve_run, to_yaml
 
     dist.setup_env(args.local_rank)
     cfg, run = resolve_run(args.config, args.run_dir, args.resume, args.overrides)
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print(to_yaml(cfg), end="")
         return 0
 
     from linreg.trainer import Trainer

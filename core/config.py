@@ -66,9 +66,13 @@ def load_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     if path in _seen:
         raise ConfigError(f"config 'extends' cycle: {' -> '.join(str(p) for p in (*_seen, path))}")
     try:
-        data = yaml_load(path.read_text()) or {}
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if data is None:  # an empty (or truncated-to-nothing) file would silently mean "all defaults"
+        raise ConfigError(f"{path}: empty config file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     parents = data.pop("extends", None) or []

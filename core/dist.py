@@ -21,15 +21,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_SINGLE = "LINREG_SINGLE_PROCESS"
+
+
 def setup_env(local_rank: int | None = None) -> None:
     if local_rank is not None and local_rank >= 0:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
-    if "RANK" not in os.environ:  # no launcher: a single process
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    # No launcher: a single process. Variables a parent process set for itself this way (marked with its port)
+    # are not a launcher's either: a child (a test, a sweep) must not reuse the parent's rendezvous port. A
+    # launcher's children have the launcher's MASTER_PORT, never the marked one.
+    marked = os.environ.get(_SINGLE)
+    inherited = marked is not None and marked == os.environ.get("MASTER_PORT") and not dist.is_initialized()
+    if "RANK" not in os.environ or inherited:
+        port = str(_free_port())
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": port, _SINGLE: port})
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # silences DeepSpeed's accelerator probe on CPU machines
 

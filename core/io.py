@@ -42,3 +42,42 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one object as a line and flush, so a crash loses nothing already written."""
     with Path(path).open("a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file to disk (a checkpoint must survive a node crash, not just a process crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader sees the old or the new content, never a torn file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_file(path.parent)
+
+
+def trim_jsonl(path: str | os.PathLike, max_step: int) -> int:
+    """Drop the rows whose ``step`` is beyond ``max_step`` (what a resumed run will log again); returns how many."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            step = json.loads(line).get("step") if line.strip() else None
+        except json.JSONDecodeError:  # a line torn by a crash mid-write
+            continue
+        if line.strip() and (step is None or step <= max_step):
+            keep.append(line if line.endswith("\n") else line + "\n")
+    dropped = sum(1 for line in lines if line.strip()) - len(keep)
+    if dropped:
+        write_atomic(path, "".join(keep))
+    return dropped

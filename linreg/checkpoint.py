@@ -6,9 +6,12 @@ component's ``load_state_dict``. Per rank it adds ``rng_rank<r>.pt`` (plain tens
 ``weights_only=True``) and, on rank 0, ``meta.json`` (tokenizer fingerprint, vocabulary, model shape), which
 ``load`` checks before any weights are read.
 
-Layout (``core.rundir``): ``checkpoints/step_00000100/`` and ``checkpoints/latest`` naming the newest *complete*
-tag: it is rewritten atomically only after every rank has finished writing, so a crash mid-save leaves the
-previous checkpoint as ``latest``.
+Layout (``core.rundir``): ``checkpoints/step_00000100/``. A save is complete when its ``manifest.json`` exists:
+rank 0 writes it (every file with its size, fsync'ed) after every rank has written and fsync'ed its files, and only
+then moves ``checkpoints/latest``. ``--resume auto`` takes the newest checkpoint whose manifest checks out, so a
+crash at any moment of a save leaves the previous checkpoint in charge, and a truncated or missing file is found
+and named before DeepSpeed reads anything. A complete checkpoint is never written into again; the debris of an
+interrupted save of the same step is removed first.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import torch
 
 from core import dist
 from core.errors import CheckpointError
-from core.rundir import LATEST, RunDir, tag_for
+from core.io import fsync_file, write_atomic
+from core.rundir import LATEST, RunDir, tag_for, verify_checkpoint, write_manifest
 
 
 class Stateful(Protocol):
@@ -55,6 +59,12 @@ def _rng_from_tensors(t: dict) -> dict:
     return state
 
 
+def failpoint(name: str) -> None:
+    """Fault injection for tests: ``LINREG_FAILPOINT=<name>`` kills this process (as ``kill -9`` would) here."""
+    if os.environ.get("LINREG_FAILPOINT") == name:
+        os.kill(os.getpid(), 9)
+
+
 class Checkpointer:
     def __init__(self, engine, run: RunDir, every: int, keep_last: int, meta: dict, extra: dict | None = None):
         """``meta``: small JSON written as meta.json and checked on load; ``extra``: more client state to save
@@ -74,26 +84,54 @@ class Checkpointer:
     def save(self, step: int) -> Path:
         """Save on all ranks (collective); returns the tag directory."""
         root, tag = self.run.checkpoints, tag_for(step)
+        tag_dir = root / tag
+        if verify_checkpoint(tag_dir) is None:  # already complete (a requeued run): never rewrite it
+            return tag_dir
+        if dist.rank() == 0 and tag_dir.exists():  # debris of a save of this step that did not finish
+            shutil.rmtree(tag_dir)
+        dist.barrier()
         client = {**self.extra, **{name: obj.state_dict() for name, obj in self.stateful.items()}}
+        failpoint("before_save")
         self.engine.save_checkpoint(str(root), tag=tag, client_state=client, save_latest=False)
-        torch.save(_rng_to_tensors(dist.rng_state()), root / tag / f"rng_rank{dist.rank()}.pt")
+        failpoint("after_engine_save")
+        rng_file = tag_dir / f"rng_rank{dist.rank()}.pt"
+        torch.save(_rng_to_tensors(dist.rng_state()), rng_file)
+        for f in tag_dir.rglob("*"):  # this rank's files (a shared filesystem lists the others' too: harmless)
+            if f.is_file():
+                fsync_file(f)
         dist.barrier()
         if dist.rank() == 0:
-            (root / tag / "meta.json").write_text(json.dumps({"step": step, **self.meta}, indent=1))
-            tmp = root / (LATEST + ".tmp")
-            tmp.write_text(tag)
-            os.replace(tmp, root / LATEST)
-            for old in self.run.checkpoint_dirs()[:-self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+            (tag_dir / "meta.json").write_text(json.dumps({"step": step, "world_size": dist.world_size(),
+                                                           **self.meta}, indent=1))
+            failpoint("before_manifest")
+            write_manifest(tag_dir)
+            failpoint("before_latest")
+            write_atomic(root / LATEST, tag)
+            complete = [d for d in self.run.checkpoint_dirs() if verify_checkpoint(d) is None]
+            for old in complete[:-self.keep_last]:
+                if old != tag_dir:
+                    shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
-        return root / tag
+        return tag_dir
 
     def check_compatible(self, tag_dir: Path) -> None:
-        """One-line error when the checkpoint was written for another tokenizer or model shape."""
+        """One-line error when the checkpoint is damaged or was written for another tokenizer, model shape or
+        (ZeRO stages 1-3, whose optimizer state is partitioned by rank) another number of ranks."""
+        problem = verify_checkpoint(tag_dir)
+        if problem is not None:
+            raise CheckpointError(problem)
         path = tag_dir / "meta.json"
-        if not path.is_file():
-            return
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise CheckpointError(f"{path} is not readable JSON") from None
+        stage = self.engine.zero_optimization_stage()
+        if stage > 0 and saved.get("world_size", dist.world_size()) != dist.world_size():
+            raise CheckpointError(
+                f"checkpoint {tag_dir} was written by {saved['world_size']} ranks with ZeRO-{stage}, this run has "
+                f"{dist.world_size()}: ZeRO partitions the optimizer state by rank. Resume with "
+                f"{saved['world_size']} ranks, or convert it with DeepSpeed's ds_to_universal and load it as a "
+                f"universal checkpoint (deepspeed.checkpoint.load_universal=true)")
         for key, now in self.meta.items():
             if key in saved and saved[key] != now:
                 raise CheckpointError(f"checkpoint {tag_dir} does not match this run: {key} was {saved[key]!r}, "
@@ -102,12 +140,19 @@ class Checkpointer:
     def load(self, tag_dir: Path) -> dict[str, Any]:
         """Restore model, optimizer, scheduler, this rank's RNG and every registered component."""
         self.check_compatible(tag_dir)
-        load_path, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        try:
+            load_path, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        except (RuntimeError, EOFError, OSError, KeyError) as e:  # torch.load of a damaged file
+            raise CheckpointError(f"checkpoint {tag_dir} could not be loaded: {type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load the checkpoint {tag_dir}")
         rng_file = tag_dir / f"rng_rank{dist.rank()}.pt"
         if rng_file.is_file():
-            dist.set_rng_state(_rng_from_tensors(torch.load(rng_file, weights_only=True)))
+            try:
+                dist.set_rng_state(_rng_from_tensors(torch.load(rng_file, weights_only=True)))
+            except Exception as e:  # a truncated or foreign file: name it
+                raise CheckpointError(f"{rng_file} could not be loaded: {type(e).__name__}") from None
         for name, obj in self.stateful.items():
             if name not in client:
                 raise CheckpointError(f"checkpoint {tag_dir} has no '{name}' state (written by another version?)")

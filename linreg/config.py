@@ -16,6 +16,7 @@ import yaml
 
 from core.config import apply_overrides, check, from_dict, load_yaml_tree
 from core.errors import ConfigError
+from core.io import write_atomic
 from data.config import DataConfig, TokenizerConfig
 from eval.config import EvalConfig
 from model.config import ModelConfig
@@ -129,8 +130,14 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), tree:
     return from_dict(Config, tree)
 
 
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML: every key with its value (``--print-config``, a run's config.yaml)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write atomically: a crash never leaves a torn config.yaml for the next resume to read."""
+    write_atomic(path, to_yaml(cfg))
 
 
 def resolve_run(config: str | None, run_dir: str | None, resume: str | None, overrides: list[str] = ()):
@@ -147,7 +154,26 @@ def resolve_run(config: str | None, run_dir: str | None, resume: str | None, ove
     if run is None:
         run = RunDir(Path("runs") / load_config(config, overrides).name)
     if resume is not None and run.config.is_file():
-        return load_config(run.config, overrides), run
+        cfg = load_config(run.config, overrides)
+        if config is not None:  # the run's own config.yaml wins; a --config that says otherwise is refused
+            diff = _first_difference(load_config(config, overrides).to_dict(), cfg.to_dict())
+            if diff is not None:
+                raise ConfigError(f"--config {config} differs from the run's {run.config} at {diff}: a resume uses "
+                                  f"the run's config; drop --config, or pass the change as a dotted override")
+        return cfg, run
     if config is None:
         raise ConfigError(f"--resume {resume}: no config.yaml in {run.path}; pass --config")
     return load_config(config, overrides), run
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+    """The first dotted key whose values differ (with both values), or None."""
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _first_difference(va, vb, f"{prefix}{key}.")
+            if found is not None:
+                return found
+        elif va != vb:
+            return f"{prefix}{key} ({va!r} vs {vb!r})"
+    return None

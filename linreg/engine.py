@@ -50,12 +50,23 @@ def ds_config(cfg, world_size: int, override_file: str | None = None) -> dict:
         if not path.is_file():
             raise ConfigError(f"--deepspeed_config: file not found: {path}")
         try:
-            merged = deep_merge(merged, json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
+            given = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"--deepspeed_config {path}: invalid JSON: {e}") from None
+        if not isinstance(given, dict):
+            raise ConfigError(f"--deepspeed_config {path}: expected a JSON object, got {type(given).__name__}")
+        merged = deep_merge(merged, given)
+    for section in ("fp16", "bf16", "zero_optimization"):
+        if not isinstance(merged.get(section, {}), dict):
+            example = "stage=2" if section == "zero_optimization" else "enabled=true"
+            raise ConfigError(f"deepspeed.{section}={merged[section]!r}: expected a mapping, e.g. "
+                              f"deepspeed.{section}.{example}")
     micro = merged.get("train_micro_batch_size_per_gpu")
     accum = merged.get("gradient_accumulation_steps")
     total = merged.get("train_batch_size")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (micro, accum, total)):
+        raise ConfigError(f"DeepSpeed batch sizes must be integers: train_batch_size={total!r}, "
+                          f"train_micro_batch_size_per_gpu={micro!r}, gradient_accumulation_steps={accum!r}")
     configured = (cfg.train.micro_batch_size, cfg.train.grad_accum_steps)
     if micro * accum * world_size != total or (micro, accum) != configured:
         raise ConfigError(
@@ -63,8 +74,12 @@ def ds_config(cfg, world_size: int, override_file: str | None = None) -> dict:
             f"{micro} × gradient_accumulation_steps {accum} × world_size {world_size} = {micro * accum * world_size}, "
             f"and match train.micro_batch_size={cfg.train.micro_batch_size}, "
             f"train.grad_accum_steps={cfg.train.grad_accum_steps}")
-    if merged.get("fp16", {}).get("enabled") and not torch.cuda.is_available():
-        raise ConfigError("deepspeed.fp16.enabled=true is not supported on CPU; use train.precision=fp32 or bf16")
+    if merged.get("fp16", {}).get("enabled"):
+        if not torch.cuda.is_available():
+            raise ConfigError("deepspeed.fp16.enabled=true is not supported on CPU; use train.precision=fp32 or bf16")
+        if merged.get("bf16", {}).get("enabled"):
+            raise ConfigError("deepspeed.fp16.enabled=true and bf16 (train.precision) are both on: set "
+                              "train.precision=fp32 with fp16, or drop deepspeed.fp16")
     return merged
 
 

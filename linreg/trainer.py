@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from core import dist
+from core.errors import NonFiniteLossError
 from core.rundir import RunDir, find_checkpoint
 from linreg import engine as eng
 from linreg.checkpoint import Checkpointer
@@ -30,12 +31,14 @@ class TrainState:
     """What the loop itself has done: optimizer steps and tokens seen (the stateful component of the loop)."""
     step: int = 0
     tokens_seen: int = 0
+    owed_evaluations: bool = False  # preempted at a step whose evaluations had not run: run them on resume
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "tokens_seen": self.tokens_seen}
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "owed_evaluations": self.owed_evaluations}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.owed_evaluations = bool(state.get("owed_evaluations", False))
 
 
 def init_distributed() -> torch.device:
@@ -79,23 +82,31 @@ class Trainer:
                                          self._checkpoint_meta(), extra={"config": cfg.to_dict()})
         for name, obj in (("train", self.state), ("meter", self.meter), ("data", self.stream)):
             self.checkpointer.register(name, obj)
+        self.last_checkpoint: Path | None = None
         if resume_from is not None:
             self._resume(resume_from)
+        # A run resumed from its final checkpoint has nothing to do; anything else has now started successfully,
+        # and only now do its config.yaml and logs change.
+        self.finished = resume_from is not None and self.state.step >= cfg.train.max_steps
+        if not self.finished and self.is_main:
+            from linreg.config import save_config
+
+            save_config(cfg, run.config)
+            if resume_from is not None:
+                run.trim_logs(self.state.step)
+        dist.barrier()
         self.preemption = Preemption(self.device)
         self.logger, self.evaluators, self.bar = None, None, None
-        if log:
+        if log and not self.finished:
             self._build_logging()
 
     # -- construction ------------------------------------------------------------------------------------------
     def _prepare_run_dir(self, resume: str | None, overwrite: bool) -> Path | None:
-        """Create/validate the run dir on rank 0 and write config.yaml; return the checkpoint to resume from."""
-        from linreg.config import save_config
-
-        resume_from = self.run.latest_checkpoint() if resume == "auto" else (
+        """Create/validate the run dir on rank 0; return the checkpoint to resume from (verified complete)."""
+        resume_from = self.run.resumable_checkpoint() if resume == "auto" else (
             find_checkpoint(resume) if resume is not None else None)
         if self.is_main:
             self.run.prepare(fresh=resume_from is None and resume is None, overwrite=overwrite)
-            save_config(self.cfg, self.run.config)
         dist.barrier()
         return resume_from
 
@@ -178,6 +189,7 @@ class Trainer:
         from linreg.schedule import apply_lr_override
 
         self.checkpointer.load(tag_dir)
+        self._saved(tag_dir)
         lr_changed = apply_lr_override(self.scheduler, self.cfg.optim.lr)
         if self.is_main:
             print(f"resumed from {tag_dir} at step {self.state.step}"
@@ -269,11 +281,32 @@ class Trainer:
             self.bar.set_postfix(loss=f"{row['train/loss']:.4f}", tok_s=f"{row['train/tokens_per_s']:.0f}")
         return row
 
+    def _saved(self, tag_dir: Path) -> None:
+        self.last_checkpoint = tag_dir
+        self.meter.on_nonfinite = f" (last good checkpoint: {tag_dir})"
+
+    def weights_finite(self) -> bool:
+        """All parameters finite on every rank (each rank checks its own ZeRO-3 shard)."""
+        bad = torch.zeros(1, device=self.device)
+        for p in self.engine.module.parameters():
+            local = getattr(p, "ds_tensor", p)  # ZeRO-3: the partition this rank owns
+            if local.numel() and not torch.isfinite(local).all():
+                bad += 1
+                break
+        return float(dist.all_reduce_sum(bad)) == 0
+
     def save_checkpoint(self) -> Path:
+        """Save the state after this step, unless its loss or its weights went NaN/Inf: a checkpoint named as
+        "last good" must be one that resumes into finite numbers."""
         step = self.state.step
-        self.meter.check_finite(step)  # never save a state whose loss went NaN/Inf
+        self.meter.check_finite(step)
+        if not self.weights_finite():
+            raise NonFiniteLossError(f"non-finite weights after the update of step {step}"
+                                     f"{self.meter.on_nonfinite}")
         with self.meter.pause():
-            return self.checkpointer.save(step)
+            tag_dir = self.checkpointer.save(step)
+        self._saved(tag_dir)
+        return tag_dir
 
     def evaluate(self, final: bool = False) -> dict[str, float]:
         if self.evaluators is None:
@@ -292,15 +325,18 @@ class Trainer:
         if self.meter.due(step):
             self.log_train_row(step)
         stop = self.preemption.agreed() and not last  # at the last step finish() saves anyway
-        if stop or (self.checkpointer.due(step) and not last):
-            self.save_checkpoint()
         if stop:
+            # No time for evaluations before the kill: the checkpoint records them as owed.
+            self.state.owed_evaluations = self.evaluators is not None and bool(self.evaluators.due(step))
+            self.save_checkpoint()
             if self.is_main:
                 print(f"{self.preemption.requested}: saved checkpoint at step {step}; resume with --resume auto",
                       flush=True)
             return True
         if not last:
-            self.evaluate()
+            self.evaluate()  # before the checkpoint of this step: a crash in between replays both
+            if self.checkpointer.due(step):
+                self.save_checkpoint()
         return False
 
     def fit(self) -> int:
@@ -310,6 +346,11 @@ class Trainer:
         self._t_start, self._step_at_start = time.perf_counter(), self.state.step
         self.last_row: dict[str, float] = {}
         try:
+            if self.finished:
+                return self._already_finished()
+            if self.state.owed_evaluations:
+                self.evaluate()
+                self.state.owed_evaluations = False
             while self.state.step < self.cfg.train.max_steps:
                 self.train_step()
                 if self.after_step():
@@ -318,6 +359,18 @@ class Trainer:
             return 0
         finally:
             self.close()
+
+    def _already_finished(self) -> int:
+        """A finished run launched again (a requeued job): nothing is trained, evaluated or rewritten."""
+        from model.export import export_checkpoint
+
+        step = self.state.step
+        if self.is_main:
+            if self.cfg.checkpoint.export_at_end and not self.custom_model and not self.run.export.is_dir():
+                export_checkpoint(self.last_checkpoint, self.run.export)  # the one thing a crash may have missed
+            print(f"run already finished at step {step} (train.max_steps={self.cfg.train.max_steps}): nothing to "
+                  f"do; raise train.max_steps to train further", flush=True)
+        return 0
 
     def finish(self) -> Path:
         """Final evaluations, the final checkpoint, the HF export and the summary line; returns the checkpoint."""
