@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,10 +60,19 @@ def _rng_from_tensors(t: dict) -> dict:
     return state
 
 
+_FAILPOINT_HITS: dict[str, int] = {}
+
+
 def failpoint(name: str) -> None:
-    """Fault injection for tests: ``LINREG_FAILPOINT=<name>`` kills this process (as ``kill -9`` would) here."""
-    if os.environ.get("LINREG_FAILPOINT") == name:
-        os.kill(os.getpid(), 9)
+    """Fault injection for tests: ``LINREG_FAILPOINT=<name>[@N]`` kills this process with SIGKILL (as ``kill -9``
+    or a node failure would) the N-th time (default: the first) it passes the point ``name``."""
+    spec = os.environ.get("LINREG_FAILPOINT", "")
+    target, _, nth = spec.partition("@")
+    if target != name:
+        return
+    _FAILPOINT_HITS[name] = _FAILPOINT_HITS.get(name, 0) + 1
+    if _FAILPOINT_HITS[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Checkpointer:

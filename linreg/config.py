@@ -87,11 +87,32 @@ class CheckpointConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases: every scalar of metrics.jsonl, under the same names, from rank 0 (``pip install wandb``).
+    ``mode: offline`` writes the run under ``$WANDB_DIR`` (default: the run dir) with no network; ``wandb sync``
+    uploads it later. A sweep sets ``group`` to its name and ``job_type`` to the variant."""
+    project: str = "linreg"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    name: str | None = None  # None: the run dir's name
+    mode: Literal["online", "offline", "disabled"] = "online"
+
+    def validate(self, p: str) -> None:
+        import importlib.util
+
+        # Checked with the config, before any data or model work, not when the first scalar is logged.
+        if self.mode != "disabled" and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"{p} is set but the wandb package is not installed: pip install wandb")
+
+
+@dataclass
 class LoggingConfig:
     every: int = 10  # steps between log lines (loss is synchronised to the host only here)
     tensorboard: bool = True
     progress_bar: bool = True
     peak_tflops: float | None = None  # per-device peak for MFU; None = look up the GPU model, no MFU on CPU
+    wandb: WandbConfig | None = None  # Weights & Biases logging (off unless set)
 
     def validate(self, p: str) -> None:
         check(self.every >= 1, f"{p}.every", self.every, "must be >= 1")

@@ -1,11 +1,15 @@
 """Rank-0 metric sinks: TensorBoard scalars and ``metrics.jsonl`` (one JSON object per logged step, with ``step``
-and the same keys as the TensorBoard tags). Every line is flushed at once so a crash loses nothing."""
+and the same keys as the TensorBoard tags), and Weights & Biases when the run's config sets ``logging.wandb``.
+Every line is flushed at once so a crash loses nothing."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
 
+from core.config import yaml_load
+from core.errors import ConfigError
 from core.io import read_jsonl
 from core.rundir import RunDir
 
@@ -20,6 +24,7 @@ class MetricsLogger:
 
             # purge_step drops events a preempted run logged after its last checkpoint.
             self.tb = SummaryWriter(str(run.tb), purge_step=purge_step)
+        self.wandb = start_wandb(run)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not scalars:
@@ -30,6 +35,8 @@ class MetricsLogger:
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, float(v), step)
+        if self.wandb is not None:
+            self.wandb.log({k: float(v) for k, v in scalars.items()}, step=step)
 
     def flush(self) -> None:
         self._file.flush()
@@ -41,6 +48,29 @@ class MetricsLogger:
         self._file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def start_wandb(run: RunDir):
+    """The W&B run of this run dir, or None when its config.yaml does not set ``logging.wandb``. The config is
+    read from the run dir (written before any logger starts: it is what the run was started or resumed with).
+    The W&B run id is derived from the run dir's path, so a resumed run continues its W&B run."""
+    config = yaml_load(run.config.read_text()) if run.config.is_file() else None
+    spec = ((config or {}).get("logging") or {}).get("wandb")
+    if not spec or spec.get("mode") == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("logging.wandb is set but the wandb package is not installed: pip install wandb") from None
+    return wandb.init(project=spec.get("project"), entity=spec.get("entity"), group=spec.get("group"),
+                      job_type=spec.get("job_type"), name=spec.get("name") or run.path.name, mode=spec.get("mode"),
+                      id=wandb_run_id(run), resume="allow", config=config)
+
+
+def wandb_run_id(run: RunDir) -> str:
+    return hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()[:16]
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -21,7 +21,7 @@ from core import dist
 from core.errors import NonFiniteLossError
 from core.rundir import RunDir, find_checkpoint
 from linreg import engine as eng
-from linreg.checkpoint import Checkpointer
+from linreg.checkpoint import Checkpointer, failpoint
 from linreg.meter import StepMeter
 from linreg.preemption import Preemption
 
@@ -77,12 +77,14 @@ class Trainer:
                                micro_steps=cfg.train.grad_accum_steps, world=self.world,
                                tokens_per_step=self.tokens_per_step, flops_per_token=self.flops_per_token,
                                peak_tflops=eng.peak_tflops(cfg.logging.peak_tflops), device=self.device,
-                               on_nonfinite=f" (last good checkpoint kept in {run.checkpoints})")
+                               on_nonfinite=" (no checkpoint yet: lower optim.lr and start again)")
         self.checkpointer = Checkpointer(self.engine, run, cfg.checkpoint.every, cfg.checkpoint.keep_last,
                                          self._checkpoint_meta(), extra={"config": cfg.to_dict()})
         for name, obj in (("train", self.state), ("meter", self.meter), ("data", self.stream)):
             self.checkpointer.register(name, obj)
         self.last_checkpoint: Path | None = None
+        self._saved_steps: list[tuple[int, Path]] = []  # checkpoints of this run, oldest first
+        self._finite_through = 0  # the last step whose loss is known to be finite
         if resume_from is not None:
             self._resume(resume_from)
         # A run resumed from its final checkpoint has nothing to do; anything else has now started successfully,
@@ -275,6 +277,7 @@ class Trainer:
     def log_train_row(self, step: int) -> dict[str, float]:
         row = self.meter.row(step, lr=self.scheduler.get_last_lr()[0], grad_norm=self.grad_norm(),
                              **{"train/tokens": self.state.tokens_seen, "train/epoch": self.stream.epoch})
+        self._verified(step)
         self.log(step, row)
         self.last_row = row
         if self.bar is not None:
@@ -283,7 +286,21 @@ class Trainer:
 
     def _saved(self, tag_dir: Path) -> None:
         self.last_checkpoint = tag_dir
-        self.meter.on_nonfinite = f" (last good checkpoint: {tag_dir})"
+        self._saved_steps.append((self.state.step, tag_dir))
+        self._name_last_good()
+
+    def _verified(self, step: int) -> None:
+        """The losses up to ``step`` are finite: every checkpoint before it led to a finite next step."""
+        self._finite_through = step
+        self._name_last_good()
+
+    def _name_last_good(self) -> None:
+        # The last good checkpoint is not simply the newest: the weights saved after step s produce the loss of
+        # step s + 1, so s is good only once that loss was seen finite. Resuming from it (with a lower lr)
+        # starts from weights that are known to give a finite loss.
+        good = [path for step, path in self._saved_steps if step < self._finite_through]
+        self.meter.on_nonfinite = (f" (last good checkpoint: {good[-1]}; resume from it with a lower optim.lr)"
+                                   if good else " (no good checkpoint yet: lower optim.lr and start again)")
 
     def weights_finite(self) -> bool:
         """All parameters finite on every rank (each rank checks its own ZeRO-3 shard)."""
@@ -300,6 +317,7 @@ class Trainer:
         "last good" must be one that resumes into finite numbers."""
         step = self.state.step
         self.meter.check_finite(step)
+        self._verified(step)
         if not self.weights_finite():
             raise NonFiniteLossError(f"non-finite weights after the update of step {step}"
                                      f"{self.meter.on_nonfinite}")
@@ -385,6 +403,7 @@ class Trainer:
         if self.evaluators is not None:
             self.evaluators.finish(step)
         tag_dir = self.save_checkpoint()
+        failpoint("before_export")
         if self.is_main and self.cfg.checkpoint.export_at_end and not self.custom_model:
             export_checkpoint(tag_dir, self.run.export)  # a workflow with its own model exports it itself
         if self.is_main and self.logger is not None:

@@ -1,0 +1,123 @@
+"""What survives a crash: kill -9 inside a checkpoint write and before the final export, damaged checkpoints,
+a requeued finished run, a failed resume, and a diverged run resumed from the checkpoint its error names."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.errors import CheckpointError, NonFiniteLossError
+from core.rundir import RunDir, find_checkpoint, step_of
+from linreg.config import load_config
+from linreg.metrics import read_metrics
+from linreg.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "tiny.yaml"
+QUIET = ["eval.linearity.enabled=false", "eval.val_loss.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("crash_cache")
+
+
+def cfg(cache_dir, *overrides):
+    return load_config(TINY, [f"data.cache_dir={cache_dir}", *QUIET, *overrides])
+
+
+def train(run_dir, cache_dir, *overrides, extra=(), env=None, **kw):
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(TINY), "--run-dir", str(run_dir), *extra,
+           f"data.cache_dir={cache_dir}", *QUIET, *overrides]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def train_losses(run: RunDir) -> list[tuple[int, float]]:
+    return [(r["step"], r["train/loss"]) for r in read_metrics(run.metrics) if "train/loss" in r]
+
+
+def test_kill_inside_checkpoint_write_then_resume_is_exact(tmp_path, cache_dir):
+    over = ["train.max_steps=15", "checkpoint.every=5", "checkpoint.keep_last=5"]
+    full = RunDir(tmp_path / "full")
+    assert train(full.path, cache_dir, *over).returncode == 0
+
+    part = RunDir(tmp_path / "part")  # killed (SIGKILL) inside the step-10 save, before its manifest
+    res = train(part.path, cache_dir, *over, env={"LINREG_FAILPOINT": "before_manifest@2"})
+    assert res.returncode == -signal.SIGKILL
+    assert part.latest_checkpoint() == part.checkpoint(5) and not (part.checkpoint(10) / "manifest.json").exists()
+    assert max(s for s, _ in train_losses(part)) == 10  # rows 6-10 were logged past the last complete checkpoint
+
+    res = train(part.path, cache_dir, *over, extra=["--resume", "auto"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed from" in res.stdout and "step_00000005" in res.stdout
+    assert train_losses(part) == train_losses(full)  # each step once (replayed rows trimmed), bit for bit
+    assert [step_of(p) for p in part.checkpoint_dirs()] == [5, 10, 15]  # the torn step-10 save was redone
+
+    # Killed after the final checkpoint, before the export: the requeued job only exports.
+    last = RunDir(tmp_path / "last")
+    assert train(last.path, cache_dir, *over, env={"LINREG_FAILPOINT": "before_export"}).returncode == -9
+    before = snapshot(last.checkpoints)
+    res = train(last.path, cache_dir, *over, extra=["--resume", "auto"])
+    assert res.returncode == 0 and "run already finished at step 15" in res.stdout
+    assert (last.export / "config.json").is_file() and snapshot(last.checkpoints) == before
+
+
+def test_damaged_checkpoints_fall_back_or_refuse(tmp_path, cache_dir):
+    run = RunDir(tmp_path / "run")
+    assert Trainer(cfg(cache_dir, "train.max_steps=10", "checkpoint.every=5", "checkpoint.export_at_end=false"),
+                   run).fit() == 0
+    (run.checkpoints / "latest").write_text("garbage\x00")  # a damaged `latest` is not trusted: manifests are
+    assert run.resumable_checkpoint() == run.checkpoint(10)
+
+    model_file = run.checkpoint(10) / "mp_rank_00_model_states.pt"
+    model_file.write_bytes(model_file.read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint: .*mp_rank_00_model_states.pt has 100 bytes"):
+        assert run.resumable_checkpoint() == run.checkpoint(5)
+    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt has 100 bytes"):
+        find_checkpoint(run.checkpoint(10))  # an explicit --resume PATH is never silently replaced
+
+    (run.checkpoint(5) / "rng_rank0.pt").unlink()
+    with pytest.raises(CheckpointError, match="no usable checkpoint .*has 100 bytes.*and 1 older ones damaged"):
+        run.resumable_checkpoint()
+    res = train(run.path, cache_dir, "train.max_steps=10", "checkpoint.every=5", "checkpoint.export_at_end=false",
+                extra=["--resume", "auto"])
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: no usable checkpoint")
+    assert "Traceback" not in res.stderr
+
+
+def test_requeued_finished_run_and_failed_resume_change_nothing(tmp_path, cache_dir, capsys):
+    run = RunDir(tmp_path / "run")
+    assert Trainer(cfg(cache_dir, "train.max_steps=6", "checkpoint.every=3"), run).fit() == 0
+    before = snapshot(run.path)
+    assert Trainer(cfg(cache_dir, "train.max_steps=6", "checkpoint.every=3"), run, resume="auto").fit() == 0
+    assert "run already finished at step 6" in capsys.readouterr().out
+    assert snapshot(run.path) == before  # nothing rewritten: not a checkpoint, not config.yaml, not a log
+
+    with pytest.raises(CheckpointError, match="does not match this run: model"):
+        Trainer(cfg(cache_dir, "train.max_steps=9", "checkpoint.every=3", "model.hidden_size=64"), run, resume="auto")
+    assert snapshot(run.path) == before  # a failed resume leaves config.yaml (and all else) as it was
+
+
+def test_diverged_run_resumes_from_the_checkpoint_its_error_names(tmp_path, cache_dir):
+    run = RunDir(tmp_path / "run")
+    base = ["train.max_steps=8", "checkpoint.every=1", "checkpoint.keep_last=3", "checkpoint.export_at_end=false",
+            "optim.grad_clip=0"]
+    assert Trainer(cfg(cache_dir, *base, "train.max_steps=5"), run).fit() == 0
+    # lr 1e30: the update of step 6 leaves huge but finite weights (saved as step_6); the loss of step 7, computed
+    # from them, is not finite. So step_6 is not good: the error names step_5, whose next loss was finite.
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 7") as err:
+        Trainer(cfg(cache_dir, *base, "optim.lr=1e30"), run, resume="auto").fit()
+    named = Path(str(err.value).split("last good checkpoint: ")[1].split(";")[0])
+    assert named == run.checkpoint(5) and (run.checkpoint(6) / "manifest.json").is_file()
+    trainer = Trainer(cfg(cache_dir, *base), run, resume=str(named))
+    assert trainer.fit() == 0 and trainer.state.step == 8
+    assert all(isinstance(v, float) for _, v in train_losses(run))  # finite rows only ("nan" is logged as text)
