@@ -8,7 +8,8 @@ Without ``--model`` the model is a random-init linreg preset (``--config``; its 
 BPE trained on TinyStories train text (the config's vocabulary size): timings depend on shapes, not on weights.
 Per task: documents, requests, forward rows and tokens after prefix sharing, seconds, tokens/s, and the time the
 reference (one request per forward with full logits, lme's default ``batch_size=1``) would take, extrapolated from
-``--naive-sample`` requests (fastest of 3 passes). Prints a markdown table (plus device, date, load average) and writes ``--out`` json.
+``--naive-sample`` requests (fastest of 3 passes). Prints a markdown table (plus device, date, load average) and
+writes ``--out`` json.
 """
 from __future__ import annotations
 

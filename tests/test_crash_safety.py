@@ -121,3 +121,78 @@ def test_diverged_run_resumes_from_the_checkpoint_its_error_names(tmp_path, cach
     trainer = Trainer(cfg(cache_dir, *base), run, resume=str(named))
     assert trainer.fit() == 0 and trainer.state.step == 8
     assert all(isinstance(v, float) for _, v in train_losses(run))  # finite rows only ("nan" is logged as text)
+
+
+def _launch_two(run: RunDir, cache_dir, log: Path, *overrides):
+    launcher = Path(sys.executable).parent / "deepspeed"
+    port = str(29600 + (os.getpid() + len(str(run.path))) % 500)
+    cmd = [str(launcher), "--num_gpus", "2", "--master_port", port, str(REPO / "train.py"), "--config", str(TINY),
+           "--run-dir", str(run.path), "train.micro_batch_size=2", "checkpoint.every=0",
+           "checkpoint.export_at_end=false", f"data.cache_dir={cache_dir}", *QUIET, *overrides]
+    # Output to a file: the ranks outlive a killed launcher, and a pipe would stay open until they exit.
+    return subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for_rows(proc, run: RunDir, n: int) -> None:
+    import time
+
+    deadline = time.time() + 300
+    while not (run.metrics.is_file() and len(run.metrics.read_text().splitlines()) >= n):
+        assert proc.poll() is None, "the 2-process run ended early"
+        assert time.time() < deadline, "the 2-process run logged nothing"
+        time.sleep(0.2)
+
+
+def _wait_group_gone(pgid: int, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(pgid, signal.SIGKILL)
+    raise AssertionError("ranks still running after the stop")
+
+
+@pytest.mark.parametrize("target", ["launcher", "one rank"])
+def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint(tmp_path, cache_dir, target):
+    """SIGTERM to the `deepspeed` command (which forwards nothing on one node) or to rank 1 alone: both ranks
+    stop after the same step and save one complete checkpoint; nothing hangs."""
+    import psutil
+
+    run, log = RunDir(tmp_path / "two"), tmp_path / "launcher.log"
+    proc = _launch_two(run, cache_dir, log, "train.max_steps=2000")
+    _wait_for_rows(proc, run, 3)
+    if target == "launcher":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+        rank1 = next(p for p in ranks if "--local_rank=1" in " ".join(p.cmdline()))
+        rank1.send_signal(signal.SIGTERM)
+    proc.wait(timeout=180)
+    _wait_group_gone(proc.pid)
+    assert "saved checkpoint at step" in log.read_text(), log.read_text()[-3000:]
+    tag = run.resumable_checkpoint()
+    assert tag is not None and sorted(p.name for p in tag.glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
+    assert step_of(tag) < 2000 and run.latest_checkpoint() == tag
+    if target == "one rank":
+        assert proc.returncode == 0  # both ranks exited 0, so the launcher did too
+
+
+def test_zero1_resume_on_another_world_size_is_refused_in_one_line(tmp_path, cache_dir):
+    run = RunDir(tmp_path / "z1")
+    over = ["train.zero_stage=1", "train.max_steps=3"]
+    res = train(run.path, cache_dir, *over, "train.micro_batch_size=4", "checkpoint.every=0",
+                "checkpoint.export_at_end=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+    launcher = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(29100 + os.getpid() % 300), str(REPO / "train.py"),
+           "--run-dir", str(run.path), "--resume", "auto", "train.max_steps=6", "train.micro_batch_size=2"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error: ")]
+    assert errors and "written by 1 ranks with ZeRO-1, this run has 2" in errors[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stdout + res.stderr
