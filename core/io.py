@@ -56,6 +56,7 @@ def fsync_file(path: str | os.PathLike) -> None:
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Replace ``path`` with ``text`` so that a reader sees the old or the new content, never a torn file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     fsync_file(tmp)

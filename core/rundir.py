@@ -113,7 +113,7 @@ class RunDir:
         return self.config.is_file()
 
     def prepare(self, fresh: bool, overwrite: bool) -> None:
-        """Create the run dir for a fresh start (``fresh``) or a resume. A fresh start refuses the dir of a run
+        """Check (and with ``overwrite`` clear) the run dir for a fresh start (``fresh``) or a resume. A fresh start refuses the dir of a run
         that started (config.yaml, checkpoints or metrics) unless ``overwrite``; what a failed start left behind
         (a tokenizer, an empty checkpoints/) does not block the corrected re-run. Call on one rank only."""
         if fresh and self.path.exists():
@@ -122,7 +122,8 @@ class RunDir:
             elif self.started() or self.checkpoint_dirs() or self.metrics.is_file():
                 raise ConfigError(f"run dir {self.path} exists: use --resume auto to continue it, --overwrite to "
                                   f"replace it, or --run-dir for a new one")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        # Nothing is created here: the first file (the tokenizer) is written only once the data has been read, so
+        # a start that fails on bad data leaves the disk as it was.
 
     def trim_logs(self, step: int) -> None:
         """Before a resume from ``step``: drop the log rows of later steps, which the resumed run logs again."""

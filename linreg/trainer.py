@@ -12,6 +12,7 @@ The Trainer only puts them in order, so sweeps, pruning-with-distillation and be
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +71,15 @@ class Trainer:
         self.device = init_distributed()
         self.rank, self.world = dist.rank(), dist.world_size()
         self.is_main = self.rank == 0
+        existed = run.path.exists()
         resume_from = self._prepare_run_dir(resume, overwrite)
         self.state = TrainState()
-        self._build_components(model, tokenizer, stream)
+        try:
+            self._build_components(model, tokenizer, stream)
+        except BaseException:
+            if self.is_main and resume_from is None and not existed and not run.started():
+                shutil.rmtree(run.path, ignore_errors=True)  # a failed fresh start leaves nothing behind
+            raise
         self.meter = StepMeter(every=cfg.logging.every, max_steps=cfg.train.max_steps,
                                micro_steps=cfg.train.grad_accum_steps, world=self.world,
                                tokens_per_step=self.tokens_per_step, flops_per_token=self.flops_per_token,
