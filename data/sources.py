@@ -80,16 +80,17 @@ def describe_source(cfg, split: str) -> dict:
     return {"kind": "none"}
 
 
-def load_hub_split(name: str, config: str | None, split: str, hint: str = ""):
+def load_hub_split(name: str, config: str | None, split: str, hint: str = "", data_dir: str | None = None):
     """An HF hub dataset split (``datasets.Dataset``), or a one-line DataError naming it when it cannot be loaded
-    (offline, missing config or split, network errors: the hub raises many kinds)."""
+    (offline, missing config or split, network errors: the hub raises many kinds). ``data_dir``: a folder of a
+    data-files repository (e.g. ``Anthropic/hh-rlhf``'s ``helpful-base``)."""
     import datasets
 
     try:
-        return datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split, **({"data_dir": data_dir} if data_dir else {}))
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
-        where = f"{name}/{config}" if config else name
+        where = f"{name}/{config or data_dir}" if config or data_dir else name
         raise MissingDataError(f"cannot load HF dataset '{name}' ({where} split '{split}'): {type(e).__name__}: "
                                f"{first}{' -- ' + hint if hint else ''}") from None
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from core import precision
 from core.cli import command, run_cli
-from core.errors import ConfigError
+from core.errors import ConfigError, MissingDataError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="give every choice its own copy of the context (slower; the numbers are the same)")
     p.add_argument("--step", type=int, default=0, help="global step for the TensorBoard scalars")
     p.add_argument("--label", default=None, help="row label in the tables (default: the model path's name)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value, least in (("--limit", args.limit, 1), ("--num-fewshot", args.num_fewshot, 0),
+                               ("--batch-tokens", args.batch_tokens, 1), ("--max-length", args.max_length, 1),
+                               ("--seq-len", args.seq_len, 2)):
+        if value is not None and value < least:  # --limit 0 would otherwise mean "every document"
+            raise ConfigError(f"{flag} {value}: must be >= {least}")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise MissingDataError(f"--data-root {args.data_root}: no such directory")
+    return args
 
 
 def write_tensorboard(out: Path, scalars: dict[str, float], step: int) -> None:

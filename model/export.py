@@ -4,8 +4,9 @@
 a ``step_*`` checkpoint dir, or a hub name (``org/model``, which needs the hub). ``export_checkpoint`` turns a
 checkpoint into a ``save_pretrained`` directory (safetensors + config + tokenizer) that ``AutoModelForCausalLM`` /
 ``AutoTokenizer.from_pretrained`` load offline. Weights come from DeepSpeed's ``zero_to_fp32`` reconstruction for
-ZeRO stages 1-3 and from the module state for stage 0. A run is rebuilt from the ``model:`` section of its
-config.yaml and its tokenizer/ (the layout is ``core.rundir``'s).
+ZeRO stages 1-3 and from the module state for stage 0, after every file has passed PyTorch's restricted unpickler
+(``load_weights_file``: a checkpoint from elsewhere cannot run code; README, "What is safe to load"). A run is
+rebuilt from the ``model:`` section of its config.yaml and its tokenizer/ (the layout is ``core.rundir``'s).
 
     python -m model.export CHECKPOINT_OR_RUN_DIR OUT_DIR
 """
@@ -21,10 +22,52 @@ import torch
 
 from core.cli import command
 from core.config import from_dict, load_yaml_tree
-from core.errors import CheckpointError, UserError
+from core.errors import CheckpointError, ConfigError, UserError
 from core.rundir import RunDir, find_checkpoint, is_checkpoint_dir
 from model.build import build_model
 from model.config import ModelConfig
+
+TRUST_ENV = "LINREG_TRUST_CHECKPOINTS"  # =1: unpickle checkpoint files fully (only for files you trust)
+
+
+def _deepspeed_records() -> list[type]:
+    """The DeepSpeed classes its ZeRO optimizer files pickle besides tensors, containers and numbers: plain records
+    and an int enum, without ``__setstate__`` or ``__reduce__`` of their own."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [fragment_address, LossScaler, DynamicLossScaler, ZeroStageEnum]
+
+
+def load_weights_file(path: Path, allow: list[type] = (), mmap: bool = False):
+    """``torch.load`` of one checkpoint file through PyTorch's restricted unpickler (``weights_only=True``, plus the
+    classes in ``allow``): a file that would need any other Python object -- which full unpickling would build by
+    running code the file names -- is refused with a CheckpointError, unless ``$LINREG_TRUST_CHECKPOINTS=1``."""
+    import pickle
+
+    trusted = os.environ.get(TRUST_ENV) == "1"
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", mmap=mmap, weights_only=not trusted)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        extra = _unsafe_globals(path, allow) if isinstance(e, pickle.UnpicklingError) else []
+        if extra:
+            raise CheckpointError(f"{path} is not a plain-weights checkpoint (it pickles {', '.join(extra[:3])}): "
+                                  f"export it with python -m model.export where it was written, or set "
+                                  f"{TRUST_ENV}=1 if you trust this file") from None
+        text = str(e).split("WeightsUnpickler error:")[-1].strip() or type(e).__name__
+        why = text.splitlines()[0].split(". ")[0]  # torch's first sentence, without its advice on weights_only
+        raise CheckpointError(f"cannot read checkpoint file {path}: damaged or not a PyTorch file ({why})") from None
+
+
+def _unsafe_globals(path: Path, allow) -> list[str]:
+    """The Python objects a torch file names beyond the restricted unpickler's (read without running them)."""
+    allowed = {f"{c.__module__}.{c.__qualname__}" for c in allow}
+    try:
+        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+    except Exception:  # noqa: BLE001 -- a file too damaged to list: reported as unreadable by the caller
+        return []
 
 
 def checkpoint_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
@@ -32,13 +75,19 @@ def checkpoint_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     if any(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        # zero_to_fp32 unpickles every model and optimizer file fully: check each with the restricted unpickler
+        # first (memory-mapped, so the tensors are not read twice).
+        for f in sorted(tag_dir.glob("*_model_states.pt")) + sorted(tag_dir.glob("*_optim_states.pt")):
+            load_weights_file(f, _deepspeed_records(), mmap=True)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     if not model_file.is_file():
         raise CheckpointError(f"checkpoint {tag_dir}: no model file {model_file.name}")
-    # Stage 0 keeps whole weights in the module state. DeepSpeed pickles its config and client state there too,
-    # so it cannot be read with weights_only=True: only read checkpoints you trust (your own runs).
-    state = torch.load(model_file, map_location="cpu", weights_only=False)
+    # Stage 0 keeps whole weights in the module state, beside DeepSpeed's config and linreg's client state: plain
+    # dicts, lists and numbers, so the restricted unpickler reads it.
+    state = load_weights_file(model_file)
+    if not isinstance(state, dict) or not isinstance(state.get("module"), dict):
+        raise CheckpointError(f"{model_file} holds no module state: not a DeepSpeed model checkpoint")
     return {k: v.float() for k, v in state["module"].items()}
 
 
@@ -70,9 +119,11 @@ def model_from_checkpoint(tag_dir: Path):
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"export output {out_dir} exists and is not a directory")
     tag_dir = find_checkpoint(path)
     model, tokenizer = model_from_checkpoint(tag_dir)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

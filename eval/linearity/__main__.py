@@ -20,10 +20,12 @@ import torch
 
 from core import precision
 from core.cli import command, run_cli
+from core.errors import ConfigError, DataError
 from core.rundir import RunDir
 from eval.linearity.plots import plot_history, plot_profiles
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_dataset, read_probe_text
 from eval.linearity.profile import QUANTITIES, model_profile
+from eval.linearity.score import check_sizes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,6 +81,22 @@ def write_csv(results: list[dict], path: Path) -> None:
                             pair["solver"]])
 
 
+def probe_for(text: str, source: str, tokenizer, cfg: ProbeConfig, max_len: int | None, model_config,
+              model_path: str) -> list[list[int]]:
+    """The probe of one model; a text too short for the recipe or for the model's width is the user's to fix."""
+    try:
+        probe = build_probe(text, tokenizer, cfg, max_len=max_len)
+    except ValueError as e:  # fewer characters than one chunk
+        raise DataError(f"probe text {source}: {e}") from None
+    width = getattr(model_config, "hidden_size", None)
+    if width is not None:
+        try:
+            check_sizes(sum(len(ids) for ids in probe), width)
+        except ValueError as e:
+            raise DataError(f"probe text {source} is too short for {model_path}: {e}") from None
+    return probe
+
+
 @command
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -93,19 +111,19 @@ def main(argv=None) -> int:
     autocast_dtype = precision.autocast_dtype(dtype, device)
     probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
     probe_cfg.validate("probe")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.text is not None:
         text, source = read_probe_text(args.text, args.text_field), str(Path(args.text).resolve())
     else:
         text = read_probe_dataset(args.dataset, args.split, args.dataset_config, args.text_field)
         source = f"{args.dataset}:{args.dataset_config or ''}:{args.split}"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results, profiles = [], {}
     for path, label in zip(args.model, args.label or default_labels(args.model)):
         model, tokenizer = load_model(path)
         model.to(device)
         max_len = getattr(model.config, "max_position_embeddings", None)
-        probe = build_probe(text, tokenizer, probe_cfg, max_len=max_len)
+        probe = probe_for(text, source, tokenizer, probe_cfg, max_len, model.config, path)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prof = model_profile(model, probe, batch_size=args.batch_size, device=device, final_norm=args.final_norm,
                              pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype))
@@ -122,6 +140,8 @@ def main(argv=None) -> int:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a bad model or probe leaves nothing behind
     meta = {"text": source, "probe": vars(probe_cfg), "device": str(device)}
     (out / "linearity.json").write_text(json.dumps({**meta, "models": results}, indent=1))
     write_csv(results, out / "linearity.csv")

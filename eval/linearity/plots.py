@@ -1,7 +1,6 @@
 """Figures: profiles of several models (as the paper's Fig. 1) and curves through training."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +8,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from core.errors import DataError  # noqa: E402
+from core.io import iter_jsonl  # noqa: E402
 
 TITLES = {
     "linearity": "Linearity score",
@@ -39,10 +41,12 @@ def plot_profiles(profiles: dict, path: str | Path) -> Path:
 def read_history(jsonl: str | Path) -> list[dict]:
     """Records of a run's linearity.jsonl, one per step (a resumed run may repeat steps: the last one wins)."""
     by_step = {}
-    for line in Path(jsonl).read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            by_step[rec["step"]] = rec
+    for n, rec in iter_jsonl(jsonl):
+        if not isinstance(rec, dict) or "step" not in rec:
+            raise DataError(f"{jsonl}:{n}: not a linearity record (no 'step')")
+        by_step[rec["step"]] = rec
+    if not by_step:
+        raise DataError(f"{jsonl}: no linearity records")
     return [by_step[s] for s in sorted(by_step)]
 
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from core.errors import DataError, MissingDataError
+from core.errors import ConfigError, DataError, MissingDataError
 from core.io import read_jsonl as core_read_jsonl
 from data.sources import ENV_DATA_ROOT, data_root
 from data.sources import load_hub_split as data_load_hub_split
@@ -176,8 +176,8 @@ class MultipleChoiceTask(Task):
         docs = docs[:limit] if limit else docs
         pool = self.docs("train") if num_fewshot > 0 else []
         if num_fewshot and num_fewshot >= len(pool):
-            raise ValueError(f"task '{self.name}': {num_fewshot}-shot needs more than {num_fewshot} training examples, "
-                             f"the training split has {len(pool)}")
+            raise ConfigError(f"task '{self.name}': {num_fewshot}-shot needs more than {num_fewshot} training "
+                              f"examples, the training split has {len(pool)}")
         rnd = random.Random(seed)
         out = []
         for i, doc in enumerate(docs):

@@ -1,0 +1,206 @@
+"""Linearity across training checkpoints (the paper's Fig. 2), post hoc: one profile per checkpoint of a series.
+
+    python -m analysis.series --run runs/x [--run LABEL=runs/y] --out DIR
+    python -m analysis.series --model EleutherAI/pythia-160m --revisions step1000,step2000,step4000 --out DIR
+    python -m analysis.series --paths LABEL=ckpt_a,ckpt_b,ckpt_c --out DIR
+
+A series is a model's checkpoints in step order, from one of
+
+- ``--run RUN_DIR``: every ``checkpoints/step_*`` of a linreg run (whether or not the in-loop linearity evaluator
+  was on), read with ``model.export.load_model``;
+- ``--model NAME --revisions R1,R2,...``: revisions (branches) of an HF model, as Pythia (``step1000``) and
+  BLOOM publish their intermediate checkpoints; the k-th ``--revisions`` belongs to the k-th ``--model``;
+- ``--paths P1,P2,...``: any list of model directories (HF exports, checkpoint dirs).
+
+Each option is repeatable (several series overlaid) and may start with ``LABEL=``. The step of a checkpoint is the
+number of its ``step_*`` directory, else the last integer in its revision or directory name.
+
+Every checkpoint gets the paper's probe (``--text``, default the TinyStories validation text of the data root;
+``--num-chunks`` 128 x ``--chunk-chars`` 512, ``--probe-seed`` 0), see docs/linearity.md. Results are cached in
+``DIR/series.jsonl`` (one record per checkpoint, in the format of a run's ``linearity.jsonl``), keyed by the
+checkpoint (path and modification time, or hub name and revision) and the probe: a rerun profiles only what is
+missing, so a growing run or a longer revision list costs only the new checkpoints.
+
+Outputs: ``series.csv`` (one row per model, checkpoint and block), ``series.json`` (settings + records),
+``series.png`` (mean linearity with and without residual against step, log x-axis, one line per series) and
+``series_heatmap.png`` (block x checkpoint, per series).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from analysis.profiling import ProbeSpec, add_probe_arguments, probe_from_args, profile_model
+from analysis.report import ResultCache, default_label, fingerprint, write_csv, write_json
+from core.cli import run_cli
+from core.errors import ConfigError
+from core.rundir import RunDir, step_of
+from eval.linearity.profile import QUANTITIES
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str  # shown in tables: the step_* dir name, the revision, or the directory name
+    step: int
+    path: str  # a local directory or a hub name
+    revision: str | None = None
+
+    def identity(self) -> dict:
+        """What makes two checkpoints the same for the cache (a rewritten directory is a new checkpoint)."""
+        if self.revision is not None or not Path(self.path).exists():
+            return {"hub": self.path, "revision": self.revision}
+        local = Path(self.path).resolve()
+        stamp = max((f.stat().st_mtime_ns for f in local.iterdir() if f.is_file()), default=local.stat().st_mtime_ns)
+        return {"path": str(local), "mtime_ns": stamp}
+
+
+def step_from_name(name: str) -> int:
+    """``step_00000400`` -> 400; otherwise the last integer in the name (``step143000``, ``global_step3000``)."""
+    step = step_of(name)
+    if step is not None:
+        return step
+    numbers = re.findall(r"\d+", Path(name).name)
+    if not numbers:
+        raise ConfigError(f"cannot read a training step from '{name}': name checkpoints with their step "
+                          f"(e.g. step1000)")
+    return int(numbers[-1])
+
+
+def split_label(spec: str) -> tuple[str | None, str]:
+    label, sep, rest = spec.partition("=")
+    return (label, rest) if sep and label and "/" not in label else (None, spec)
+
+
+def run_series(run_dir: str) -> list[Checkpoint]:
+    tags = RunDir(run_dir).checkpoint_dirs()
+    if not tags:
+        raise ConfigError(f"--run {run_dir}: no checkpoints/step_* directories")
+    return [Checkpoint(t.name, step_of(t), str(t)) for t in tags]
+
+
+def revision_series(model: str, revisions: str) -> list[Checkpoint]:
+    revs = [r.strip() for r in revisions.split(",") if r.strip()]
+    if not revs:
+        raise ConfigError(f"--revisions for {model} is empty")
+    return sorted((Checkpoint(r, step_from_name(r), model, r) for r in revs), key=lambda c: c.step)
+
+
+def path_series(paths: str) -> list[Checkpoint]:
+    items = [p.strip() for p in paths.split(",") if p.strip()]
+    for p in items:
+        if not Path(p).exists():
+            raise ConfigError(f"--paths: {p} does not exist")
+    return sorted((Checkpoint(Path(p).name, step_from_name(p), p) for p in items), key=lambda c: c.step)
+
+
+def collect_series(args) -> dict[str, list[Checkpoint]]:
+    """label -> checkpoints in step order, from --run, --model/--revisions and --paths."""
+    if len(args.model) != len(args.revisions):
+        raise ConfigError(f"{len(args.model)} --model for {len(args.revisions)} --revisions: give one list per model")
+    out: dict[str, list[Checkpoint]] = {}
+
+    def put(label: str, ckpts: list[Checkpoint]) -> None:
+        if label in out:
+            raise ConfigError(f"two series are labelled '{label}': prefix one with LABEL=")
+        steps = [c.step for c in ckpts]
+        if len(set(steps)) != len(steps):
+            raise ConfigError(f"series '{label}' has two checkpoints with the same step: {steps}")
+        out[label] = ckpts
+
+    for spec in args.run:
+        label, path = split_label(spec)
+        put(label or default_label(path), run_series(path))
+    for spec, revisions in zip(args.model, args.revisions):
+        label, name = split_label(spec)
+        put(label or name, revision_series(name, revisions))
+    for spec in args.paths:
+        label, paths = split_label(spec)
+        put(label or Path(paths.split(",")[0]).resolve().parent.name, path_series(paths))
+    if not out:
+        raise ConfigError("no series: give --run RUN_DIR, --model NAME --revisions LIST, or --paths LIST")
+    return out
+
+
+def profile_series(series: dict[str, list[Checkpoint]], text: str, spec: ProbeSpec, cache: ResultCache,
+                   device: torch.device) -> dict[str, list[dict]]:
+    """The profile record of every checkpoint (label -> records in step order); only uncached ones are run."""
+    from eval.linearity.evaluator import history_record
+    from model.export import load_model
+
+    out = {}
+    for label, ckpts in series.items():
+        out[label] = []
+        for ck in ckpts:
+            key = fingerprint({"checkpoint": ck.identity(), "probe": spec.to_dict()})
+            rec = cache.get(key)
+            if rec is None:
+                t0 = time.perf_counter()
+                model, tokenizer = load_model(ck.path, revision=ck.revision)
+                model.to(device)
+                prof = profile_model(model, tokenizer, text, spec, device)
+                rec = cache.add({"key": key, "checkpoint": ck.name, "path": ck.path, "revision": ck.revision,
+                                 **history_record(ck.step, prof, time.perf_counter() - t0)})
+                print(f"{label} {ck.name} (step {ck.step}): mean linearity {rec['means']['linearity']:.4f}, "
+                      f"without residual {rec['means']['linearity_wo_res']:.4f} ({rec['seconds']:.1f} s)", flush=True)
+                del model
+                gc.collect()
+            # the step and name are the series' (a cached record may have been written under another name)
+            out[label].append({**rec, "step": ck.step, "checkpoint": ck.name})
+    return out
+
+
+def csv_rows(results: dict[str, list[dict]]):
+    for label, recs in results.items():
+        for rec in recs:
+            for b in range(len(rec["linearity"])):
+                yield [label, rec["checkpoint"], rec["step"], b, *(repr(rec[q][b]) for q in QUANTITIES),
+                       rec["solver"][b]]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m analysis.series", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", action="append", default=[], metavar="[LABEL=]RUN_DIR",
+                    help="a linreg run: all its checkpoints/step_* (repeatable)")
+    ap.add_argument("--model", action="append", default=[], metavar="[LABEL=]NAME",
+                    help="an HF model (hub name or directory) whose --revisions to profile (repeatable)")
+    ap.add_argument("--revisions", action="append", default=[], metavar="R1,R2,...",
+                    help="comma-separated revisions of the matching --model, e.g. step1000,step2000")
+    ap.add_argument("--paths", action="append", default=[], metavar="[LABEL=]P1,P2,...",
+                    help="comma-separated model directories forming one series (repeatable)")
+    ap.add_argument("--out", required=True, help="output and cache directory")
+    ap.add_argument("--data-root", help="data root (default $LINREG_DATA_ROOT)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_probe_arguments(ap)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from analysis.plots import plot_series, plot_series_heatmaps
+    from data.sources import data_root
+
+    args = parse_args(argv)
+    series = collect_series(args)
+    device = torch.device(args.device)
+    text, spec = probe_from_args(args, data_root(cli=args.data_root), device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = profile_series(series, text, spec, ResultCache(out / "series.jsonl"), device)
+    write_csv(out / "series.csv", ["model", "checkpoint", "step", "block", *QUANTITIES, "solver"], csv_rows(results))
+    write_json(out / "series.json", {**spec.to_dict(), "device": str(device), "series": results})
+    plot_series(results, out / "series.png")
+    plot_series_heatmaps(results, out / "series_heatmap.png")
+    for label, recs in results.items():
+        print(f"{label}: " + ", ".join(f"{r['step']}: {r['means']['linearity_wo_res']:.3f}" for r in recs)
+              + "  (step: mean linearity without residual)")
+    print(f"wrote {out / 'series.csv'}, series.json, series.png, series_heatmap.png")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

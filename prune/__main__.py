@@ -1,0 +1,144 @@
+"""Depth pruning from the command line (see docs/pruning.md).
+
+    python -m prune --model PATH --criterion linearity --methods remove,linear,linear+distill,remove+distill,merged \\
+        --k 1..4 --out DIR [--iterative] [--protect-first] [--protect-last] [--distill-steps N] ...
+
+PATH: an HF model directory or hub name, a linreg run directory or checkpoint directory. ``--k 1..4`` (or ``4``,
+the same) evaluates k = 0 (the unpruned model) and every k from 1 to 4; ``--k 1,2,4`` only those. Writes
+DIR/pruning.json, DIR/pruning.md, DIR/pruning_vs_k.png, DIR/pruning_vs_fraction.png, DIR/fit_errors.png, the
+exported models DIR/models/<method>_k<k>/ (``--export-k``) and the distillation runs DIR/distill/<method>_k<k>/.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from core import precision
+from core.cli import run_cli
+from core.errors import ConfigError
+from eval.linearity.probe import ProbeConfig
+
+
+def parse_ks(spec: str) -> list[int]:
+    spec = spec.strip()
+    m = re.fullmatch(r"(\d+)\.\.(\d+)", spec)
+    if m:
+        lo, hi = int(m.group(1)), int(m.group(2))
+        if lo > hi:
+            raise ConfigError(f"--k {spec}: empty range")
+        return list(range(max(lo, 1), hi + 1))
+    if re.fullmatch(r"\d+", spec):
+        return list(range(1, int(spec) + 1))
+    if re.fullmatch(r"\d+(,\d+)*", spec):
+        return sorted({int(x) for x in spec.split(",") if int(x) > 0})
+    raise ConfigError(f"--k {spec!r}: expected 1..K, K or a comma-separated list")
+
+
+def parse_export_ks(spec: str, ks: list[int]) -> list[int]:
+    if spec == "all":
+        return list(ks)
+    if spec == "none":
+        return []
+    if spec == "max":
+        return [max(ks)]
+    if re.fullmatch(r"\d+", spec.strip()):
+        return [int(spec)]  # one k, not 1..k
+    return parse_ks(spec)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from prune.criteria import CRITERIA
+    from prune.plan import METHODS
+
+    p = argparse.ArgumentParser(prog="python -m prune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="HF model dir or hub name, linreg run dir or checkpoint dir")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--criterion", default="linearity", help=f"one of {', '.join(CRITERIA)} (default %(default)s)")
+    p.add_argument("--methods", default="remove,linear", help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--k", required=True, help="changed blocks: 1..K, K, or a list like 1,2,4")
+    p.add_argument("--iterative", action="store_true", help="re-rank on the pruned model after each change")
+    p.add_argument("--protect-first", action="store_true", help="never change block 0")
+    p.add_argument("--protect-last", action="store_true", help="never change the last block")
+    p.add_argument("--export-k", default="max", help="ks whose models are exported: max (default), all, none, list")
+    p.add_argument("--trust-remote-code", action="store_true", help="for hub models that need it")
+    g = p.add_argument_group("probe (criteria and fits; eval.linearity's recipe)")
+    g.add_argument("--probe-text", default=None, help="default: <data root>/tinystories/valid.txt")
+    g.add_argument("--num-chunks", type=int, default=ProbeConfig.num_chunks)
+    g.add_argument("--chunk-chars", type=int, default=ProbeConfig.chunk_chars)
+    g.add_argument("--seed", type=int, default=ProbeConfig.seed)
+    g.add_argument("--max-tokens", type=int, default=None, help="cap on pooled probe tokens")
+    g.add_argument("--batch-size", type=int, default=8, help="probe sequences per forward")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--tasks", default="tinystories,arc_easy", help="benchmark-suite tasks besides WikiText-2")
+    g.add_argument("--limit", type=int, default=None, help="first N documents per task (logged as <task>_firstN)")
+    g.add_argument("--context", type=int, default=None, help="WikiText-2 window (default: the model's max length)")
+    g.add_argument("--stride", type=int, default=None, help="WikiText-2 stride (default: context / 2)")
+    g.add_argument("--wikitext-max-tokens", type=int, default=None, help="score only the first N tokens")
+    g.add_argument("--data-root", default=None, help="default $LINREG_DATA_ROOT")
+    g.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    g.add_argument("--dtype", choices=precision.CHOICES, default="auto", help="evaluation precision")
+    g.add_argument("--batch-tokens", type=int, default=None, help="benchmark tokens per forward")
+    g = p.add_argument_group("distillation (+distill methods; a linreg Trainer run per method and k)")
+    g.add_argument("--distill-config", default=None, help="YAML over the defaults in prune/distill.py")
+    g.add_argument("--distill-steps", type=int, default=None, help="train.max_steps")
+    g.add_argument("--distill-lr", type=float, default=None, help="optim.lr")
+    g.add_argument("--distill-micro-batch", type=int, default=None, help="train.micro_batch_size")
+    g.add_argument("--distill-seq-len", type=int, default=None, help="data.seq_len")
+    g.add_argument("--distill-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any dotted override of the distillation config, e.g. train.zero_stage=3 (repeatable)")
+    g.add_argument("--resume", action="store_true", help="continue distillation runs from their checkpoints")
+    return p.parse_args(argv)
+
+
+def distill_overrides(args, out: Path) -> list[str]:
+    pairs = [("train.max_steps", args.distill_steps), ("optim.lr", args.distill_lr),
+             ("train.micro_batch_size", args.distill_micro_batch), ("data.seq_len", args.distill_seq_len),
+             ("data.root", args.data_root)]
+    given = [f"{k}={v}" for k, v in pairs if v is not None]
+    cache = [] if any(s.startswith("data.cache_dir=") for s in args.distill_set) else [
+        f"data.cache_dir={out / 'cache'}"]
+    return given + cache + list(args.distill_set)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from model.export import load_model
+    from prune import states
+    from prune.distill import distill_config
+    from prune.evaluate import Evaluation
+    from prune.pipeline import Study, run_study
+    from prune.plan import Probe
+    from prune.surgery import blocks
+
+    t0 = time.perf_counter()
+    ks = parse_ks(args.k)
+    study = Study(criterion=args.criterion, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                  ks=ks, iterative=args.iterative, protect_first=args.protect_first, protect_last=args.protect_last,
+                  export_ks=parse_export_ks(args.export_k, ks), resume=args.resume)
+    out = Path(args.out)
+    model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    study.check(len(blocks(model)))  # cheap errors before the probe and the evaluation data
+    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
+    probe_cfg.validate("probe")
+    text, source = states.probe_text(args.probe_text, args.data_root)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    max_length = getattr(model.config, "max_position_embeddings", None) or 2048
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    evaluation = Evaluation(tokenizer, tasks=tasks, root=args.data_root, limit=args.limit, context=args.context,
+                            stride=args.stride, wikitext_max_tokens=args.wikitext_max_tokens,
+                            max_length=min(max_length, 2048), device=args.device, dtype=args.dtype,
+                            batch_tokens=args.batch_tokens)
+    probe = Probe(states.make_probe(text, tokenizer, probe_cfg, model), args.batch_size, evaluation.device, pad)
+    distill_cfg = None
+    if any(m.endswith("+distill") for m in study.methods):
+        distill_cfg = distill_config(args.distill_config, distill_overrides(args, out), max_length)
+    meta = {"model": str(args.model), "probe": {**vars(probe_cfg), "text": source}}
+    run_study(model, tokenizer, study, probe, evaluation, out, distill_cfg=distill_cfg, meta=meta)
+    print(f"wrote {out / 'pruning.json'}, pruning.md and plots in {out} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,208 @@
+"""Which blocks to change, and the pruned models k = 1..K that changing them produces.
+
+A ``Pruned`` model is a copy of the original with some of its original blocks changed by one *base* method:
+
+- ``remove``  the block is deleted (``surgery.remove_blocks``);
+- ``linear``  the block is replaced by the least-squares map h_i -> h_{i+1} with bias (``fit.fit_map``);
+- ``merged``  the block is deleted and a map of the preceding block's MLP output is folded into that block's
+              down-projection (``surgery.merge_into_previous``), fitted so that the preceding block's new output
+              approximates the deleted block's output.
+
+Changes are made one block at a time, and every fit uses the probe states of the *current* model (the one with the
+earlier changes made), so later fits compensate for earlier approximations. ``alive`` maps each current block to
+its original index, so results are always reported in original indices.
+
+Selection (``Selector``): the candidates are the original blocks not changed yet, minus the protected first/last
+block, minus block 0 for ``merged`` (nothing precedes it). *One-shot*: the criterion is computed once on the
+original model; k blocks = the first k of its ranking, or for ``angular`` the best span of k contiguous blocks
+(Gromov et al.), which need not contain the best span of k - 1. *Iterative*: after each change the criterion is
+recomputed on the current model and the best remaining block is changed next (``angular`` with spans of one
+block), so the order depends on the method.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from model.linear_block import LinearBlock
+from prune import states as st
+from prune import surgery
+from prune.criteria import Criterion
+from prune.errors import PruneError
+from prune.fit import fit_map, token_errors
+
+BASE_METHODS = ("remove", "linear", "merged")
+METHODS = ("remove", "linear", "linear+distill", "remove+distill", "merged")
+BASE_OF = {"remove": "remove", "linear": "linear", "merged": "merged", "linear+distill": "linear",
+           "remove+distill": "remove"}
+
+
+@dataclass
+class Probe:
+    """The probe token lists and how to run them (shared by the criteria and the fits)."""
+    tokens: list[list[int]]
+    batch_size: int = 8
+    device: torch.device | str | None = None
+    pad_id: int = 0
+
+    def collect(self, model: nn.Module, modules: tuple[nn.Module, ...] = ()):
+        """States (and module outputs) on the CPU; the model visits ``device`` for the forwards."""
+        device = torch.device(self.device or "cpu")
+        model.to(device)
+        try:
+            return st.collect(model, self.tokens, batch_size=self.batch_size, device=device, pad_id=self.pad_id,
+                              modules=modules)
+        finally:
+            model.to("cpu")
+
+
+@dataclass
+class Pruned:
+    model: nn.Module
+    method: str  # a base method
+    alive: list[int]  # original index of each current block
+    changed: list[int] = field(default_factory=list)  # original indices, in the order they were changed
+    fits: dict[int, dict] = field(default_factory=dict)  # original index -> fit statistics (linear / merged)
+
+    @classmethod
+    def of(cls, model: nn.Module, method: str) -> Pruned:
+        return cls(copy.deepcopy(model), method, list(range(len(surgery.blocks(model)))))
+
+    def clone(self) -> Pruned:
+        return copy.deepcopy(self)
+
+    def position(self, block: int) -> int:
+        return self.alive.index(block)
+
+    def linear_positions(self) -> list[int]:
+        return [i for i, b in enumerate(surgery.blocks(self.model)) if isinstance(b, LinearBlock)]
+
+    def state_pairs(self) -> list[tuple[int, int]]:
+        """(student state index, teacher state index) of the states both models have: h_0, and the output of
+        every kept block."""
+        return [(0, 0)] + [(j + 1, orig + 1) for j, orig in enumerate(self.alive)]
+
+    def change(self, block: int, probe: Probe) -> None:
+        pos = self.position(block)
+        if self.method == "remove":
+            surgery.remove_blocks(self.model, [pos])
+            self.alive.pop(pos)
+        elif self.method == "linear":
+            hs, _ = probe.collect(self.model)
+            fit = fit_map(hs[pos], hs[pos + 1], bias=True)
+            surgery.replace_with_linear(self.model, pos, fit)
+            self.fits[block] = _fit_stats(fit, hs[pos], hs[pos + 1])
+        elif self.method == "merged":
+            proj = surgery.check_mergeable(self.model, pos)
+            hs, (m,) = probe.collect(self.model, modules=(proj,))
+            residual = hs[pos] - m  # h' of the preceding block: its output minus its MLP output
+            fit = fit_map(m, hs[pos + 1] - residual, bias=surgery.has_bias(proj))
+            surgery.merge_into_previous(self.model, pos, fit)
+            self.alive.pop(pos)
+            self.fits[block] = _fit_stats(fit, m, hs[pos + 1] - residual)
+        else:
+            raise PruneError(f"unknown base method '{self.method}' (one of {', '.join(BASE_METHODS)})")
+        self.changed.append(block)
+
+
+def _fit_stats(fit, x, y) -> dict:
+    err = token_errors(fit, x, y)
+    return {"rank": fit.rank, "tokens": int(err.numel()), "rel_error_mean": float(err.mean()),
+            "rel_error_median": float(err.median())}
+
+
+@dataclass
+class Selector:
+    criterion: Criterion
+    name: str
+    num_blocks: int
+    protect_first: bool = False
+    protect_last: bool = False
+
+    def eligible(self, method: str, changed: list[int]) -> list[int]:
+        out = [b for b in range(self.num_blocks) if b not in changed]
+        if self.protect_first or method == "merged":
+            out = [b for b in out if b != 0]
+        if self.protect_last:
+            out = [b for b in out if b != self.num_blocks - 1]
+        return out
+
+    def check_k(self, method: str, k_max: int) -> None:
+        n = len(self.eligible(method, []))
+        if k_max >= self.num_blocks:
+            raise PruneError(f"k={k_max} must be smaller than the model's {self.num_blocks} blocks")
+        if k_max > n:
+            raise PruneError(f"k={k_max} exceeds the {n} blocks {method} may change (protected blocks excluded)")
+
+    def scores(self, pruned: Pruned, hs: list[torch.Tensor], eligible: list[int], span: int = 1) -> dict[int, float]:
+        """Criterion score of each eligible original block (of each span start) on the current model's states."""
+        if self.criterion.spans:
+            raw = self.criterion.fn(hs, span=span)
+        else:
+            raw = self.criterion.fn(hs)
+        out = {}
+        for pos, orig in enumerate(pruned.alive[: len(raw)]):
+            members = pruned.alive[pos: pos + span]
+            if len(members) == span and all(b in eligible for b in members):
+                out[orig] = raw[pos]
+        return out
+
+
+def one_shot_plan(selector: Selector, original: Pruned, probe: Probe, method: str, k_max: int):
+    """(plan, record): plan[k] = the original blocks changed at k (k = 1..k_max), record = what was chosen and why."""
+    hs, _ = probe.collect(original.model)
+    eligible = selector.eligible(method, [])
+    if not selector.criterion.spans:
+        scores = selector.scores(original, hs, eligible)
+        ranking = selector.criterion.ranking(scores)
+        plan = {k: ranking[:k] for k in range(1, k_max + 1)}
+        record = {"mode": "one-shot", "scores": _keyed(scores),
+                  "order": [{"block": b, "score": scores[b]} for b in ranking[:k_max]]}
+        return plan, record
+    plan, spans = {}, []
+    for k in range(1, k_max + 1):
+        scores = selector.scores(original, hs, eligible, span=k)
+        if not scores:
+            raise PruneError(f"angular: no span of {k} contiguous changeable blocks")
+        start = selector.criterion.best(scores)
+        plan[k] = list(range(start, start + k))
+        spans.append({"k": k, "blocks": plan[k], "score": scores[start], "scores": _keyed(scores)})
+    return plan, {"mode": "one-shot", "spans": spans}
+
+
+def _keyed(scores: dict[int, float]) -> dict[str, float]:
+    return {str(b): v for b, v in sorted(scores.items())}
+
+
+def build(selector: Selector, model: nn.Module, probe: Probe, method: str, k_max: int, iterative: bool,
+          progress=None) -> Iterator[tuple[int, Pruned, dict]]:
+    """Yield (k, pruned model, selection record so far) for k = 1..k_max; each model is the next's start when the
+    plan is nested (always, except one-shot ``angular``), otherwise rebuilt from the original."""
+    selector.check_k(method, k_max)
+    original = Pruned.of(model, method)
+    if not iterative:
+        plan, record = one_shot_plan(selector, original, probe, method, k_max)
+        current = original.clone()
+        for k in range(1, k_max + 1):
+            if current.changed != plan[k][: len(current.changed)]:
+                current = original.clone()
+            for b in plan[k][len(current.changed):]:
+                current.change(b, probe)
+            if progress is not None:
+                progress.update(1)
+            yield k, current, record
+        return
+    current, order = original.clone(), []
+    for k in range(1, k_max + 1):
+        hs, _ = probe.collect(current.model)
+        scores = selector.scores(current, hs, selector.eligible(method, current.changed))
+        block = selector.criterion.best(scores)
+        order.append({"block": block, "score": scores[block], "scores": _keyed(scores)})
+        current.change(block, probe)
+        if progress is not None:
+            progress.update(1)
+        yield k, current, {"mode": "iterative", "order": list(order)}

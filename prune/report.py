@@ -1,0 +1,112 @@
+"""Outputs of a pruning run: ``pruning.json`` (everything), ``pruning.md`` (one table per metric: rows k, columns
+methods) and the figures -- metric against the number of changed blocks (the paper's Figs. 6-8), against the
+fraction of blocks changed (Gromov et al.'s axis), and the per-token relative errors of each block's linear fit on
+the unpruned model (the paper's Fig. 9)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+_COUNTS = ("/nll", "/tokens", "/bytes")  # bookkeeping values, not curves
+_LOWER_IS_BETTER = ("ppl", "loss", "bpb")
+
+
+def metric_names(results: dict[str, dict[int, dict[str, float]]]) -> list[str]:
+    names: list[str] = []
+    for per_k in results.values():
+        for metrics in per_k.values():
+            names += [m for m in metrics if m not in names and not m.endswith(_COUNTS)]
+    return names
+
+
+def render_markdown(results: dict[str, dict[int, dict[str, float]]], num_blocks: int, header: str = "") -> str:
+    methods = list(results)
+    ks = sorted({k for per_k in results.values() for k in per_k})
+    lines = [header] if header else []
+    for metric in metric_names(results):
+        arrow = "lower is better" if metric.endswith(_LOWER_IS_BETTER) else "higher is better"
+        lines += ["", f"### {metric} ({arrow})", "", "| k | fraction | " + " | ".join(methods) + " |",
+                  "|---|---|" + "---|" * len(methods)]
+        for k in ks:
+            cells = [_fmt(results[m].get(k, {}).get(metric)) for m in methods]
+            lines.append(f"| {k} | {k / num_blocks:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.4g}" if abs(v) >= 1000 else f"{v:.4f}"
+
+
+def plot_curves(results: dict[str, dict[int, dict[str, float]]], num_blocks: int, path: Path, fraction: bool) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = metric_names(results)
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.5 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        for method, per_k in results.items():
+            ks = sorted(k for k in per_k if metric in per_k[k])
+            xs = [k / num_blocks for k in ks] if fraction else ks
+            ax.plot(xs, [per_k[k][metric] for k in ks], marker="o", label=method)
+        if metric.endswith("ppl"):
+            ax.set_yscale("log")
+        ax.set_title(metric)
+        ax.set_xlabel(f"fraction of the {num_blocks} blocks changed" if fraction else "number of changed blocks")
+        if not fraction:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_fit_errors(errors: list[np.ndarray], path: Path) -> Path:
+    """One histogram per block of the per-token relative error of its linear fit h_i -> h_{i+1}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(errors))
+    rows = math.ceil(len(errors) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    for i, (ax, err) in enumerate(zip(axes.flat, errors)):
+        hi = float(np.quantile(err, 0.995))  # per block: the first block's errors can be 5x the others'
+        ax.hist(np.clip(err, 0, hi), bins=np.linspace(0.0, hi, 50), color="tab:blue", alpha=0.8)
+        ax.axvline(float(np.median(err)), color="k", lw=1, ls="--")
+        ax.set_title(f"block {i}: median {np.median(err):.3f}", fontsize=9)
+    for ax in list(axes.flat)[len(errors):]:
+        ax.axis("off")
+    fig.supxlabel("per-token relative error ||A h_i + c - h_{i+1}|| / ||h_{i+1}||")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(out: Path, record: dict, results: dict[str, dict[int, dict[str, float]]], num_blocks: int,
+                  fit_errors: list[np.ndarray] | None, header: str = "") -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**record, "results": {m: {str(k): v for k, v in per_k.items()} for m, per_k in results.items()}}
+    (out / "pruning.json").write_text(json.dumps(record, indent=1) + "\n")
+    md = render_markdown(results, num_blocks, header)
+    (out / "pruning.md").write_text(md)
+    paths = [out / "pruning.json", out / "pruning.md",
+             plot_curves(results, num_blocks, out / "pruning_vs_k.png", fraction=False),
+             plot_curves(results, num_blocks, out / "pruning_vs_fraction.png", fraction=True)]
+    if fit_errors:
+        paths.append(plot_fit_errors(fit_errors, out / "fit_errors.png"))
+    return paths
