@@ -113,9 +113,9 @@ class RunDir:
         return self.config.is_file()
 
     def prepare(self, fresh: bool, overwrite: bool) -> None:
-        """Check (and with ``overwrite`` clear) the run dir for a fresh start (``fresh``) or a resume. A fresh start refuses the dir of a run
-        that started (config.yaml, checkpoints or metrics) unless ``overwrite``; what a failed start left behind
-        (a tokenizer, an empty checkpoints/) does not block the corrected re-run. Call on one rank only."""
+        """Check (and with ``overwrite`` clear) the run dir for a fresh start (``fresh``) or a resume. A fresh start
+        refuses the dir of a run that started (config.yaml, checkpoints or metrics) unless ``overwrite``; what a
+        failed start left behind (a tokenizer) does not block the corrected re-run. Call on one rank only."""
         if fresh and self.path.exists():
             if overwrite:
                 shutil.rmtree(self.path)
