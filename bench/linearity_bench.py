@@ -1,17 +1,19 @@
 """Benchmark: the project's linearity score against the authors' SVD recipe, on the same data.
 
     python bench/linearity_bench.py [--n 15000] [--dims 768 2048 4096] [--devices cpu cuda] [--no-lstsq]
+    python bench/linearity_bench.py --profile [--layers 12] [--dims 768] [--repeats 1]
 
 Per hidden size d it times, on each device:
   svd32   the notebook's recipe: float32 thin SVD of X, A = V diag(1/S) U^T Y, LS = 1 - ||X A - Y||^2
           (no threshold on tiny singular values); the notebook runs it once per score, so twice per layer pair;
-  ours    ``linearity_score`` (float64 Gram + Cholesky, explicit residual), one score;
+  ours    ``linearity_score`` (float64 Gram matrix + Cholesky, Gram-formula RSS), one score;
   pair    ``pair_stats``: LS, LS without residual and the norm ratio of a pair, from one solve;
 and, on the CPU, the float64 ``numpy.linalg.lstsq`` reference that both are checked against. ``--fallback``
 times the rank-deficient path (R-SVD) instead, on an X like h_0 of a probe with fewer distinct tokens than d
-(its n rows drawn from d/2 distinct vectors). The data imitate
-hidden states (anisotropic spectrum, a few "massive activation" features, a mean offset) with Y = X plus a
-small nonlinear update. Prints a markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
+(its n rows drawn from d/2 distinct vectors). ``--profile`` times a whole profile instead: ``linearity_profile``
+on L + 1 states against the recipe's two scores per pair, and checks all 2L scores against lstsq. The data
+imitate hidden states (anisotropic spectrum, a few "massive activation" features, a mean offset) with Y = X plus
+a small nonlinear update. Prints a markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ import datetime
 import platform
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eval.linearity.score import linearity_score, pair_stats  # noqa: E402
+from eval.linearity.score import linearity_profile, linearity_score, pair_stats  # noqa: E402
 
 
 def hidden_state_like(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,6 +40,17 @@ def hidden_state_like(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torc
     x += torch.randn(1, d, generator=g)
     update = torch.tanh(x @ (torch.randn(d, d, generator=g) / d**0.5)) + 0.1 * torch.randn(n, d, generator=g)
     return x, x + 0.5 * update
+
+
+def hidden_state_chain(n: int, d: int, layers: int, seed: int = 0) -> list[torch.Tensor]:
+    """h_0 like ``hidden_state_like``'s X, then h_{i+1} = h_i + 0.5 (tanh(h_i W_i / sqrt(d)) + 0.1 noise)."""
+    g = torch.Generator().manual_seed(seed)
+    states = [hidden_state_like(n, d, seed)[0]]
+    for _ in range(layers):
+        h = states[-1]
+        update = torch.tanh(h @ (torch.randn(d, d, generator=g) / d**0.5)) + 0.1 * torch.randn(n, d, generator=g)
+        states.append(h + 0.5 * update)
+    return states
 
 
 def svd_recipe(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -73,6 +87,77 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+class PeakMemory:
+    """Peak memory a call adds: the device allocator's peak on CUDA; on Linux CPUs the resident-set high-water
+    mark (VmHWM, reset through /proc/self/clear_refs) above the resident set before the call; else None."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mib = device, None
+
+    @staticmethod
+    def _status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self.base = self._status("VmRSS:")
+            except (OSError, KeyError):
+                self.base = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        elif self.base is not None:
+            self.mib = (self._status("VmHWM:") - self.base) / 2**20
+
+
+def profile_rows(args) -> None:
+    """One row per (d, device): a whole profile, ours against the recipe's two scores per pair."""
+    print("| device | d | pairs | svd32 s/profile (2 scores/pair) | ours s/profile | speed-up | ours peak MiB "
+          "(states excluded) | solvers | max ours - lstsq64 | max svd32 - lstsq64 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for d in args.dims:
+        states = hidden_state_chain(args.n, d, args.layers)
+        refs = None
+        if not args.no_lstsq:
+            # Y - X in float64: the float32 difference of the float32 states is off by ~1e-11 in LS w/o residual
+            refs = [(lstsq_reference(x, y), lstsq_reference(x, y.double() - x.double()))
+                    for x, y in zip(states, states[1:])]
+        for name in args.devices:
+            device = torch.device(name)
+            on_dev = [s.to(device) for s in states]
+            if device.type == "cuda":  # load cuSOLVER/cuBLAS before timing
+                svd_recipe(on_dev[0][:1024, :64], on_dev[1][:1024, :64])
+                linearity_profile([s[:1024, :64] for s in on_dev[:3]])
+            t_svd = t_ours = float("inf")
+            for _ in range(args.repeats):  # interleaved, fastest of each: a shared machine's load drifts
+                svd, t = timed(lambda: [(svd_recipe(x, y), svd_recipe(x, y - x)) for x, y in zip(on_dev, on_dev[1:])],
+                               device)
+                t_svd = min(t_svd, t)
+                with PeakMemory(device) as peak:
+                    prof, t = timed(lambda: linearity_profile(on_dev), device)
+                t_ours = min(t_ours, t)
+            solvers = ", ".join(f"{k} {v}" for k, v in sorted(Counter(p.solver for p in prof).items()))
+            err_ours = err_svd = "n/a"
+            if refs is not None:  # the worst of both scores over all pairs
+                ours = [(p.linearity, p.linearity_wo_res) for p in prof]
+                err_ours, err_svd = (f"{max(abs(a - r) for got, want in zip(v, refs) for a, r in zip(got, want)):.1e}"
+                                     for v in (ours, svd))
+            mem = "n/a" if peak.mib is None else f"{peak.mib:.0f}"
+            print(f"| {device_name(device)} | {d} | {len(prof)} | {t_svd:.2f} | {t_ours:.2f} | {t_svd / t_ours:.1f}x "
+                  f"| {mem} | {solvers} | {err_ours} | {err_svd} |", flush=True)
+
+
 def cases(args, rank_deficient: bool = False):
     """(d, device, x, y, err) per size and device; err(v) = |v - float64 lstsq| as text ("n/a" with --no-lstsq).
     With ``rank_deficient``, X is like h_0 of a probe with d/2 distinct tokens: its rows repeat d/2 vectors."""
@@ -97,10 +182,17 @@ def main(argv=None) -> int:
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     ap.add_argument("--no-lstsq", action="store_true", help="skip the (slow) float64 numpy reference")
     ap.add_argument("--fallback", action="store_true", help="time the rank-deficient (R-SVD) path instead")
+    ap.add_argument("--profile", action="store_true", help="time a whole profile of --layers + 1 states instead")
+    ap.add_argument("--layers", type=int, default=12, help="blocks L of the --profile chain (L + 1 states)")
+    ap.add_argument("--repeats", type=int, default=1, help="--profile: fastest of this many interleaved runs")
     args = ap.parse_args(argv)
 
     print(f"# {datetime.date.today()} torch {torch.__version__}, n = {args.n} tokens"
-          + (", X of d/2 distinct rows" if args.fallback else ""))
+          + (", X of d/2 distinct rows" if args.fallback else "")
+          + (f", {args.layers + 1} states" if args.profile else ""))
+    if args.profile:
+        profile_rows(args)
+        return 0
     if args.fallback:
         print("| device | d | solver | rank | ours s/score | svd32 s/score | ours - lstsq64 | svd32 - lstsq64 |")
         print("|---|---|---|---|---|---|---|---|")

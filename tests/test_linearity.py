@@ -64,14 +64,16 @@ def test_matches_lstsq_on_random_data(n, d):
         assert abs(ols_r2(x, y) - ref) < TOL  # the two readings of the definition agree
 
 
-@pytest.mark.parametrize("log_cond,solver", [(3, "cholesky"), (5, "cholesky"), (7, "rsvd"), (10, "rsvd")])
+@pytest.mark.parametrize("log_cond,solver", [(3, "gram"), (4, "cholesky"), (5, "cholesky"), (7, "rsvd"), (10, "rsvd")])
 def test_matches_lstsq_on_nearly_collinear_data(log_cond, solver):
     x = collinear(1500, 48, log_cond)
     y = nonlinear_target(x)
     stats = pair_stats(x, y)
-    assert stats.solver == solver  # both code paths are exercised
+    assert stats.solver == solver  # each path: Gram formula, explicit residual (some columns, all), R-SVD
     assert stats.rank_x == 48
     assert abs(linearity_score(x, y) - lstsq_score(x, y)) < TOL
+    assert abs(stats.linearity - lstsq_score(x, y)) < TOL
+    assert abs(stats.linearity_wo_res - lstsq_score(x, y - x)) < TOL
 
 
 def test_rank_deficient_x_uses_numerical_rank():
@@ -86,6 +88,7 @@ def test_rank_deficient_x_uses_numerical_rank():
     assert stats.solver == "rsvd"
     assert stats.rank_x == np.linalg.matrix_rank(x.numpy() - x.numpy().mean(0)) == 39
     assert abs(stats.linearity - lstsq_score(x, y)) < TOL
+    assert abs(stats.linearity_wo_res - lstsq_score(x, y - x)) < TOL
 
 
 def test_exact_linear_maps_score_one():
@@ -135,6 +138,94 @@ def test_norm_ratio_and_profile_pairs():
         assert abs(stats.norm_ratio - want) < 1e-12
         assert abs(stats.linearity - lstsq_score(states[i], states[i + 1])) < TOL
         assert abs(stats.linearity_wo_res - lstsq_score(states[i], states[i + 1] - states[i])) < TOL
+
+
+def test_norm_ratio_where_tokens_stay_put():
+    """The ratio's numerator comes from the centred difference plus the mean shift; tokens the block leaves alone
+    while the mean moves (a cancelling sum) must still get their raw ||y - x||, here 0 and 1e-9 * sqrt(d)."""
+    x = randn(1500, 48) + 3.0
+    update = 5.0 + 0.3 * nonlinear_target(x)
+    update[:50], update[50:60] = 0.0, 1e-9
+    y = x + update
+    want = ((y - x).norm(dim=1) / y.norm(dim=1)).mean().item()
+    assert abs(pair_stats(x, y).norm_ratio - want) < 1e-15
+    assert abs(linearity_profile([x, y, 2 * y])[0].norm_ratio - want) < 1e-15
+
+
+def hidden_like(n, d, seed=0):
+    """Like residual-stream states: anisotropic spectrum, three massive-activation features, a mean offset."""
+    rot, _ = torch.linalg.qr(randn(d, d, seed=seed + 1))
+    x = (randn(n, d, seed=seed) * torch.logspace(0, -2, d, dtype=torch.float64)) @ rot
+    x[:, :3] *= 50.0
+    return x + randn(1, d, seed=seed + 2)
+
+
+def test_long_profile_matches_lstsq_on_every_pair():
+    """A profile walks the states through reused buffers with one Gram matrix per state; every score of every pair
+    must still be the definition's, whichever solver the pair's X needs."""
+    n, d = 1500, 48
+    states = [hidden_like(n, d)]
+    for i in range(1, 10):
+        h = states[-1] + 0.3 * nonlinear_target(states[-1], seed=10 + i)
+        if i == 3:  # like h_0 of a probe with few distinct tokens: 30 distinct rows, rank 29 after centring
+            h = h[torch.randint(0, 30, (n,), generator=rng(i))]
+        elif i == 5:  # a constant feature (dropped from the solve) in an otherwise well-conditioned state
+            h[:, 7] = 4.0
+        elif i == 7:  # nearly collinear, and a constant feature: some target columns need the explicit residual
+            h = collinear(n, d, 4, seed=i)
+            h[:, 0] = 2.0
+        states.append(h)
+    before = [s.clone() for s in states]
+    prof = linearity_profile(states)
+    assert all(torch.equal(a, b) for a, b in zip(states, before))  # the float64 inputs are not centred in place
+    assert len(prof) == 9
+    assert [p.solver for p in prof] == ["gram", "gram", "gram", "rsvd", "gram", "gram", "gram", "cholesky", "gram"]
+    assert prof[3].rank_x == 29 and prof[5].rank_x == prof[7].rank_x == d - 1
+    for x, y, stats in zip(states, states[1:], prof):
+        assert abs(stats.linearity - lstsq_score(x, y)) < TOL
+        assert abs(stats.linearity_wo_res - lstsq_score(x, y - x)) < TOL
+        assert abs(stats.norm_ratio - ((y - x).norm(dim=1) / y.norm(dim=1)).mean().item()) < 1e-12
+        single = pair_stats(x, y)  # the same pair on its own
+        assert abs(single.linearity - stats.linearity) < 1e-12
+        assert abs(single.linearity_wo_res - stats.linearity_wo_res) < 1e-12
+    # An extra pair on the last X (as the final-norm pair is): the same as on its own.
+    normed = states[-1] / states[-1].norm(dim=1, keepdim=True)
+    *pairs, extra = linearity_profile(states, extra_y=normed)
+    assert pairs == prof
+    single = pair_stats(states[-2], normed)
+    assert abs(extra.linearity - single.linearity) < 1e-12 and abs(extra.norm_ratio - single.norm_ratio) < 1e-12
+
+
+@pytest.mark.parametrize("case", ["hidden", "massive", "collinear4", "collinear5"])
+def test_gram_error_estimate_bounds_the_gram_formula(case):
+    """The estimate that decides where the Gram formula ||t_k||^2 - ||L^{-1} b_k||^2 may stand in for the explicit
+    residual must bound its actual error, column by column (the explicit residual serves as the reference: its
+    error is second order in that of the coefficients)."""
+    from eval.linearity.score import _design, gram_error_estimate, symmetric_gram
+
+    n, d = 1500, 48
+    x = {"hidden": hidden_like(n, d), "massive": randn(n, d) * torch.logspace(0, 4, d, dtype=torch.float64) + 7.0,
+         "collinear4": collinear(n, d, 4), "collinear5": collinear(n, d, 5)}[case]
+    xc = x - x.mean(0)
+    for t in (nonlinear_target(x), 0.1 * nonlinear_target(x)):  # Y, and Z = Y - X of a residual block
+        t = t - t.mean(0)
+        design = _design(xc, symmetric_gram(xc))
+        w = torch.linalg.solve_triangular(design.chol, (xc.T @ t) * design.inv[:, None], upper=False)
+        a = torch.linalg.solve_triangular(design.chol.mT, w, upper=True)
+        gram_rss = (t * t).sum(0) - (w * w).sum(0)
+        resid = t - xc @ (a * design.inv[:, None])
+        err = (gram_rss - (resid * resid).sum(0)).abs()
+        est = gram_error_estimate(a, (t * t).sum(0), n)
+        assert (err <= est).all(), float((err / est).max())
+
+
+def test_symmetric_gram_is_the_gram_matrix():
+    from eval.linearity.score import symmetric_gram
+
+    x = hidden_like(1000, 1000)  # three block rows of the product
+    g = symmetric_gram(x)
+    assert torch.equal(g, g.T)
+    assert (g - x.T @ x).abs().max() < 1e-12 * g.diagonal().max()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

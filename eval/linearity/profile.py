@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from eval.linearity.score import PairStats, check_sizes, linearity_profile, pair_stats
+from eval.linearity.score import PairStats, check_sizes, linearity_profile
 from model.capture import ResidualStream
 
 QUANTITIES = ("linearity", "linearity_wo_res", "norm_ratio")
@@ -140,9 +140,9 @@ class StateCollector:
 def profile_from_states(states: list[torch.Tensor], normed: torch.Tensor | None = None,
                         device: torch.device | str | None = None) -> Profile:
     n, d = states[0].shape
-    final = pair_stats(states[-2], normed, device) if normed is not None else None
-    return Profile(num_layers=len(states) - 1, hidden_size=d, num_tokens=n,
-                   pairs=linearity_profile(states, device), final_norm=final)
+    pairs = linearity_profile(states, device, extra_y=normed)  # the final-norm pair shares h_{L-1}'s solve
+    final = pairs.pop() if normed is not None else None
+    return Profile(num_layers=len(states) - 1, hidden_size=d, num_tokens=n, pairs=pairs, final_norm=final)
 
 
 @torch.no_grad()

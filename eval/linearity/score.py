@@ -7,23 +7,32 @@ For n x d matrices X, Y of the same tokens, with X_c, Y_c the column-centred mat
 
 (Scaling X never changes the column space, so the normalisation of X cancels; LS is the pooled R^2 of the
 multi-output OLS of Y on X with intercept.) Because X_c is in its own column space, regressing Y_c - X_c on X_c
-leaves the same residual, so one solve gives both scores of a layer pair:
+leaves the same residual, so one solve gives both scores of a layer pair (Z = Y_c - X_c):
 
-    LS_wo = LS(X, Y - X) = 1 - RSS / ||Y_c - X_c||_F^2,   i.e.   1 - LS_wo = (1 - LS) ||Y_c||^2 / ||Y_c - X_c||^2.
+    LS_wo = LS(X, Y - X) = 1 - RSS / ||Z||_F^2,   i.e.   1 - LS_wo = (1 - LS) ||Y_c||^2 / ||Z||^2.
 
-How RSS is computed (exact to float64 rounding, see docs/PERFORMANCE.md for accuracy and speed):
-  1. Upcast to float64 (exact for bf16/fp16/fp32 inputs) and centre. Drop columns of X_c that are exactly
-     zero (constant features carry no information) and scale the others to unit norm: column scaling leaves
-     the column space, hence RSS, unchanged, and makes the Gram matrix G = X_s^T X_s a correlation matrix, so
-     "massive activation" features do not spoil its conditioning.
-  2. Fast path: Cholesky G = L L^T, A = G^{-1} X_s^T Y_c, and RSS from the *explicit* residual Y_c - X_s A,
-     whose error is second order in the error of A (the Gram formula ||Y||^2 - tr(B^T G^{-1} B) would lose up
-     to eps * cond(G) to cancellation, and LS_wo divides that loss by the often small ||Y_c - X_c||^2).
-     Taken when every Cholesky pivot of G exceeds sqrt(eps) ~ 1.5e-8, i.e. each feature keeps at least that
-     fraction of its variance after regressing on the previous ones.
-  3. Otherwise (nearly collinear or rank-deficient X, e.g. h_0 of a model whose probe has fewer distinct
+How RSS is computed (float64; accuracy and speed in docs/PERFORMANCE.md). The cost is in float64 products of
+size n x d x d, and a profile of L + 1 states needs about 1.6 of them per pair: the pair's cross product X_c^T T
+and the symmetric Gram matrix of its Y, which is X of the next pair (an explicit residual would be one more):
+  1. Upcast each state to float64 (exact for bf16/fp16/fp32 inputs) and centre it, once. Give zero
+     coefficients to columns of X_c that are exactly zero (constant features carry no information) and scale
+     the others to unit norm: column scaling leaves the column space, hence RSS, unchanged, and makes the Gram
+     matrix G = X_s^T X_s a correlation matrix, so "massive activation" features do not spoil its conditioning.
+     G is computed once per state, from its upper block triangle.
+  2. Regress T = whichever of Y_c and Z = Y_c - X_c has the smaller norm (the same RSS; for a residual block
+     it is Z, whose ||Z||^2 is the denominator of LS_wo), from B = X_s^T T.
+  3. Fast path, when every Cholesky pivot of G = L L^T exceeds sqrt(eps) ~ 1.5e-8 (each feature keeps at least
+     that fraction of its variance after regressing on the previous ones): the Gram formula per column of T,
+     RSS_k = ||t_k||^2 - ||L^{-1} b_k||^2. It cancels, so its rounding error is first order in those of G and
+     B (a_k^T E a_k and e_k^T a_k, a_k = G^{-1} b_k), where the explicit residual t_k - X_s a_k errs only to
+     second order. Each column therefore gets an error estimate (``gram_error_estimate``, from the
+     probabilistic model of rounding, with a safety factor): the columns with the smallest estimates keep the
+     formula while their estimates sum to at most 1e-10 of min(||Y_c||^2, ||Z||^2), the denominators of both
+     scores; the others get the explicit residual (solver "cholesky" if any did, "gram" if none did).
+     Hidden-state-like data pass whole; a nearly collinear X sends some or all columns to the residual.
+  4. Otherwise (nearly collinear or rank-deficient X, e.g. h_0 of a model whose probe has fewer distinct
      tokens than d): rank-revealing R-SVD -- Householder QR X_s = QR, SVD of R, singular values below
-     max(n, d) * eps * s_max dropped (numpy.linalg.lstsq's default cut-off) -- then the same explicit residual.
+     max(n, d) * eps * s_max dropped (numpy.linalg.lstsq's default cut-off) -- then the explicit residual.
 """
 from __future__ import annotations
 
@@ -35,6 +44,9 @@ import torch
 
 _EPS = torch.finfo(torch.float64).eps
 _PIVOT_TOL = math.sqrt(_EPS)  # below this Cholesky pivot the fast path hands over to the R-SVD
+_RSS_TOL = 1e-10  # the Gram formula's estimated error may use this fraction of the smaller score denominator
+_SAFETY = 10.0  # on the error estimate; measured errors (tests, bench) stay below half of the estimate without it
+_GRAM_BLOCK = 384  # columns per block row of the symmetric product; narrower GEMMs fall off BLAS speed on a CPU
 
 
 @dataclass
@@ -44,7 +56,7 @@ class PairStats:
     linearity_wo_res: float
     norm_ratio: float  # mean over tokens of ||y - x|| / ||y||
     rank_x: int  # numerical rank of the centred X
-    solver: str  # "cholesky", "rsvd", "constant" (X has no variance) or "nonfinite"
+    solver: str  # "gram", "cholesky", "rsvd", "constant" (X has no variance) or "nonfinite"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,64 +69,199 @@ def check_sizes(n: int, d: int) -> None:
                          f"(with n <= d + 1 every score is trivially 1; the paper uses ~15k tokens for d=4096)")
 
 
-def to64(t: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-    """Move first, then upcast on the device: a bf16 state crosses PCIe in 2 bytes per value, not 8."""
+def _on_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Move first, upcast later: a bf16 state crosses PCIe in 2 bytes per value, not 8."""
     if t.dim() != 2:
         raise ValueError(f"expected an n x d matrix of token embeddings, got shape {tuple(t.shape)}")
-    return t.detach().to(device or t.device).to(torch.float64)
+    return t.detach().to(device)
 
 
-def centered64(t: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-    t = to64(t, device)
-    return t - t.mean(dim=0, keepdim=True)
+def _centre_into(t: torch.Tensor, out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t - mean, mean, row norms of t) in float64, written into ``out`` (a reused buffer: warm memory spares
+    the page faults of a fresh n x d array) or a new array; ``t`` itself is left alone. The upcast is a copy of
+    its own: torch's mixed-dtype kernels (a float32 tensor minus a float64 one) run ~6x slower on a CPU."""
+    if out is None:
+        out = torch.empty(t.shape, dtype=torch.float64, device=t.device)
+    out.copy_(t)
+    mean, rows = out.mean(dim=0), torch.linalg.vector_norm(out, dim=1)
+    return out.sub_(mean), mean, rows
+
+
+def symmetric_gram(x: torch.Tensor) -> torch.Tensor:
+    """x^T x from the products of its upper block triangle, mirrored (torch has no syrk): with b block rows,
+    (1 + 1/b) / 2 of a full product's flops (b = 2 at d = 768, 11 at d = 4096)."""
+    d = x.shape[1]
+    blocks = max(1, round(d / _GRAM_BLOCK))
+    if blocks == 1:
+        return x.T @ x
+    edges = [round(d * i / blocks) for i in range(blocks + 1)]
+    g = torch.empty(d, d, dtype=x.dtype, device=x.device)
+    for lo, hi in zip(edges, edges[1:]):
+        g[lo:hi, lo:] = x[:, lo:hi].T @ x[:, lo:]
+        g[lo:, lo:hi] = g[lo:hi, lo:].T  # also makes the diagonal block exactly symmetric
+    return g
+
+
+@dataclass
+class _Design:
+    """X of a pair, prepared once per state: the centred X_c and the Cholesky factor of the correlation matrix of
+    its non-constant columns (None: the R-SVD must solve). Constant columns stay in X_c (they are exactly zero
+    there) and get zero coefficients, so no column-subset copy of X_c is ever made."""
+    xc: torch.Tensor
+    col_sq: torch.Tensor  # ||x_k||^2 of every column (the Gram diagonal)
+    keep: torch.Tensor | None  # indices of the non-constant columns; None: all of them
+    inv: torch.Tensor  # 1 / ||x_k|| of the kept columns (the Jacobi scaling)
+    chol: torch.Tensor | None
+    finite: bool
+
+
+def _design(xc: torch.Tensor, gram: torch.Tensor) -> _Design:
+    col_sq = gram.diagonal().clone()
+    finite = bool(torch.isfinite(col_sq).all())  # a NaN/Inf in a column reaches its diagonal entry
+    keep = None
+    if finite and not bool((col_sq > 0).all()):
+        keep = (col_sq > 0).nonzero().squeeze(1)
+        gram = gram[keep][:, keep]
+    inv = 1.0 / gram.diagonal().sqrt()
+    chol = None
+    if finite and inv.numel():
+        factor, info = torch.linalg.cholesky_ex(gram * inv[:, None] * inv[None, :])
+        if int(info) == 0 and float(factor.diagonal().min()) ** 2 > _PIVOT_TOL:
+            chol = factor
+    return _Design(xc, col_sq, keep, inv, chol, finite)
+
+
+def _full_coef(design: _Design, coef_s: torch.Tensor) -> torch.Tensor:
+    """Coefficients of the scaled kept columns -> coefficients of every column of X_c (zero for constant ones)."""
+    coef = coef_s * design.inv[:, None]
+    if design.keep is None:
+        return coef
+    full = coef.new_zeros(design.xc.shape[1], coef.shape[1])
+    full[design.keep] = coef
+    return full
+
+
+def gram_error_estimate(a: torch.Tensor, t_col_sq: torch.Tensor, n: int) -> torch.Tensor:
+    """Per target column k, the rounding error to expect (times ``_SAFETY``) in the Gram formula's RSS_k.
+
+    a: the d x k coefficients of the unit-norm (scaled) columns of X; t_col_sq: ||t_k||^2. To first order the
+    error is a_k^T E a_k - 2 e_k^T a_k, with E the error of the scaled Gram matrix, of its Cholesky factor and of
+    the triangular solves, and e_k that of b_k = X_s^T t_k. Under the probabilistic model of rounding
+    (independent, mean-zero errors; Higham & Mary 2019) an inner product of length m errs by ~sqrt(m) u relative
+    to the product of its operands' norms: |E_ij| ~ sqrt(n + 2d) u (the columns have unit norm), |e_jk| ~ sqrt(n) u
+    ||t_k||, and the sums over the coefficients give sqrt(n + 2d) u (||a_k||^2 + 2 ||t_k|| ||a_k||). The errors are
+    not independent across columns (they share E), so the estimates are summed, not added in quadrature."""
+    d = a.shape[0]
+    a_norm = torch.linalg.vector_norm(a, dim=0)
+    return (_SAFETY * math.sqrt(n + 2 * d) * _EPS / 2) * a_norm * (a_norm + 2 * t_col_sq.clamp(min=0).sqrt())
+
+
+def _solve(design: _Design, t: torch.Tensor, cross: torch.Tensor, t_energy: float, t_col_sq: torch.Tensor,
+           budget: float) -> tuple[float, int, str]:
+    """RSS = min_A ||X_c A - T||^2 from cross = X_c^T T; returns (RSS, rank of X_c, solver).
+
+    Gram formula per column of T, RSS_k = ||t_k||^2 - ||L^{-1} b_k||^2, except for the columns whose error estimate
+    does not fit in ``budget`` (absolute, summed over columns): those get an explicit residual t_k - X_c a_k."""
+    n, p = design.xc.shape[0], design.inv.numel()
+    if not (design.finite and math.isfinite(t_energy)):  # then |cross| <= ||x_j|| ||t_k|| is finite too
+        return math.nan, 0, "nonfinite"
+    if p == 0:
+        return t_energy, 0, "constant"  # a constant X explains nothing
+    if design.chol is None:
+        return _solve_rsvd(design, t, n)
+    bs = (cross if design.keep is None else cross[design.keep]) * design.inv[:, None]
+    w = torch.linalg.solve_triangular(design.chol, bs, upper=False)
+    a = torch.linalg.solve_triangular(design.chol.mT, w, upper=True)
+    est = gram_error_estimate(a, t_col_sq, n)
+    order = torch.argsort(est)
+    fits = int((torch.cumsum(est[order], 0) <= budget).sum())  # the columns with the smallest estimates
+    w_sq = (w * w).sum(dim=0)
+    if fits == t.shape[1]:
+        return max(t_energy - float(w_sq.sum()), 0.0), p, "gram"
+    explicit = order[fits:]
+    rss = t_energy - float(w_sq[order[:fits]].sum())
+    if fits:
+        tk = t.index_select(1, explicit)
+        rss -= float(torch.linalg.vector_norm(tk)) ** 2
+        resid = tk.addmm_(design.xc, _full_coef(design, a[:, explicit]), alpha=-1.0)
+    else:  # every column: the residual of the whole target, its error second order in that of A
+        rss = 0.0
+        resid = torch.addmm(t, design.xc, _full_coef(design, a), alpha=-1.0)
+    return max(rss + float(torch.linalg.vector_norm(resid)) ** 2, 0.0), p, "cholesky"
+
+
+def _solve_rsvd(design: _Design, t: torch.Tensor, n: int) -> tuple[float, int, str]:
+    """Rank-revealing fallback: Householder QR of the scaled kept columns X_s = QR, SVD of R, singular values
+    below max(n, p) * eps * s_max dropped (numpy.linalg.lstsq's default), then the explicit residual."""
+    xs = design.xc * design.inv if design.keep is None else design.xc.index_select(1, design.keep).mul_(design.inv)
+    q, r = torch.linalg.qr(xs)
+    del xs
+    u, s, vh = torch.linalg.svd(r)
+    p = s.numel()
+    rank = int((s > s[0] * max(n, p) * _EPS).sum())
+    u, s, vh = u[:, :rank], s[:rank], vh[:rank]
+    coef = vh.T @ ((u.T @ (q.T @ t)) / s[:, None])
+    del q  # before the residual: the fallback's peak is the QR's, not the QR's plus the residual's
+    resid = torch.addmm(t, design.xc, _full_coef(design, coef), alpha=-1.0)
+    return float(torch.linalg.vector_norm(resid)) ** 2, rank, "rsvd"
 
 
 def residual_sum_of_squares(xc: torch.Tensor, yc: torch.Tensor) -> tuple[float, int, str]:
     """min_A ||xc A - yc||_F^2 for centred float64 matrices; returns (RSS, rank of xc, solver).
 
-    NaN (solver "nonfinite") when the inputs hold NaN/Inf: they reach the Gram matrices, checked in O(d^2)."""
-    gram, cross = xc.T @ xc, xc.T @ yc
-    if not (torch.isfinite(gram).all() and torch.isfinite(cross).all()):
-        return math.nan, 0, "nonfinite"
-    norms = gram.diagonal().sqrt()
-    keep = norms > 0
-    if not keep.all():
-        xc, gram, cross, norms = xc[:, keep], gram[keep][:, keep], cross[keep], norms[keep]
-    n, p = xc.shape
-    if p == 0:
-        return float((yc * yc).sum()), 0, "constant"  # a constant X explains nothing
-    inv = 1.0 / norms  # Jacobi scaling: X_s = X_c diag(inv) has the same column space and a unit-diagonal Gram
-    chol, info = torch.linalg.cholesky_ex(gram * inv[:, None] * inv[None, :])
-    if int(info) == 0 and float(torch.diagonal(chol).min()) ** 2 > _PIVOT_TOL:
-        coef = torch.cholesky_solve(cross * inv[:, None], chol)
-        rank, solver = p, "cholesky"
+    NaN (solver "nonfinite") when the inputs hold NaN/Inf: they reach the Gram diagonal or ||yc||^2."""
+    energy = float(torch.linalg.vector_norm(yc)) ** 2
+    col_sq = torch.linalg.vector_norm(yc, dim=0) ** 2
+    return _solve(_design(xc, symmetric_gram(xc)), yc, xc.T @ yc, energy, col_sq, _RSS_TOL * energy)
+
+
+def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: torch.Tensor | None, z: torch.Tensor,
+          gram_y: bool) -> tuple[PairStats, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The pair (X, Y) with X prepared as ``design``. y_raw: the state Y on the device in its own dtype; y_buf: a
+    float64 buffer for Y_c (or None); z: an n x d float64 buffer. Returns the stats, Y_c, its column means and,
+    with ``gram_y``, Y_c^T Y_c: the pieces of the next pair, whose X is this Y."""
+    y, mean_y, y_norm = _centre_into(y_raw, y_buf)
+    torch.sub(y, design.xc, out=z)  # Z = Y_c - X_c
+    # Norm ratio of the raw states: y_i - x_i = z_i + delta with delta = mean_y - mean_x, so its squared norm is
+    # ||z_i||^2 + 2 z_i.delta + ||delta||^2, from two passes over Z instead of a raw difference of its own. Rows
+    # where that sum cancels (y_i - x_i short against z_i or delta) are recomputed from the raw difference.
+    delta = mean_y - mean_x
+    z_rows = torch.linalg.vector_norm(z, dim=1) ** 2
+    diff_sq = z_rows + 2 * (z @ delta) + delta @ delta
+    cancels = (diff_sq < 1e-2 * (z_rows + delta @ delta)).nonzero().squeeze(1)
+    if cancels.numel():
+        raw = y_raw.index_select(0, cancels).to(torch.float64) - design.xc.index_select(0, cancels) - mean_x
+        diff_sq[cancels] = torch.linalg.vector_norm(raw, dim=1) ** 2
+    ratio = float((diff_sq.sqrt() / y_norm).mean())
+    gram = symmetric_gram(y) if gram_y else None
+    y_energy = float(gram.diagonal().sum()) if gram_y else float(torch.linalg.vector_norm(y)) ** 2
+    z_energy = float(z_rows.sum())
+    # RSS(Y_c | X_c) = RSS(Z | X_c); the Gram formula's cancellation is relative to ||T||^2, so regress the smaller
+    # of the two (Z for a residual block: its ||Z||^2 is the denominator of LS without residual anyway).
+    use_z = z_energy <= y_energy
+    t, t_energy = (z, z_energy) if use_z else (y, y_energy)
+    cross = design.xc.T @ t
+    if gram is None:
+        t_col_sq = torch.linalg.vector_norm(t, dim=0) ** 2
+    elif use_z:  # ||z_k||^2 = ||y_k||^2 - ||x_k||^2 - 2 x_k.z_k, from diagonals at hand (only the estimate uses it)
+        y_sq, x_sq = gram.diagonal(), design.col_sq
+        t_col_sq = (y_sq - x_sq - 2 * cross.diagonal()).abs() + 4 * (t.shape[0] + 2) * _EPS * (y_sq + x_sq)
     else:
-        q, r = torch.linalg.qr(xc * inv)
-        u, s, vh = torch.linalg.svd(r)
-        rank = int((s > s[0] * max(n, p) * _EPS).sum())
-        u, s, vh = u[:, :rank], s[:rank], vh[:rank]
-        coef = vh.T @ ((u.T @ (q.T @ yc)) / s[:, None])
-        solver = "rsvd"
-    resid = yc - xc @ (coef * inv[:, None])  # coefficients of the unscaled X_c
-    return float((resid * resid).sum()), rank, solver
-
-
-def _pair_from_centered(x: torch.Tensor, y: torch.Tensor, xc: torch.Tensor, yc: torch.Tensor) -> PairStats:
-    """x, y: the raw float64 states (for the per-token norm ratio); xc, yc: the same, centred."""
-    rss, rank, solver = residual_sum_of_squares(xc, yc)
+        t_col_sq = gram.diagonal()
+    positive = [e for e in (y_energy, z_energy) if e > 0]
+    budget = _RSS_TOL * min(positive) if positive else 0.0
+    rss, rank, solver = _solve(design, t, cross, t_energy, t_col_sq, budget)
     if solver == "nonfinite":
         warnings.warn("non-finite hidden states: the linearity statistics of this pair are NaN", stacklevel=3)
-        return PairStats(math.nan, math.nan, math.nan, 0, solver)
-    y_energy = float((yc * yc).sum())
-    delta_energy = float(((yc - xc) ** 2).sum())
-    ratio = ((y - x).norm(dim=1) / y.norm(dim=1)).mean()
-    return PairStats(
+        return PairStats(math.nan, math.nan, math.nan, 0, solver), y, mean_y, gram
+    stats = PairStats(
         linearity=1.0 - rss / y_energy if y_energy > 0 else math.nan,
-        linearity_wo_res=1.0 - rss / delta_energy if delta_energy > 0 else math.nan,
-        norm_ratio=float(ratio),
+        linearity_wo_res=1.0 - rss / z_energy if z_energy > 0 else math.nan,
+        norm_ratio=ratio,
         rank_x=rank,
         solver=solver,
     )
+    return stats, y, mean_y, gram
 
 
 def linearity_score(x: torch.Tensor, y: torch.Tensor, device: torch.device | str | None = None) -> float:
@@ -123,8 +270,9 @@ def linearity_score(x: torch.Tensor, y: torch.Tensor, device: torch.device | str
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must hold the same tokens: {x.shape[0]} vs {y.shape[0]} rows")
     check_sizes(*x.shape)
-    xc, yc = centered64(x, device), centered64(y, device)
-    y_energy = float((yc * yc).sum())
+    device = device or x.device
+    xc, yc = (_centre_into(_on_device(t, device), None)[0] for t in (x, y))
+    y_energy = float(torch.linalg.vector_norm(yc)) ** 2
     if y_energy == 0:
         return math.nan  # a constant Y has no variance to explain
     return 1.0 - residual_sum_of_squares(xc, yc)[0] / y_energy
@@ -135,29 +283,40 @@ def pair_stats(x: torch.Tensor, y: torch.Tensor, device: torch.device | str | No
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     check_sizes(*x.shape)
-    x64, y64 = to64(x, device), to64(y, device)
-    return _pair_from_centered(x64, y64, centered64(x64), centered64(y64))
+    device = device or x.device
+    xc, mean_x, _ = _centre_into(_on_device(x, device), None)
+    return _pair(_design(xc, symmetric_gram(xc)), mean_x, _on_device(y, device), None, torch.empty_like(xc),
+                 gram_y=False)[0]
 
 
-def linearity_profile(states: list[torch.Tensor], device: torch.device | str | None = None) -> list[PairStats]:
-    """PairStats of every consecutive pair (states[i], states[i+1]) of [h_0, ..., h_L] (each n x d).
+def linearity_profile(states: list[torch.Tensor], device: torch.device | str | None = None, *,
+                      extra_y: torch.Tensor | None = None) -> list[PairStats]:
+    """PairStats of every consecutive pair (states[i], states[i+1]) of [h_0, ..., h_L] (each n x d); with
+    ``extra_y``, one more at the end: the pair (h_{L-1}, extra_y), e.g. the final-norm pair, which reuses the
+    prepared h_{L-1} of the last block pair.
 
-    States may live on the CPU in any dtype; each is moved to ``device`` (default: the first state's) and
-    centred once, and serves as Y of one pair and X of the next.
+    States may live on the CPU in any dtype and are not modified. Each is moved to ``device`` (default: the
+    first state's), upcast and centred once into one of three reused float64 buffers (X_c, Y_c, Z), and its Gram
+    matrix is computed once: it serves as Y of one pair and X of the next. Peak memory beyond the inputs: those
+    three n x d float64 buffers and O(d^2), plus what a pair's fallback solver allocates.
     """
     if len(states) < 2:
         raise ValueError("need at least two states (h_0 and h_1)")
     shape = states[0].shape
-    if any(s.shape != shape for s in states):
-        raise ValueError(f"all states must have the same shape, got {[tuple(s.shape) for s in states]}")
+    if any(s.shape != shape for s in [*states, *([] if extra_y is None else [extra_y])]):
+        raise ValueError(f"all states must have the same shape, got {[tuple(s.shape) for s in states]}"
+                         + ("" if extra_y is None else f" and {tuple(extra_y.shape)}"))
     check_sizes(*shape)
     device = device or states[0].device
-    out = []
-    x = to64(states[0], device)
-    xc = centered64(x)
-    for nxt in states[1:]:
-        y = to64(nxt, device)
-        yc = centered64(y)
-        out.append(_pair_from_centered(x, y, xc, yc))
-        x, xc = y, yc
+    xc, mean_x, _ = _centre_into(_on_device(states[0], device), None)
+    design = _design(xc, symmetric_gram(xc))
+    z, spare, out = torch.empty_like(xc), None, []
+    for i, nxt in enumerate(states[1:], start=1):
+        more = i < len(states) - 1
+        stats, y, mean_y, gram = _pair(design, mean_x, _on_device(nxt, device), spare, z, gram_y=more)
+        out.append(stats)
+        if more:  # Y_c becomes X_c; the old X_c buffer takes the next state
+            spare, design, mean_x = design.xc, _design(y, gram), mean_y
+    if extra_y is not None:  # same X as the last pair; h_L's buffer is free again
+        out.append(_pair(design, mean_x, _on_device(extra_y, device), y, z, gram_y=False)[0])
     return out
