@@ -222,7 +222,7 @@ def test_gram_error_estimate_bounds_the_gram_formula(case):
 def test_symmetric_gram_is_the_gram_matrix():
     from eval.linearity.score import symmetric_gram
 
-    x = hidden_like(1000, 1000)  # three block rows of the product
+    x = hidden_like(1000, 1000)  # four block rows of the product
     g = symmetric_gram(x)
     assert torch.equal(g, g.T)
     assert (g - x.T @ x).abs().max() < 1e-12 * g.diagonal().max()

@@ -46,7 +46,7 @@ _EPS = torch.finfo(torch.float64).eps
 _PIVOT_TOL = math.sqrt(_EPS)  # below this Cholesky pivot the fast path hands over to the R-SVD
 _RSS_TOL = 1e-10  # the Gram formula's estimated error may use this fraction of the smaller score denominator
 _SAFETY = 10.0  # on the error estimate; measured errors (tests, bench) stay below half of the estimate without it
-_GRAM_BLOCK = 384  # columns per block row of the symmetric product; narrower GEMMs fall off BLAS speed on a CPU
+_GRAM_BLOCK = 192  # narrowest block row of the symmetric product: below it the GEMMs fall off BLAS speed on a CPU
 
 
 @dataclass
@@ -89,9 +89,10 @@ def _centre_into(t: torch.Tensor, out: torch.Tensor | None) -> tuple[torch.Tenso
 
 def symmetric_gram(x: torch.Tensor) -> torch.Tensor:
     """x^T x from the products of its upper block triangle, mirrored (torch has no syrk): with b block rows,
-    (1 + 1/b) / 2 of a full product's flops (b = 2 at d = 768, 11 at d = 4096)."""
+    (1 + 1/b) / 2 of a full product's flops. b is a power of two (MKL ran uneven widths up to 1.5x slower):
+    4 at d = 768 (measured: 0.66-0.70 of a full product's time), 8 at 2048, 16 at 4096."""
     d = x.shape[1]
-    blocks = max(1, round(d / _GRAM_BLOCK))
+    blocks = 1 << max(0, int(math.log2(d / _GRAM_BLOCK)))
     if blocks == 1:
         return x.T @ x
     edges = [round(d * i / blocks) for i in range(blocks + 1)]
@@ -170,7 +171,8 @@ def _solve(design: _Design, t: torch.Tensor, cross: torch.Tensor, t_energy: floa
     if design.chol is None:
         return _solve_rsvd(design, t, n)
     bs = (cross if design.keep is None else cross[design.keep]) * design.inv[:, None]
-    w = torch.linalg.solve_triangular(design.chol, bs, upper=False)
+    # W = L^{-1} B_s, solved as W^T L^T = B_s^T: the right-hand side is then already column-major (no copy)
+    w = torch.linalg.solve_triangular(design.chol.mT, bs.mT, upper=True, left=False).mT
     a = torch.linalg.solve_triangular(design.chol.mT, w, upper=True)
     est = gram_error_estimate(a, t_col_sq, n)
     order = torch.argsort(est)
