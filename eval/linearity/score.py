@@ -76,15 +76,17 @@ def _on_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.detach().to(device)
 
 
-def _centre_into(t: torch.Tensor, out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(t - mean, mean, row norms of t) in float64, written into ``out`` (a reused buffer: warm memory spares
-    the page faults of a fresh n x d array) or a new array; ``t`` itself is left alone. The upcast is a copy of
-    its own: torch's mixed-dtype kernels (a float32 tensor minus a float64 one) run ~6x slower on a CPU."""
+def _centre_into(t: torch.Tensor, out: torch.Tensor | None,
+                 rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(t - mean, mean, row norms of t if ``rows``) in float64, written into ``out`` (a reused buffer: warm memory
+    spares the page faults of a fresh n x d array) or a new array; ``t`` itself is left alone. The upcast is a
+    copy of its own: torch's mixed-dtype kernels (a float32 tensor minus a float64 one) run ~6x slower on a CPU."""
     if out is None:
         out = torch.empty(t.shape, dtype=torch.float64, device=t.device)
     out.copy_(t)
-    mean, rows = out.mean(dim=0), torch.linalg.vector_norm(out, dim=1)
-    return out.sub_(mean), mean, rows
+    mean = out.mean(dim=0)
+    norms = torch.linalg.vector_norm(out, dim=1) if rows else None
+    return out.sub_(mean), mean, norms
 
 
 def symmetric_gram(x: torch.Tensor) -> torch.Tensor:
@@ -222,7 +224,7 @@ def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: tor
     """The pair (X, Y) with X prepared as ``design``. y_raw: the state Y on the device in its own dtype; y_buf: a
     float64 buffer for Y_c (or None); z: an n x d float64 buffer. Returns the stats, Y_c, its column means and,
     with ``gram_y``, Y_c^T Y_c: the pieces of the next pair, whose X is this Y."""
-    y, mean_y, y_norm = _centre_into(y_raw, y_buf)
+    y, mean_y, y_norm = _centre_into(y_raw, y_buf, rows=True)
     torch.sub(y, design.xc, out=z)  # Z = Y_c - X_c
     # Norm ratio of the raw states: y_i - x_i = z_i + delta with delta = mean_y - mean_x, so its squared norm is
     # ||z_i||^2 + 2 z_i.delta + ||delta||^2, from two passes over Z instead of a raw difference of its own. Rows
