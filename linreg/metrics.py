@@ -8,14 +8,15 @@ import json
 import math
 from pathlib import Path
 
-from core.config import yaml_load
 from core.errors import ConfigError
 from core.io import read_jsonl
 from core.rundir import RunDir
 
 
 class MetricsLogger:
-    def __init__(self, run: RunDir, tensorboard: bool = True, purge_step: int | None = None):
+    def __init__(self, run: RunDir, tensorboard: bool = True, purge_step: int | None = None,
+                 wandb: dict | None = None, config: dict | None = None):
+        """``wandb``: the ``logging.wandb`` section (None: no W&B); ``config``: the resolved config it records."""
         self.path = run.metrics
         self._file = self.path.open("a", encoding="utf-8")
         self.tb = None
@@ -24,7 +25,7 @@ class MetricsLogger:
 
             # purge_step drops events a preempted run logged after its last checkpoint.
             self.tb = SummaryWriter(str(run.tb), purge_step=purge_step)
-        self.wandb = start_wandb(run)
+        self.wandb = start_wandb(run, wandb, config)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not scalars:
@@ -52,12 +53,9 @@ class MetricsLogger:
             self.wandb.finish()
 
 
-def start_wandb(run: RunDir):
-    """The W&B run of this run dir, or None when its config.yaml does not set ``logging.wandb``. The config is
-    read from the run dir (written before any logger starts: it is what the run was started or resumed with).
-    The W&B run id is derived from the run dir's path, so a resumed run continues its W&B run."""
-    config = yaml_load(run.config.read_text()) if run.config.is_file() else None
-    spec = ((config or {}).get("logging") or {}).get("wandb")
+def start_wandb(run: RunDir, spec: dict | None, config: dict | None = None):
+    """The W&B run of this run dir for the ``logging.wandb`` section ``spec``, or None when it is unset or
+    disabled. The W&B run id is derived from the run dir's path, so a resumed run continues its W&B run."""
     if not spec or spec.get("mode") == "disabled":
         return None
     try:

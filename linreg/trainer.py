@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +59,9 @@ class Trainer:
                  deepspeed_config: str | None = None, log: bool = True, model: torch.nn.Module | None = None,
                  tokenizer=None, stream=None):
         """Build the run: DeepSpeed config (checked first: cheap), run dir, tokenizer, data, model, engine, meter,
-        checkpointer, evaluators, logger; then restore ``resume`` ('auto' = the run dir's latest checkpoint, fresh
-        if none; or a path). ``log=False`` builds no evaluators, logger or progress bar (benchmarks).
+        checkpointer, evaluators, logger; then restore ``resume`` ('auto' = the run dir's newest complete
+        checkpoint, fresh if it has none; or a path). ``log=False`` builds no evaluators, logger or progress bar
+        (benchmarks).
 
         Workflows that train something else than a fresh ``cfg.model`` language model (distilling a pruned model,
         fine-tuning a classifier) pass ``model`` (only its parameters with ``requires_grad`` are trained),
@@ -83,8 +85,7 @@ class Trainer:
         self.meter = StepMeter(every=cfg.logging.every, max_steps=cfg.train.max_steps,
                                micro_steps=cfg.train.grad_accum_steps, world=self.world,
                                tokens_per_step=self.tokens_per_step, flops_per_token=self.flops_per_token,
-                               peak_tflops=eng.peak_tflops(cfg.logging.peak_tflops), device=self.device,
-                               on_nonfinite=" (no checkpoint yet: lower optim.lr and start again)")
+                               peak_tflops=eng.peak_tflops(cfg.logging.peak_tflops), device=self.device)
         self.checkpointer = Checkpointer(self.engine, run, cfg.checkpoint.every, cfg.checkpoint.keep_last,
                                          self._checkpoint_meta(), extra={"config": cfg.to_dict()})
         for name, obj in (("train", self.state), ("meter", self.meter), ("data", self.stream)):
@@ -92,6 +93,8 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._saved_steps: list[tuple[int, Path]] = []  # checkpoints of this run, oldest first
         self._finite_through = 0  # the last step whose loss is known to be finite
+        self._name_last_good()
+        self.last_row: dict[str, float] = {}  # the latest training row (the summary line reports its loss)
         if resume_from is not None:
             self._resume(resume_from)
         # A run resumed from its final checkpoint has nothing to do; anything else has now started successfully,
@@ -111,7 +114,7 @@ class Trainer:
 
     # -- construction ------------------------------------------------------------------------------------------
     def _prepare_run_dir(self, resume: str | None, overwrite: bool) -> Path | None:
-        """Create/validate the run dir on rank 0; return the checkpoint to resume from (verified complete)."""
+        """Check the run dir on rank 0 (``RunDir.prepare``); return the checkpoint to resume from (verified)."""
         resume_from = self.run.resumable_checkpoint() if resume == "auto" else (
             find_checkpoint(resume) if resume is not None else None)
         if self.is_main:
@@ -213,7 +216,9 @@ class Trainer:
 
         cfg = self.cfg
         if self.is_main:
-            self.logger = MetricsLogger(self.run, cfg.logging.tensorboard, purge_step=self.state.step + 1)
+            wandb = dataclasses.asdict(cfg.logging.wandb) if cfg.logging.wandb is not None else None
+            self.logger = MetricsLogger(self.run, cfg.logging.tensorboard, purge_step=self.state.step + 1,
+                                        wandb=wandb, config=cfg.to_dict())
         from core.precision import autocast_dtype
 
         ctx = EvalContext(run_dir=self.run, tokenizer=self.tokenizer, device=self.device,
@@ -366,10 +371,7 @@ class Trainer:
 
     def fit(self) -> int:
         """Train to ``train.max_steps`` (or until preempted), then ``finish()``. Returns the exit code (0)."""
-        import time
-
         self._t_start, self._step_at_start = time.perf_counter(), self.state.step
-        self.last_row: dict[str, float] = {}
         try:
             if self.finished:
                 return self._already_finished()
@@ -399,8 +401,6 @@ class Trainer:
 
     def finish(self) -> Path:
         """Final evaluations, the final checkpoint, the HF export and the summary line; returns the checkpoint."""
-        import time
-
         from model.export import export_checkpoint
 
         step = self.state.step

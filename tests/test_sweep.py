@@ -173,10 +173,9 @@ def test_wandb_enabled_but_not_installed_is_a_config_error(tmp_path, monkeypatch
                                           r"install wandb$"):
         load_config(TINY, ["logging.wandb.mode=offline"])
     load_config(TINY, ["logging.wandb.mode=disabled"])  # disabled: no package needed
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"logging": {"wandb": {"mode": "offline"}}}))
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
     with pytest.raises(ConfigError, match="pip install wandb"):
-        start_wandb(RunDir(tmp_path))
+        start_wandb(RunDir(tmp_path), {"mode": "offline"})
 
 
 # -- compare ----------------------------------------------------------------------------------------------------------
