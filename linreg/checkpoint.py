@@ -29,6 +29,7 @@ from core import dist
 from core.errors import CheckpointError
 from core.io import fsync_file, write_atomic
 from core.rundir import LATEST, RunDir, tag_for, verify_checkpoint, write_manifest
+from linreg import universal
 
 
 class Stateful(Protocol):
@@ -136,12 +137,11 @@ class Checkpointer:
         except (OSError, ValueError):
             raise CheckpointError(f"{path} is not readable JSON") from None
         stage = self.engine.zero_optimization_stage()
-        if stage > 0 and saved.get("world_size", dist.world_size()) != dist.world_size():
+        if universal.needs_universal(tag_dir, stage, dist.world_size()) and not self.engine.load_universal_checkpoint():
             raise CheckpointError(
                 f"checkpoint {tag_dir} was written by {saved['world_size']} ranks with ZeRO-{stage}, this run has "
                 f"{dist.world_size()}: ZeRO partitions the optimizer state by rank. Resume with "
-                f"{saved['world_size']} ranks, or convert it with DeepSpeed's ds_to_universal and load it as a "
-                f"universal checkpoint (deepspeed.checkpoint.load_universal=true)")
+                f"{saved['world_size']} ranks, or convert it first: python -m linreg.universal {tag_dir}")
         for key, now in self.meta.items():
             if key in saved and saved[key] != now:
                 raise CheckpointError(f"checkpoint {tag_dir} does not match this run: {key} was {saved[key]!r}, "
@@ -150,8 +150,12 @@ class Checkpointer:
     def load(self, tag_dir: Path) -> dict[str, Any]:
         """Restore model, optimizer, scheduler, this rank's RNG and every registered component."""
         self.check_compatible(tag_dir)
+        # A universal copy (linreg.universal) sits inside its checkpoint; meta.json, RNG files and the manifest
+        # checked above are the checkpoint's own.
+        load_dir, tag = ((tag_dir, universal.UNIVERSAL) if self.engine.load_universal_checkpoint()
+                         else (tag_dir.parent, tag_dir.name))
         try:
-            load_path, client = self.engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+            load_path, client = self.engine.load_checkpoint(str(load_dir), tag=tag)
         except (RuntimeError, EOFError, OSError, KeyError) as e:  # torch.load of a damaged file
             raise CheckpointError(f"checkpoint {tag_dir} could not be loaded: {type(e).__name__}: "
                                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None

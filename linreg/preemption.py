@@ -14,24 +14,36 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 
 import torch
 
 from core import dist
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# DeepSpeed's launch.py, once it receives SIGTERM/SIGINT itself, terminates each rank and SIGKILLs what is still alive
+# 30 s later (launcher/launch.py, terminate_process_tree): a preemption save must fit in that.
+LAUNCH_KILL_S = 30.0
 
 
-def _deepspeed_runner():
-    """The ``deepspeed`` command's process above this rank (psutil.Process), or None when not launched by it."""
+def _launch_parent():
+    """DeepSpeed's per-node ``launch.py`` process that started this rank (psutil.Process), or None."""
     try:
         import psutil
 
         parent = psutil.Process().parent()
         if parent is None or "deepspeed.launcher.launch" not in " ".join(parent.cmdline()):
             return None
-        return parent.parent()
+        return parent
     except Exception:  # no psutil, no /proc, a vanished parent: nothing to watch
+        return None
+
+
+def _parent_of(process):
+    """The ``deepspeed`` command above launch.py, to watch (None when there is none to watch)."""
+    try:
+        return None if process is None else process.parent()
+    except Exception:
         return None
 
 
@@ -40,8 +52,22 @@ class Preemption:
         self.device = device
         self.requested: str | None = None
         self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
-        self._runner = _deepspeed_runner()
+        launch = _launch_parent()
+        self.under_launch = launch is not None
+        self._runner = _parent_of(launch)
         self._next_check = 0.0
+        self._warned_slow_save = False
+
+    def check_save_time(self, seconds: float) -> None:
+        """Warn once when a checkpoint save takes close to launch.py's kill timeout: a signal that reaches launch.py
+        (Ctrl-C, a signal to the process group, scancel) would then SIGKILL the ranks before their stop save ends."""
+        if (self.under_launch and not self._warned_slow_save and seconds > LAUNCH_KILL_S * 2 / 3
+                and dist.rank() == 0):
+            self._warned_slow_save = True
+            warnings.warn(f"a checkpoint save took {seconds:.0f} s; DeepSpeed's launch.py SIGKILLs the ranks "
+                          f"{LAUNCH_KILL_S:.0f} s after a signal reaches it. To preempt safely, signal the ranks "
+                          f"or the `deepspeed` command alone (not the process group), or start the ranks with srun "
+                          f"(README, Fault tolerance)", stacklevel=2)
 
     def _handle(self, signum, frame) -> None:
         self.requested = signal.Signals(signum).name

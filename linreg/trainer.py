@@ -23,6 +23,7 @@ from core import dist
 from core.errors import NonFiniteLossError
 from core.rundir import RunDir, find_checkpoint
 from linreg import engine as eng
+from linreg import universal
 from linreg.checkpoint import Checkpointer, failpoint
 from linreg.meter import StepMeter
 from linreg.preemption import Preemption
@@ -75,6 +76,8 @@ class Trainer:
         self.is_main = self.rank == 0
         existed = run.path.exists()
         resume_from = self._prepare_run_dir(resume, overwrite)
+        if resume_from is not None:  # another world size under ZeRO 1-3: load its universal copy, if converted
+            self.ds_cfg = universal.ds_config_for_resume(self.ds_cfg, resume_from, self.world)
         self.state = TrainState()
         try:
             self._build_components(model, tokenizer, stream)
@@ -333,8 +336,10 @@ class Trainer:
         if not self.weights_finite():
             raise NonFiniteLossError(f"non-finite weights after the update of step {step}"
                                      f"{self.meter.on_nonfinite}")
+        started = time.perf_counter()
         with self.meter.pause():
             tag_dir = self.checkpointer.save(step)
+        self.preemption.check_save_time(time.perf_counter() - started)
         self._saved(tag_dir)
         return tag_dir
 

@@ -25,7 +25,8 @@ from core.cli import command
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "tiny.yaml"
 MODULES = {"train": "train", "eval": "eval.__main__", "linearity": "eval.linearity.__main__",
-           "export": "model.export", "prune": "prune.__main__", "series": "analysis.series", "sweep": "sweep.__main__"}
+           "export": "model.export", "prune": "prune.__main__", "series": "analysis.series", "sweep": "sweep.__main__",
+           "universal": "linreg.universal"}
 STORY = "Once upon a time, a little fox found a red ball in the tall grass. " * 12  # ~800 characters
 
 
@@ -86,6 +87,11 @@ def prep_damaged(tmp: Path, run: Path) -> None:
     _reseal(tag)
 
 
+def prep_truncated(tmp: Path, run: Path) -> None:
+    tag = _tag(_copy_run(tmp, run))  # not resealed: the manifest finds it
+    (tag / "mp_rank_00_model_states.pt").write_bytes(b"\x80\x02 truncated")
+
+
 def prep_empty_config(tmp: Path, run: Path) -> None:
     (_copy_run(tmp, run) / "config.yaml").write_text("")
 
@@ -95,7 +101,7 @@ def prep_no_latest(tmp: Path, run: Path) -> None:
     shutil.copy(run / "config.yaml", tmp / "run" / "config.yaml")
 
 
-PREPS = {f.__name__: f for f in (prep_hostile, prep_damaged, prep_empty_config, prep_no_latest)}
+PREPS = {f.__name__: f for f in (prep_hostile, prep_damaged, prep_truncated, prep_empty_config, prep_no_latest)}
 
 BAD_JSONL = '{"text": "a story"}\n{"text": \n'
 EV = ["--out", "{tmp}/out", "--tasks", "tinystories"]
@@ -212,6 +218,11 @@ CASES: dict[str, Case] = {
     "series-nothing-given": Case("series", ["--out", "{tmp}/out"], ["no series"]),
     "sweep-file-missing": Case("sweep", ["{tmp}/nope.yaml"], ["{tmp}/nope.yaml"]),
     "sweep-file-empty": Case("sweep", ["{tmp}/s.yaml"], ["s.yaml", "empty"], {"s.yaml": ""}),
+    "universal-missing": Case("universal", ["{tmp}/gone"], ["{tmp}/gone"]),
+    "universal-no-checkpoint": Case("universal", ["{tmp}/run"], ["{tmp}/run"], prep="prep_no_latest"),
+    "universal-zero0": Case("universal", ["{run}"], ["{run}/checkpoints/step_", "ZeRO-0", "nothing to convert"]),
+    "universal-damaged-file": Case("universal", ["{tmp}/run"], ["mp_rank_00_model_states.pt"],
+                                   prep="prep_truncated"),
 }
 
 

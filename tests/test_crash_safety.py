@@ -3,12 +3,14 @@ a requeued finished run, a failed resume, and a diverged run resumed from the ch
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.errors import CheckpointError, NonFiniteLossError
 from core.rundir import RunDir, find_checkpoint, step_of
@@ -85,6 +87,16 @@ def test_damaged_checkpoints_fall_back_or_refuse(tmp_path, cache_dir):
     with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt has 100 bytes"):
         find_checkpoint(run.checkpoint(10))  # an explicit --resume PATH is never silently replaced
 
+    # The whole resume falls back too: a copy of the run resumes from step 5 and retrains 6-10 exactly as before.
+    fell_back = RunDir(tmp_path / "fell_back")
+    shutil.copytree(run.path, fell_back.path)
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
+        trainer = Trainer(cfg(cache_dir, "train.max_steps=10", "checkpoint.every=5", "checkpoint.export_at_end=false"),
+                          fell_back, resume="auto")
+    assert trainer.state.step == 5 and trainer.fit() == 0
+    assert train_losses(fell_back) == train_losses(run)  # each step once, bit-exact
+    assert fell_back.resumable_checkpoint() == fell_back.checkpoint(10)  # the damaged step_10 was replaced
+
     (run.checkpoint(5) / "rng_rank0.pt").unlink()
     with pytest.raises(CheckpointError, match="no usable checkpoint .*has 100 bytes.*and 1 older ones damaged"):
         run.resumable_checkpoint()
@@ -157,9 +169,10 @@ def _wait_group_gone(pgid: int, timeout: float = 120) -> None:
     raise AssertionError("ranks still running after the stop")
 
 
-@pytest.mark.parametrize("target", ["launcher", "one rank"])
+@pytest.mark.parametrize("target", ["launcher", "one rank", "process group"])
 def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint(tmp_path, cache_dir, target):
-    """SIGTERM to the `deepspeed` command (which forwards nothing on one node) or to rank 1 alone: both ranks
+    """SIGTERM to the `deepspeed` command (which forwards nothing on one node), to rank 1 alone, or to the whole
+    process group (Ctrl-C, scancel: launch.py then also terminates rank 0 and SIGKILLs it 30 s later): both ranks
     stop after the same step and save one complete checkpoint; nothing hangs."""
     import psutil
 
@@ -168,6 +181,8 @@ def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint(tmp_path, cach
     _wait_for_rows(proc, run, 3)
     if target == "launcher":
         proc.send_signal(signal.SIGTERM)
+    elif target == "process group":
+        os.killpg(proc.pid, signal.SIGTERM)
     else:
         ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
         rank1 = next(p for p in ranks if "--local_rank=1" in " ".join(p.cmdline()))
@@ -182,17 +197,57 @@ def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint(tmp_path, cach
         assert proc.returncode == 0  # both ranks exited 0, so the launcher did too
 
 
-def test_zero1_resume_on_another_world_size_is_refused_in_one_line(tmp_path, cache_dir):
+def test_zero1_resume_on_another_world_size_is_refused_then_resumes_from_its_universal_copy(tmp_path, cache_dir):
+    """ZeRO-1 partitions the optimizer state by rank: 1 -> 2 ranks is refused in one line naming the converter;
+    after `python -m linreg.universal` the same resume continues the run as one process would have."""
+    over = ["train.zero_stage=1", "checkpoint.every=0", "checkpoint.export_at_end=false"]
+    reference = RunDir(tmp_path / "one_rank")
+    assert Trainer(cfg(cache_dir, *over, "train.max_steps=6"), reference).fit() == 0
     run = RunDir(tmp_path / "z1")
-    over = ["train.zero_stage=1", "train.max_steps=3"]
-    res = train(run.path, cache_dir, *over, "train.micro_batch_size=4", "checkpoint.every=0",
-                "checkpoint.export_at_end=false")
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert Trainer(cfg(cache_dir, *over, "train.max_steps=3"), run).fit() == 0
     launcher = Path(sys.executable).parent / "deepspeed"
     cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(29100 + os.getpid() % 300), str(REPO / "train.py"),
            "--run-dir", str(run.path), "--resume", "auto", "train.max_steps=6", "train.micro_batch_size=2"]
+    before = snapshot(run.path)
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0
     errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error: ")]
     assert errors and "written by 1 ranks with ZeRO-1, this run has 2" in errors[0], res.stderr[-2000:]
+    assert f"convert it first: python -m linreg.universal {run.checkpoint(3)}" in errors[0]
+    assert snapshot(run.path) == before
+
+    from linreg.universal import main as universal_main
+
+    assert universal_main([str(run.path)]) == 0
+    assert (run.checkpoint(3) / "universal" / "manifest.json").is_file()
+    assert {k: v for k, v in snapshot(run.path).items() if "/universal/" not in k} == before  # nothing else touched
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert f"resumed from {run.checkpoint(3)} at step 3" in res.stdout
+    resumed, uninterrupted = dict(train_losses(run)), dict(train_losses(reference))
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(4, 7):  # two ranks with micro 2 see what one rank with micro 4 sees
+        assert resumed[step] == pytest.approx(uninterrupted[step], abs=1e-4), step
     assert "Traceback" not in res.stdout + res.stderr
+
+
+def test_a_save_near_the_launchers_kill_timeout_warns_once():
+    """Under DeepSpeed's launch.py a stop save must end within its 30 s kill timeout: a slow save says so, once."""
+    import warnings
+
+    from linreg.preemption import LAUNCH_KILL_S, Preemption
+
+    stop = Preemption(torch.device("cpu"))
+    try:
+        assert not stop.under_launch  # pytest is not started by launch.py
+        stop.under_launch = True  # as in a rank launch.py started
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            stop.check_save_time(LAUNCH_KILL_S / 2)  # well inside the timeout: silent
+        with pytest.warns(UserWarning, match="a checkpoint save took 25 s; DeepSpeed's launch.py SIGKILLs"):
+            stop.check_save_time(25.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            stop.check_save_time(28.0)  # once per run
+    finally:
+        stop.restore()
