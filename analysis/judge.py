@@ -65,7 +65,8 @@ def _valid(grades: dict) -> dict[str, int] | None:
         v = grades.get(c)
         if isinstance(v, str) and v.strip().isdigit():
             v = int(v.strip())
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or not 1 <= v <= 10:
+        # NaN and Infinity parse as JSON floats; the range test comes first so int() never sees them
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= 10 or v != int(v):
             return None
         out[c] = int(v)
     return out

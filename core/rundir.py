@@ -122,8 +122,9 @@ class RunDir:
             elif self.started() or self.checkpoint_dirs() or self.metrics.is_file():
                 raise ConfigError(f"run dir {self.path} exists: use --resume auto to continue it, --overwrite to "
                                   f"replace it, or --run-dir for a new one")
-        # Nothing is created here: the first file (the tokenizer) is written only once the data has been read, so
-        # a start that fails on bad data leaves the disk as it was.
+        # Nothing is created here. The Trainer removes the run dir again when a fresh start fails before it was
+        # created (the tokenizer is its first file); in a dir that existed before, a failed start may leave a
+        # tokenizer/, which the re-run reuses.
 
     def trim_logs(self, step: int) -> None:
         """Before a resume from ``step``: drop the log rows of later steps, which the resumed run logs again."""

@@ -137,7 +137,8 @@ class Checkpointer:
         except (OSError, ValueError):
             raise CheckpointError(f"{path} is not readable JSON") from None
         stage = self.engine.zero_optimization_stage()
-        if universal.needs_universal(tag_dir, stage, dist.world_size()) and not self.engine.load_universal_checkpoint():
+        if (universal.needs_universal(saved.get("world_size"), stage, dist.world_size())
+                and not self.engine.load_universal_checkpoint()):
             raise CheckpointError(
                 f"checkpoint {tag_dir} was written by {saved['world_size']} ranks with ZeRO-{stage}, this run has "
                 f"{dist.world_size()}: ZeRO partitions the optimizer state by rank. Resume with "

@@ -30,12 +30,12 @@ def peak_memory_gb(device: torch.device) -> float:
 
 class StepMeter:
     def __init__(self, *, every: int, max_steps: int, micro_steps: int, world: int, tokens_per_step: int,
-                 flops_per_token: float, peak_tflops: float | None, device: torch.device, on_nonfinite: str = ""):
+                 flops_per_token: float, peak_tflops: float | None, device: torch.device):
         self.every, self.max_steps = every, max_steps
         self.micro_steps, self.world = micro_steps, world
         self.tokens_per_step, self.flops_per_token, self.peak_tflops = tokens_per_step, flops_per_token, peak_tflops
         self.device = device
-        self.on_nonfinite = on_nonfinite  # appended to the non-finite error (where the last good checkpoint is)
+        self.on_nonfinite = ""  # appended to the non-finite error; the Trainer names the last good checkpoint there
         self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [ce, reg] over the window's micro-steps
         self.steps = 0  # optimizer steps in the window
         self._t0 = time.perf_counter()

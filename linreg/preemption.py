@@ -39,10 +39,12 @@ def _launch_parent():
         return None
 
 
-def _parent_of(process):
-    """The ``deepspeed`` command above launch.py, to watch (None when there is none to watch)."""
+def _deepspeed_runner(launch):
+    """The ``deepspeed`` command above launch.py, to watch; None for any other parent (a pdsh remote shell, a
+    script that started launch.py itself), whose exit says nothing about the job."""
     try:
-        return None if process is None else process.parent()
+        runner = None if launch is None else launch.parent()
+        return runner if runner is not None and "deepspeed" in " ".join(runner.cmdline()) else None
     except Exception:
         return None
 
@@ -54,7 +56,7 @@ class Preemption:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
         launch = _launch_parent()
         self.under_launch = launch is not None
-        self._runner = _parent_of(launch)
+        self._runner = _deepspeed_runner(launch)
         self._next_check = 0.0
         self._warned_slow_save = False
 

@@ -313,7 +313,8 @@ class Trainer:
         # The last good checkpoint is not simply the newest: the weights saved after step s produce the loss of
         # step s + 1, so s is good only once that loss was seen finite. Resuming from it (with a lower lr)
         # starts from weights that are known to give a finite loss.
-        good = [path for step, path in self._saved_steps if step < self._finite_through]
+        # Only checkpoints still on disk: keep_last may already have pruned an older good one.
+        good = [path for step, path in self._saved_steps if step < self._finite_through and path.is_dir()]
         self.meter.on_nonfinite = (f" (last good checkpoint: {good[-1]}; resume from it with a lower optim.lr)"
                                    if good else " (no good checkpoint yet: lower optim.lr and start again)")
 

@@ -42,17 +42,17 @@ def converted(tag_dir: Path) -> Path | None:
     return out if verify_checkpoint(out) is None else None
 
 
-def needs_universal(tag_dir: Path, zero_stage: int, world_size: int) -> bool:
-    """Resuming this checkpoint on ``world_size`` ranks needs its universal copy (ZeRO 1-3, another world size)."""
-    saved = saved_world_size(tag_dir)
-    return zero_stage > 0 and saved is not None and saved != world_size
+def needs_universal(saved_world: int | None, zero_stage: int, world_size: int) -> bool:
+    """Resuming a checkpoint written by ``saved_world`` ranks on ``world_size`` ranks needs its universal copy
+    (ZeRO 1-3 partition the optimizer state by rank)."""
+    return zero_stage > 0 and saved_world is not None and saved_world != world_size
 
 
 def ds_config_for_resume(ds_cfg: dict, tag_dir: Path, world_size: int) -> dict:
     """``ds_cfg`` with DeepSpeed's ``checkpoint.load_universal`` on when the resume needs the universal copy and it
     exists (for this launch only: config.yaml keeps what the user wrote, so later resumes load ordinary tags)."""
     stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)
-    if not (needs_universal(tag_dir, stage, world_size) and converted(tag_dir)):
+    if not (needs_universal(saved_world_size(tag_dir), stage, world_size) and converted(tag_dir)):
         return ds_cfg
     return {**ds_cfg, "checkpoint": {**ds_cfg.get("checkpoint", {}), "load_universal": True}}
 

@@ -103,18 +103,24 @@ def build_from_run(run: RunDir):
     return build_model(model_cfg, tokenizer), tokenizer
 
 
-def model_from_checkpoint(tag_dir: Path):
-    """(model, tokenizer) rebuilt from the run config with the checkpoint's weights."""
-    model, tokenizer = build_from_run(RunDir.of_checkpoint(tag_dir))
+def load_checkpoint_into(model, tag_dir: Path, what: str = "its run config") -> None:
+    """The checkpoint's weights into ``model`` (tied embeddings: lm_head is the embedding, not loaded twice); a
+    CheckpointError when they do not fit."""
     state = checkpoint_state_dict(tag_dir)
-    tied = model.config.tie_word_embeddings
+    tied = getattr(model.config, "tie_word_embeddings", False)
     if tied:
         state.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (tied and k == "lm_head.weight")]
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {tag_dir} does not match its run config: missing {missing[:3]}, "
+        raise CheckpointError(f"checkpoint {tag_dir} does not match {what}: missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}")
+
+
+def model_from_checkpoint(tag_dir: Path):
+    """(model, tokenizer) rebuilt from the run config with the checkpoint's weights."""
+    model, tokenizer = build_from_run(RunDir.of_checkpoint(tag_dir))
+    load_checkpoint_into(model, tag_dir)
     return model, tokenizer
 
 

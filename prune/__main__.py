@@ -130,7 +130,7 @@ def main(argv=None) -> int:
                             stride=args.stride, wikitext_max_tokens=args.wikitext_max_tokens,
                             max_length=min(max_length, 2048), device=args.device, dtype=args.dtype,
                             batch_tokens=args.batch_tokens)
-    probe = Probe(states.make_probe(text, tokenizer, probe_cfg, model), args.batch_size, evaluation.device, pad)
+    probe = Probe(states.make_probe(text, tokenizer, probe_cfg, model, source), args.batch_size, evaluation.device, pad)
     distill_cfg = None
     if any(m.endswith("+distill") for m in study.methods):
         distill_cfg = distill_config(args.distill_config, distill_overrides(args, out), max_length)

@@ -36,8 +36,9 @@ from core.rundir import RunDir
 from linreg.config import Config, load_config
 from linreg.trainer import Trainer
 from model.capture import ResidualStream
-from model.export import checkpoint_state_dict
+from model.export import load_checkpoint_into
 from model.linear_block import LinearBlock
+from prune.errors import PruneError
 from prune.plan import Pruned
 
 # The distillation run's defaults; a --distill-config YAML and dotted --distill-set overrides go on top.
@@ -65,6 +66,9 @@ def distill_config(path: str | None, overrides: list[str], max_positions: int | 
     if path is not None:
         tree = deep_merge(tree, load_yaml_tree(path))
     cfg = load_config(None, overrides, tree=tree)
+    if cfg.regularizer.name != "none":  # the distillation loss replaces the LM loss; a regularizer would be ignored
+        raise PruneError(f"regularizer.name={cfg.regularizer.name!r} in the distillation config: distillation "
+                         f"trains on the layer-wise MSE to the teacher only; leave regularizer.name=none")
     if max_positions is not None and cfg.data.seq_len > max_positions:
         cfg.data.seq_len = max_positions
     cfg.model.max_seq_len = cfg.data.seq_len
@@ -180,17 +184,10 @@ def distill(pruned: Pruned, method: str, teacher: torch.nn.Module, tokenizer, cf
                              resume="auto" if resume else None, overwrite=not resume)
     trainer.fit()
     tag_dir = trainer.run.latest_checkpoint()
-    info["final_train_loss"] = getattr(trainer, "last_row", {}).get("train/loss")
+    info["final_train_loss"] = trainer.last_row.get("train/loss")
     del trainer
-    state = checkpoint_state_dict(tag_dir)
     model = student.model
-    if getattr(model.config, "tie_word_embeddings", False):
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise RuntimeError(f"distilled checkpoint {tag_dir} does not fit the student: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
+    load_checkpoint_into(model, tag_dir, what="the student")
     model.float().requires_grad_(False).eval()
     info["wall_s"] = round(time.perf_counter() - t0, 1)
     if heldout is not None:

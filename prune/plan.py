@@ -183,20 +183,21 @@ def build(selector: Selector, model: nn.Module, probe: Probe, method: str, k_max
     """Yield (k, pruned model, selection record so far) for k = 1..k_max; each model is the next's start when the
     plan is nested (always, except one-shot ``angular``), otherwise rebuilt from the original."""
     selector.check_k(method, k_max)
-    original = Pruned.of(model, method)
+    # One working copy at a time: ``model`` itself is never changed, so a restart copies it again (a second
+    # standing copy of a 7B model would be 28 GB in fp32).
+    current = Pruned.of(model, method)
     if not iterative:
-        plan, record = one_shot_plan(selector, original, probe, method, k_max)
-        current = original.clone()
+        plan, record = one_shot_plan(selector, current, probe, method, k_max)
         for k in range(1, k_max + 1):
             if current.changed != plan[k][: len(current.changed)]:
-                current = original.clone()
+                current = Pruned.of(model, method)
             for b in plan[k][len(current.changed):]:
                 current.change(b, probe)
             if progress is not None:
                 progress.update(1)
             yield k, current, record
         return
-    current, order = original.clone(), []
+    order = []
     for k in range(1, k_max + 1):
         hs, _ = probe.collect(current.model)
         scores = selector.scores(current, hs, selector.eligible(method, current.changed))

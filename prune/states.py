@@ -31,8 +31,11 @@ def probe_text(path: str | None = None, root: str | None = None) -> tuple[str, s
     return read_probe_dataset("roneneldan/TinyStories", "validation"), "roneneldan/TinyStories:validation"
 
 
-def make_probe(text: str, tokenizer, cfg: ProbeConfig, model: nn.Module) -> list[list[int]]:
-    probe = build_probe(text, tokenizer, cfg, max_len=getattr(model.config, "max_position_embeddings", None))
+def make_probe(text: str, tokenizer, cfg: ProbeConfig, model: nn.Module, source: str = "") -> list[list[int]]:
+    try:
+        probe = build_probe(text, tokenizer, cfg, max_len=getattr(model.config, "max_position_embeddings", None))
+    except ValueError as e:  # fewer characters than one chunk
+        raise PruneError(f"{source or 'probe text'}: {e}") from None
     n, d = sum(len(p) for p in probe), model.config.hidden_size
     if n <= d + 1:
         raise PruneError(f"probe has {n} tokens for hidden size {d}: a linear fit or linearity score needs more "

@@ -3,7 +3,6 @@ baseline with their tests, TinyStories and linearity, and the notes a reviewer n
 from __future__ import annotations
 
 # Table 2 columns are fractions in the data and percent in the tables; the other columns are shown as they are.
-_DIGITS = {"val-loss": 4, "tinystories-loss": 4, "tinystories-bpb": 4, "linearity": 4, "linearity-wo-res": 4}
 
 
 def _num(x: float, scale: float, digits: int, sign: bool = False) -> str:
@@ -87,7 +86,7 @@ def render(result: dict) -> str:
               f"p < {result['alpha']}.", ""]
     lines += _table(result, bench, 100.0, lambda c: 1, "Benchmarks (Table 2 layout, %; mean = plain mean of the 11 "
                     "columns)")
-    lines += _table(result, scalars, 1.0, lambda c: _DIGITS.get(c, 4),
+    lines += _table(result, scalars, 1.0, lambda c: 4,
                     "TinyStories and linearity (final step; val-loss: the in-loop validation loss)")
     lines += ["### How to read this", "",
               f"- Tests: {', '.join(sorted(tests)) or 'none'}. Benchmark differences come from a paired bootstrap "

@@ -128,11 +128,7 @@ class Interrupt:
         """Run ``cmd`` with this process's stdout/stderr; its exit code."""
         self.child = subprocess.Popen(cmd)
         try:
-            while True:
-                try:
-                    return self.child.wait()
-                except InterruptedError:  # a signal arrived during wait: keep waiting for the child to stop
-                    continue
+            return self.child.wait()  # retried by Python across signals (PEP 475): the handler only forwards them
         finally:
             self.child = None
 
@@ -142,7 +138,6 @@ class Outcome:
     plan: RunPlan
     result: str  # skipped / trained / resumed / failed / stopped
     detail: str = ""
-    seconds: float = 0.0
 
 
 def run_sweep(spec: SweepSpec, plans: list[RunPlan], prefix: list[str], evaluate: bool) -> int:

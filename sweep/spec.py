@@ -82,10 +82,6 @@ class SweepSpec:
             check(self.baseline in self.variants, "baseline", self.baseline,
                   f"not a variant (variants: {', '.join(self.variants)})")
 
-    @property
-    def baseline_variant(self) -> str:
-        return self.baseline if self.baseline is not None else next(iter(self.variants))
-
 
 def _check_overrides(overrides: dict, where: str) -> None:
     for key in overrides:

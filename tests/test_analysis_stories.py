@@ -27,6 +27,8 @@ def test_parse_grades():
         "grammar": 7, "creativity": 6, "consistency": 8, "plot": 4}
     for bad in ('{"grammar": 8, "creativity": 6, "consistency": 7}', '{"grammar": 11, "creativity": 6, '
                 '"consistency": 7, "plot": 5}', '{"grammar": 7.5, "creativity": 6, "consistency": 7, "plot": 5}',
+                '{"grammar": NaN, "creativity": 6, "consistency": 7, "plot": 5}',  # JSON that int() cannot take
+                '{"grammar": Infinity, "creativity": 6, "consistency": 7, "plot": 5}',
                 "I liked it!", "", None):
         assert J.parse_grades(bad) is None, bad
 

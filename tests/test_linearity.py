@@ -207,7 +207,8 @@ def test_gram_error_estimate_bounds_the_gram_formula(case):
     x = {"hidden": hidden_like(n, d), "massive": randn(n, d) * torch.logspace(0, 4, d, dtype=torch.float64) + 7.0,
          "collinear4": collinear(n, d, 4), "collinear5": collinear(n, d, 5)}[case]
     xc = x - x.mean(0)
-    for t in (nonlinear_target(x), 0.1 * nonlinear_target(x)):  # Y, and Z = Y - X of a residual block
+    update = 0.1 * nonlinear_target(x)
+    for t in (x + update, update):  # Y = X + update of a residual block (mostly explained), and its Z = Y - X
         t = t - t.mean(0)
         design = _design(xc, symmetric_gram(xc))
         w = torch.linalg.solve_triangular(design.chol, (xc.T @ t) * design.inv[:, None], upper=False)

@@ -57,8 +57,11 @@ def test_wikitext_matches_hf_sliding_window_recipe(tiny_tokenizer, shared_data):
             break
     assert count == got["tokens"] == 699
     assert got["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-5)
-    text = "\n\n".join(r for r in (shared_data / "wikitext2" / "wiki.test.raw").read_text().splitlines() if r.strip())
-    assert text.startswith(" = Robert Boulter = \n\n Robert Boulter is")
+    # Words and bytes of the scored text, counted independently: the decoded token stream (byte-level BPE decodes
+    # losslessly), not the offsets the code cuts the text at.
+    scored_text = tiny_tokenizer.decode(data.ids.tolist(), skip_special_tokens=True)
+    assert scored_text.startswith(" = Robert Boulter = \n")
+    assert (data.words, data.bytes) == (len(scored_text.split()), len(scored_text.encode("utf-8")))
     assert got["word_ppl"] == pytest.approx(math.exp(got["nll"] / data.words))
     assert got["bpb"] == pytest.approx(got["nll"] / math.log(2) / data.bytes)
 

@@ -216,15 +216,6 @@ def _solve_rsvd(design: _Design, t: torch.Tensor, n: int) -> tuple[float, int, s
     return float(torch.linalg.vector_norm(resid)) ** 2, rank, "rsvd"
 
 
-def residual_sum_of_squares(xc: torch.Tensor, yc: torch.Tensor) -> tuple[float, int, str]:
-    """min_A ||xc A - yc||_F^2 for centred float64 matrices; returns (RSS, rank of xc, solver).
-
-    NaN (solver "nonfinite") when the inputs hold NaN/Inf: they reach the Gram diagonal or ||yc||^2."""
-    energy = float(torch.linalg.vector_norm(yc)) ** 2
-    col_sq = torch.linalg.vector_norm(yc, dim=0) ** 2
-    return _solve(_design(xc, symmetric_gram(xc)), yc, xc.T @ yc, energy, col_sq, _RSS_TOL * energy)
-
-
 def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: torch.Tensor | None, z: torch.Tensor,
           gram_y: bool) -> tuple[PairStats, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The pair (X, Y) with X prepared as ``design``. y_raw: the state Y on the device in its own dtype; y_buf: a
@@ -282,10 +273,12 @@ def linearity_score(x: torch.Tensor, y: torch.Tensor, device: torch.device | str
     check_sizes(*x.shape)
     device = device or x.device
     xc, yc = (_centre_into(_on_device(t, device), None)[0] for t in (x, y))
-    y_energy = float(torch.linalg.vector_norm(yc)) ** 2
+    col_sq = torch.linalg.vector_norm(yc, dim=0) ** 2
+    y_energy = float(col_sq.sum())  # NaN/Inf in y reach it (and x's reach the Gram diagonal): the score is NaN
     if y_energy == 0:
         return math.nan  # a constant Y has no variance to explain
-    return 1.0 - residual_sum_of_squares(xc, yc)[0] / y_energy
+    rss = _solve(_design(xc, symmetric_gram(xc)), yc, xc.T @ yc, y_energy, col_sq, _RSS_TOL * y_energy)[0]
+    return 1.0 - rss / y_energy
 
 
 def pair_stats(x: torch.Tensor, y: torch.Tensor, device: torch.device | str | None = None) -> PairStats:
