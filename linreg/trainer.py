@@ -4,9 +4,10 @@
     exit_code = trainer.fit()          # train_step() until max_steps or preemption, then finish()
 
 Everything goes through ``deepspeed.initialize`` (gloo on CPU, NCCL on GPU), one process or many. Each component
-owns its cadence and its state: the ``StepMeter`` decides when a training row is due and produces it (the only
-host sync of a step), the ``Checkpointer`` when a periodic checkpoint is due and how every stateful component is
-saved and restored, the ``Evaluators`` which evaluations are due, ``Preemption`` whether every rank agreed to stop.
+owns its cadence and its state: the ``StepMeter`` decides when a training row is due and produces it (a host sync
+on those steps only), the ``Checkpointer`` when a periodic checkpoint is due and how every stateful component is
+saved and restored, the ``Evaluators`` which evaluations are due, ``Preemption`` whether every rank agreed to stop
+(with several ranks, one tiny all-reduce and a host sync every step; none with one rank).
 The Trainer only puts them in order, so sweeps, pruning-with-distillation and benchmarks drive the same loop.
 """
 from __future__ import annotations
