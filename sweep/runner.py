@@ -138,6 +138,7 @@ class Outcome:
     plan: RunPlan
     result: str  # skipped / trained / resumed / failed / stopped
     detail: str = ""
+    seconds: float = 0.0
 
 
 def run_sweep(spec: SweepSpec, plans: list[RunPlan], prefix: list[str], evaluate: bool) -> int:
