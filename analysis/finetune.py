@@ -18,9 +18,11 @@ Protocol:
   -log σ(r_chosen - r_rejected); dialogues longer than ``--max-length`` lose their start (BOS kept), so the final
   replies, where chosen and rejected differ, always stay.
 - **Data**: from the hub, ``aps/super_glue`` train / validation and ``Anthropic/hh-rlhf`` (``helpful-base``)
-  train / test. With a local data root, SuperGLUE's validation files and ``hh-rlhf/harmless-base-test.jsonl.gz``
-  are carved into train and test parts (``analysis.taskdata``; the output says so): the local train files are the
-  32-example FewGLUE subsets and the helpful-base split is not available offline.
+  train / test. A data root built by ``python -m data.prepare`` holds both (its manifest lists
+  ``superglue/<Task>/train.jsonl`` and ``hh-rlhf/helpful-base-{train,test}.jsonl.gz``), and they are used as they
+  are. In other roots (shared/data), SuperGLUE's validation files and ``hh-rlhf/harmless-base-test.jsonl.gz`` are
+  carved into train and test parts (``analysis.taskdata``; the output says so): there the train files are the
+  32-example FewGLUE subsets and the helpful-base split is missing.
 - **Training** drives linreg's ``Trainer`` (``ClassifierTrainer`` overrides ``forward_loss``): DeepSpeed ZeRO
   (``--set train.zero_stage=2``), bf16 on GPU, gradient clipping, the cosine schedule with warm-up, checkpoints,
   ``--resume``-able run dirs, metrics.jsonl and TensorBoard per (task, seed) under ``DIR/runs/``; any Trainer key
@@ -69,6 +71,7 @@ TASK_TITLES = {"boolq": "BoolQ", "multirc": "MultiRC", "cb": "CB", "reward": "Re
 NUM_LABELS = {"boolq": 2, "multirc": 2, "cb": 3, "reward": 1}
 HH_RLHF = "Anthropic/hh-rlhf"
 HH_LOCAL = "hh-rlhf/harmless-base-test.jsonl.gz"
+HH_HELPFUL = "hh-rlhf/helpful-base-{split}.jsonl.gz"  # written by python -m data.prepare
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
@@ -94,7 +97,13 @@ def load_task(task: str, root, test_fraction: float, seed: int) -> tuple[list, l
             pairs = {s: [(r["chosen"], r["rejected"]) for r in rows[s]] for s in rows}
             return pairs["train"], pairs["test"], f"{HH_RLHF} helpful-base train / test"
         from core.io import read_jsonl
+        from data.prepare import prepared
 
+        helpful = {s: HH_HELPFUL.format(split=s) for s in ("train", "test")}
+        if all(prepared(root, rel) for rel in helpful.values()):
+            pairs = {s: [(r["chosen"], r["rejected"]) for r in read_jsonl(Path(root) / rel)]
+                     for s, rel in helpful.items()}
+            return pairs["train"], pairs["test"], f"{HH_RLHF} helpful-base train / test (prepared data root)"
         path = Path(root) / HH_LOCAL
         if not path.is_file():
             raise DataError(f"task 'reward': data file not found: {path}")

@@ -3,10 +3,11 @@
 Documents are the rows ``eval.benchmarks.tasks`` reads (HF format, local files parsed exactly as the hub
 datasets; see docs/eval.md). Where the split to train on exists, it is used: XStoryCloze has its own 360-story train
 split locally and on the hub; from the hub (no data root), SuperGLUE tasks use ``train`` and ``validation``.
-Locally, SuperGLUE's ``train.jsonl`` files are the 32-example FewGLUE subsets, too few to train on, so the
-validation file is **carved** into a train part and a test part: a seeded permutation of groups of documents,
-where the documents of one passage (BoolQ, MultiRC) or premise (CB, RTE, COPA) form a group, so no passage is in
-both parts. Every result says which it used (``split_note``).
+In a root that ``python -m data.prepare`` built, SuperGLUE's ``train.jsonl`` files are the full train splits (its
+manifest says so) and are used as they are. Elsewhere (shared/data) they are the 32-example FewGLUE subsets, too
+few to train on, so the validation file is **carved** into a train part and a test part: a seeded permutation of
+groups of documents, where the documents of one passage (BoolQ, MultiRC) or premise (CB, RTE, COPA) form a group,
+so no passage is in both parts. Every result says which it used (``split_note``).
 """
 from __future__ import annotations
 
@@ -44,7 +45,10 @@ def carve(docs: list[dict], test_fraction: float, seed: int,
 
 def task_splits(task, test_fraction: float = 0.5, seed: int = 0) -> tuple[list[dict], list[dict], str]:
     """(train documents, test documents, split note) of an ``eval.benchmarks.tasks`` task object."""
-    carve_local = task.data.root is not None and task.name.split("_")[0] != "xstorycloze"
+    from data.prepare import prepared
+
+    carve_local = (task.data.root is not None and task.name.split("_")[0] != "xstorycloze"
+                   and not prepared(task.data.root, f"superglue/{task.folder}/train.jsonl"))
     if not carve_local:
         return task.docs("train"), task.docs("validation"), "official train / validation splits"
     train, test = carve(task.docs("validation"), test_fraction, seed, GROUP_FIELDS.get(task.name))

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "tiny.yaml"
 MODULES = {"train": "train", "eval": "eval.__main__", "linearity": "eval.linearity.__main__",
            "export": "model.export", "prune": "prune.__main__", "series": "analysis.series", "sweep": "sweep.__main__",
-           "universal": "linreg.universal"}
+           "universal": "linreg.universal", "prepare": "data.prepare"}
 STORY = "Once upon a time, a little fox found a red ball in the tall grass. " * 12  # ~800 characters
 
 
@@ -222,6 +222,13 @@ CASES: dict[str, Case] = {
     "series-nothing-given": Case("series", ["--out", "{tmp}/out"], ["no series"]),
     "sweep-file-missing": Case("sweep", ["{tmp}/nope.yaml"], ["{tmp}/nope.yaml"]),
     "sweep-file-empty": Case("sweep", ["{tmp}/s.yaml"], ["s.yaml", "empty"], {"s.yaml": ""}),
+    "prepare-unknown-set": Case("prepare", ["--root", "{tmp}/root", "--only", "tinystories", "arcc"],
+                                ["--only arcc", "'arc'"]),
+    "prepare-corrupt-manifest": Case("prepare", ["--root", "{tmp}/root", "--only", "arc"],
+                                     ["{tmp}/root/MANIFEST.json", "corrupt"], {"root/MANIFEST.json": '{"sets": '}),
+    "prepare-offline": Case("prepare", ["--root", "{tmp}/root", "--only", "wikitext2"],
+                            ["set 'wikitext2'", "Salesforce/wikitext"]),
+    "prepare-from-missing": Case("prepare", ["--root", "{tmp}/root", "--from", "{tmp}/hub"], ["--from {tmp}/hub"]),
     "universal-missing": Case("universal", ["{tmp}/gone"], ["{tmp}/gone"]),
     "universal-no-checkpoint": Case("universal", ["{tmp}/run"], ["{tmp}/run"], prep="prep_no_latest"),
     "universal-zero0": Case("universal", ["{run}"], ["{run}/checkpoints/step_", "ZeRO-0", "nothing to convert"]),

@@ -176,3 +176,23 @@ def test_a_set_that_fails_midway_leaves_nothing_behind(hub_copy, tmp_path, capsy
     assert code == 2 and err.startswith("error: set 'arc'"), err
     assert sorted(p.name for p in root.rglob("*")) == ["ARC-Easy-train.jsonl", "arc"]  # old file kept, no manifest
     assert (root / "arc" / "ARC-Easy-train.jsonl").read_text() == "old\n"
+
+
+def test_analyses_train_on_the_prepared_splits(prepared_root):
+    from analysis.finetune import load_task
+    from analysis.taskdata import task_splits
+    from eval.benchmarks.tasks import DataSource, get_task
+
+    train, test, note = task_splits(get_task("cb", DataSource(prepared_root)))
+    assert note == "official train / validation splits"
+    assert (train, test) == (superglue_rows("CB", "train.jsonl"), superglue_rows("CB", "val.jsonl"))
+    train, test, note = load_task("reward", prepared_root, 0.5, 0)
+    assert "helpful-base train / test" in note and len(train) == len(test) == 2312
+
+
+def test_a_sample_root_is_evaluated_with_a_warning():
+    from eval.benchmarks.tasks import DataSource, get_task
+
+    task = get_task("tinystories", DataSource(SHARED))
+    assert len(task.documents()) == 1726
+    assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "data.prepare" in task.notes[0]

@@ -12,7 +12,9 @@ window). Reported:
 - ``tokens``, ``bytes``: the counts behind them.
 
 Data: ``<root>/tinystories/valid.txt`` (stories separated by ``<|endoftext|>`` lines) or, without a data root, the
-``validation`` split of ``roneneldan/TinyStories`` (``text`` stripped, empty rows dropped).
+``validation`` split of ``roneneldan/TinyStories`` (``text`` stripped, empty rows dropped). ``python -m data.prepare``
+writes that split as ``valid.txt``; a ``valid.txt`` its manifest does not list (e.g. shared/data's 1,726-story
+sample) is evaluated with a warning, which the results carry as a note.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from eval.benchmarks.tasks.base import Task, TaskDataError, load_hub_split, requ
 from model.loss import causal_lm_loss
 
 HUB_DATASET = "roneneldan/TinyStories"
+LOCAL_FILE = "tinystories/valid.txt"
 
 
 @dataclass
@@ -45,12 +48,17 @@ class TinyStories(Task):
         if self.data.root is None:
             rows = load_hub_split(self.name, HUB_DATASET, None, "validation")
             return [r["text"].strip() for r in rows if r["text"].strip()]
+        from data.prepare import MANIFEST, prepared
         from data.sources import read_txt_documents
 
-        path = require_file(self.name, self.data.root / "tinystories" / "valid.txt")
+        path = require_file(self.name, self.data.root / LOCAL_FILE)
         docs = read_txt_documents(path)
         if not docs:
             raise TaskDataError(f"task '{self.name}': no stories in {path}")
+        if not prepared(self.data.root, LOCAL_FILE) and not self.notes:
+            self.note(f"task '{self.name}': {path} ({len(docs):,} stories) is not the full validation split of "
+                      f"{HUB_DATASET} (not in {MANIFEST}); its loss is not comparable with full-split numbers -- "
+                      f"build the split with python -m data.prepare --root DIR --only tinystories")
         return docs
 
     def build(self, tokenizer, seq_len: int, limit: int | None = None) -> LossData:

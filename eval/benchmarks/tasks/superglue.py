@@ -142,8 +142,9 @@ class ReCoRD(SuperGlueTask):
     """Entity cloze: choices are the query with each candidate entity; metrics are token F1 and exact match of the
     most likely entity against the gold answers (max over answers), averaged over queries.
 
-    Locally there is no ReCoRD ``val.jsonl`` in shared/data: when it is missing, ``dev32.jsonl`` (32 queries drawn
-    from the *train* split, FewGLUE) is evaluated instead, with a warning, under the name ``record_dev32``."""
+    shared/data has no ReCoRD ``val.jsonl`` (``python -m data.prepare`` writes the full validation split): when it
+    is missing, ``dev32.jsonl`` (32 queries drawn from the *train* split, FewGLUE) is evaluated instead, with a
+    warning and a note in the results, under the name ``record_dev32``."""
     folder, hub_name = "ReCoRD", "record"
     metric_names = ("f1", "em")
 
@@ -155,7 +156,8 @@ class ReCoRD(SuperGlueTask):
                 raise TaskDataError(f"task 'record': data file not found: {path} (nor the fallback {fallback.name})")
             self.split_tag = "dev32"
             self.note(f"task 'record': {path} not found; evaluating {fallback} instead (32 queries from the ReCoRD "
-                      f"train split, logged as 'record_dev32'): not comparable with published validation numbers")
+                      f"train split, logged as 'record_dev32'): not comparable with published validation numbers -- "
+                      f"build the validation split with python -m data.prepare --root DIR --only superglue")
             return fallback
         return path
 
