@@ -176,24 +176,24 @@ def _xstory_part(lang: str, split: str) -> Part:
 
 
 SETS: dict[str, DataSet] = {s.name: s for s in (
-    DataSet("tinystories", "roneneldan/TinyStories", "training corpus and the TinyStories validation loss", (
+    DataSet("tinystories", "roneneldan/TinyStories", "training corpus; the TinyStories validation loss", (
         Part("tinystories/train.txt", "train", stories),
         Part("tinystories/valid.txt", "validation", stories))),
-    DataSet("textbooks", "nampdn-ai/tiny-textbooks", "training corpus (the paper's second pretraining set)", (
+    DataSet("textbooks", "nampdn-ai/tiny-textbooks", "training corpus, the paper's second pretraining set", (
         Part("tiny-textbooks/train.jsonl", "train", textbook_text),)),
     DataSet("superglue", "aps/super_glue", "SuperGLUE benchmarks, probes and fine-tuning", tuple(
         Part(f"superglue/{folder}/{name}.jsonl", split, enc, config=config)
         for folder, (config, enc) in SUPERGLUE_TASKS.items()
         for split, name in (("validation", "val"), ("train", "train")))),
-    DataSet("xstorycloze", "juletxara/xstory_cloze", "XStoryCloze benchmarks (11 languages)", tuple(
+    DataSet("xstorycloze", "juletxara/xstory_cloze", "XStoryCloze benchmarks, 11 languages", tuple(
         _xstory_part(lang, split) for lang in XSTORY_LANGUAGES for split in ("eval", "train")),
         revision="refs/convert/parquet"),
     DataSet("wikitext2", "Salesforce/wikitext", "WikiText-2 perplexity of the pruning curves", (
         Part("wikitext2/wiki.test.raw", "test", concatenated, config="wikitext-2-raw-v1"),)),
-    DataSet("arc", "allenai/ai2_arc", "ARC-Easy benchmark (pruning curves)", tuple(
+    DataSet("arc", "allenai/ai2_arc", "ARC-Easy benchmark of the pruning curves", tuple(
         Part(f"arc/ARC-Easy-{split}.jsonl", split, jsonl, config="ARC-Easy")
         for split in ("train", "validation", "test"))),
-    DataSet("hh-rlhf", "Anthropic/hh-rlhf", "reward-model fine-tuning (helpful-base; harmless-base as before)", (
+    DataSet("hh-rlhf", "Anthropic/hh-rlhf", "reward-model fine-tuning: helpful-base, and harmless-base test", (
         Part("hh-rlhf/harmless-base-test.jsonl.gz", "test", jsonl, data_dir="harmless-base"),
         Part("hh-rlhf/helpful-base-train.jsonl.gz", "train", jsonl, data_dir="helpful-base"),
         Part("hh-rlhf/helpful-base-test.jsonl.gz", "test", jsonl, data_dir="helpful-base"))),

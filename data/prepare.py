@@ -157,24 +157,35 @@ class _HashingFile:
         self.f.flush()
 
 
-def write_part(ds: DataSet, part: Part, rows, dst: Path) -> dict:
-    """Write ``rows`` (an iterable of hub rows) as ``part`` into ``dst``; returns its manifest record."""
-    count = 0
+class _Counted:
+    """Rows passed through, counted (the manifest's ``rows``: hub rows read, whatever the file makes of them)."""
 
-    def counted():
-        nonlocal count
-        for row in rows:
-            count += 1
+    def __init__(self, rows):
+        self.rows, self.n = rows, 0
+
+    def __iter__(self):
+        for row in self.rows:
+            self.n += 1
             yield row
 
+
+def write_part(ds: DataSet, part: Part, rows, dst: Path, chunk_chars: int = 1 << 20) -> dict:
+    """Write ``rows`` (an iterable of hub rows) as ``part`` into ``dst`` and fsync it; returns its manifest record."""
+    counted = _Counted(rows)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with dst.open("wb") as raw:
         sink = _HashingFile(raw)
         # mtime=0 and no file name in the gzip header: the same rows always give the same bytes (and sha256)
         out = gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0) if dst.suffix == ".gz" else sink
         try:
-            for text in part.encode(counted()):
-                out.write(text.encode("utf-8"))
+            pending, size = [], 0
+            for text in part.encode(counted):
+                pending.append(text)
+                size += len(text)
+                if size >= chunk_chars:
+                    out.write("".join(pending).encode("utf-8"))
+                    pending, size = [], 0
+            out.write("".join(pending).encode("utf-8"))
         except UserError:
             raise
         except Exception as e:
@@ -185,7 +196,7 @@ def write_part(ds: DataSet, part: Part, rows, dst: Path) -> dict:
                 out.close()
         raw.flush()
         os.fsync(raw.fileno())
-    return {"config": part.config or part.data_dir, "split": part.split, "rows": count, "bytes": sink.bytes,
+    return {"config": part.config or part.data_dir, "split": part.split, "rows": counted.n, "bytes": sink.bytes,
             "sha256": sink.sha.hexdigest()}
 
 
@@ -228,7 +239,7 @@ def select(names: list[str] | None) -> list[DataSet]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    sets = "; ".join(f"{s.name} ({s.hub}: {s.purpose})" for s in SETS.values())
+    sets = "; ".join(f"{s.name} = {s.hub}, {s.purpose}" for s in SETS.values())
     p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
                                 epilog=f"sets: {sets}")
     p.add_argument("--root", required=True, help="the data root to build (created if missing)")
