@@ -114,11 +114,18 @@ class Opened:
     streams: list  # one datasets.IterableDataset per part
 
 
+def load_part(part: Part, source: str, revision: str | None, streaming: bool = True):
+    """The rows of one part: ``datasets.load_dataset`` on ``source`` (a hub id or a local copy of the repository)."""
+    import datasets
+
+    return datasets.load_dataset(source, part.config, split=part.split, streaming=streaming, revision=revision,
+                                 **({"data_dir": part.data_dir} if part.data_dir else {}),
+                                 **({"data_files": part.data_files} if part.data_files else {}))
+
+
 def open_set(ds: DataSet, from_dir: Path | None) -> Opened:
     """Resolve the revision and open every part's rows (no data is read yet); MissingDataError naming the set if
     the hub or the local copy cannot be reached."""
-    import datasets
-
     where = f"local copy {from_dir / ds.hub}" if from_dir else f"HF hub dataset {ds.hub}"
     try:
         if from_dir is not None:
@@ -131,10 +138,7 @@ def open_set(ds: DataSet, from_dir: Path | None) -> Opened:
 
             revision = HfApi().dataset_info(ds.hub, revision=ds.revision).sha
             source, label = ds.hub, revision
-        streams = [datasets.load_dataset(source, p.config, split=p.split, streaming=True, revision=revision,
-                                         **({"data_dir": p.data_dir} if p.data_dir else {}),
-                                         **({"data_files": p.data_files} if p.data_files else {}))
-                   for p in ds.parts]
+        streams = [load_part(p, source, revision) for p in ds.parts]
     except Exception as e:
         hint = "" if from_dir else " (offline? --from DIR reads local copies)"
         raise MissingDataError(f"set '{ds.name}': cannot fetch {where}: {type(e).__name__}: {one_line(e)}"

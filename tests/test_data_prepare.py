@@ -196,3 +196,10 @@ def test_a_sample_root_is_evaluated_with_a_warning():
     task = get_task("tinystories", DataSource(SHARED))
     assert len(task.documents()) == 1726
     assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "data.prepare" in task.notes[0]
+
+
+def test_xstorycloze_from_the_hub_reads_the_parquet_conversion():
+    from eval.benchmarks.tasks import DataSource, TaskDataError, get_task
+
+    with pytest.raises(TaskDataError, match=r"xstorycloze_sw.*juletxara/xstory_cloze.*refs/convert/parquet.*sw/"):
+        get_task("xstorycloze_sw", DataSource(None)).docs("validation")  # offline in the tests: the error says where

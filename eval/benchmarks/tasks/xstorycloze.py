@@ -3,16 +3,20 @@
 Prompt: the four story sentences joined by single spaces; choices: the two candidate endings; gold:
 ``answer_right_ending - 1``; metric: acc. Local files ``<root>/xstorycloze/spring2016.val.<lang>.tsv.split_20_80_
 {eval,train}.tsv`` are parsed as HF's ``juletxara/xstory_cloze`` loader parses them (tab-separated, quotechar '"',
-QUOTE_ALL, skipinitialspace, header skipped, rows of exactly 8 fields kept) so the strings are identical.
+QUOTE_ALL, skipinitialspace, header skipped, rows of exactly 8 fields kept) so the strings are identical. Without
+a data root the rows come from the hub dataset's Parquet conversion (revision ``refs/convert/parquet``).
 """
 from __future__ import annotations
 
 import csv
 
-from eval.benchmarks.tasks.base import MultipleChoiceTask, load_hub_split, require_file
+from core.errors import one_line
+from data.catalog import SETS, XSTORY_LANGUAGES
+from data.prepare import load_part
+from data.sources import ENV_DATA_ROOT
+from eval.benchmarks.tasks.base import MultipleChoiceTask, TaskDataError, require_file
 
-LANGUAGES = ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")
-HUB_DATASET = "juletxara/xstory_cloze"
+LANGUAGES = XSTORY_LANGUAGES
 _SPLIT_FILES = {"validation": "eval", "train": "train"}
 _FIELDS = ("story_id", "input_sentence_1", "input_sentence_2", "input_sentence_3", "input_sentence_4",
            "sentence_quiz1", "sentence_quiz2")
@@ -36,10 +40,22 @@ class XStoryCloze(MultipleChoiceTask):
 
     def load_split(self, split):
         if self.data.root is None:
-            return load_hub_split(self.name, HUB_DATASET, self.lang, "eval" if split == "validation" else split)
+            return self.hub_rows(_SPLIT_FILES[split])
         name = f"spring2016.val.{self.lang}.tsv.split_20_80_{_SPLIT_FILES[split]}.tsv"
         path = self.data.root / "xstorycloze" / name
         return read_xstorycloze_tsv(self.name, path)
+
+    def hub_rows(self, split: str) -> list[dict]:
+        """The hub's rows from its Parquet conversion (the default branch holds a loading script that ``datasets``
+        >= 4 refuses), located as ``python -m data.prepare`` locates them."""
+        spec = SETS["xstorycloze"]
+        part = next(p for p in spec.parts if p.path.endswith(f".{self.lang}.tsv.split_20_80_{split}.tsv"))
+        try:
+            return [dict(row) for row in load_part(part, spec.hub, spec.revision, streaming=False)]
+        except Exception as e:
+            raise TaskDataError(f"task '{self.name}': cannot load HF dataset '{spec.hub}' (revision "
+                                f"{spec.revision}, {part.data_files[split][0]}): {type(e).__name__}: {one_line(e)} "
+                                f"-- no data root is set (--data-root / ${ENV_DATA_ROOT})") from None
 
     def doc_to_text(self, doc):
         return " ".join(doc[f"input_sentence_{i}"] for i in range(1, 5))
