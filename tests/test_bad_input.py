@@ -310,7 +310,8 @@ def test_bad_input(name, request, tmp_path, capsys, monkeypatch):
     assert snapshot(*roots) == before
 
 
-SUBPROCESS = ["train-config-empty", "eval-limit-zero", "linearity-text-missing", "export-missing"]
+SUBPROCESS = ["train-config-empty", "eval-limit-zero", "linearity-text-missing", "export-missing",
+              "prepare-unknown-set"]
 
 
 def test_main_modules_follow_the_rule(tmp_path):
