@@ -47,8 +47,8 @@ def task_splits(task, test_fraction: float = 0.5, seed: int = 0) -> tuple[list[d
     """(train documents, test documents, split note) of an ``eval.benchmarks.tasks`` task object."""
     from data.prepare import prepared
 
-    carve_local = (task.data.root is not None and task.name.split("_")[0] != "xstorycloze"
-                   and not prepared(task.data.root, f"superglue/{task.folder}/train.jsonl"))
+    full_train = prepared(task.data.root, f"superglue/{getattr(task, 'folder', '')}/train.jsonl")
+    carve_local = task.data.root is not None and task.name.split("_")[0] != "xstorycloze" and not full_train
     if not carve_local:
         return task.docs("train"), task.docs("validation"), "official train / validation splits"
     train, test = carve(task.docs("validation"), test_fraction, seed, GROUP_FIELDS.get(task.name))
