@@ -15,7 +15,8 @@ its recorded size and sha256; a re-run skips finished sets (``--force`` rebuilds
 every file of the set is complete are they renamed into place (one ``os.replace`` each, atomic on one file system),
 and then the manifest entry is written (also by an atomic replace). An interrupted run therefore leaves each file
 either old or new, never torn, and leaves the set out of the manifest, so the next run builds it again. Readers
-see a file whole or not at all.
+see a file whole or not at all. Builders started together on one root (``flock`` on ``DIR/.prepare.lock``) build
+each set once, one at a time.
 
 **Hub access.** Rows are read with ``datasets.load_dataset(..., streaming=True)``: nothing is materialised, in
 memory or in the HF cache, beyond the batch being written, so TinyStories in full costs its output files only. The
@@ -31,7 +32,9 @@ under config folders, or a README.md with ``configs:`` metadata.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import fcntl
 import gzip
 import hashlib
 import json
@@ -46,6 +49,7 @@ from core.io import fsync_file, write_atomic
 from data.catalog import SETS, DataSet, Part
 
 MANIFEST = "MANIFEST.json"
+LOCK = ".prepare.lock"
 FORMAT = 1
 
 
@@ -254,18 +258,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@contextlib.contextmanager
+def locked(root: Path):
+    """Hold the root's lock: builders started together (array jobs that each prepare their data first) build a set
+    once, one after the other, and never share a temporary folder or lose a manifest update."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK).open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def prepare_set(root: Path, ds: DataSet, from_dir: Path | None, force: bool) -> None:
-    entry = read_manifest(root)["sets"].get(ds.name)
-    reason = "--force" if force else unfinished(root, ds, entry)
+    reason = "--force" if force else unfinished(root, ds, read_manifest(root)["sets"].get(ds.name))
     if reason is None:
         print(f"{ds.name}: finished (matches {MANIFEST}), skipped", flush=True)
         return
-    opened = open_set(ds, from_dir)
-    print(f"{ds.name}: {reason}; reading {ds.hub} at {opened.revision}", flush=True)
-    entry = build_set(root, ds, opened)
-    manifest = read_manifest(root)
-    manifest["sets"][ds.name] = entry
-    write_atomic(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    opened = open_set(ds, from_dir)  # before the lock: offline, nothing is written
+    with locked(root):
+        if not force and unfinished(root, ds, read_manifest(root)["sets"].get(ds.name)) is None:
+            print(f"{ds.name}: finished by another builder meanwhile, skipped", flush=True)
+            return
+        print(f"{ds.name}: {reason}; reading {ds.hub} at {opened.revision}", flush=True)
+        entry = build_set(root, ds, opened)
+        manifest = read_manifest(root)
+        manifest["sets"][ds.name] = entry
+        write_atomic(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def main(argv=None) -> int:
@@ -283,8 +303,8 @@ def main(argv=None) -> int:
         for ds in chosen:
             prepare_set(root, ds, from_dir, args.force)
     except BaseException:
-        if created and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()  # a failed first set leaves no empty root behind
+        if created and root.is_dir() and {p.name for p in root.iterdir()} <= {LOCK}:
+            shutil.rmtree(root)  # a failed first set leaves no empty root behind
         raise
     print(f"data root {root}: {', '.join(s.name for s in chosen)} ready; use LINREG_DATA_ROOT={root}", flush=True)
     return 0

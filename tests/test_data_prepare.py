@@ -174,7 +174,7 @@ def test_a_set_that_fails_midway_leaves_nothing_behind(hub_copy, tmp_path, capsy
     code = command(main)(["--root", str(root), "--from", str(broken), "--only", "arc"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and err.startswith("error: set 'arc'"), err
-    assert sorted(p.name for p in root.rglob("*")) == ["ARC-Easy-train.jsonl", "arc"]  # old file kept, no manifest
+    assert sorted(p.name for p in root.rglob("*")) == [".prepare.lock", "ARC-Easy-train.jsonl", "arc"]  # no manifest
     assert (root / "arc" / "ARC-Easy-train.jsonl").read_text() == "old\n"
 
 
@@ -203,3 +203,17 @@ def test_xstorycloze_from_the_hub_reads_the_parquet_conversion():
 
     with pytest.raises(TaskDataError, match=r"xstorycloze_sw.*juletxara/xstory_cloze.*refs/convert/parquet.*sw/"):
         get_task("xstorycloze_sw", DataSource(None)).docs("validation")  # offline in the tests: the error says where
+
+
+def test_builders_started_together_build_each_set_once(hub_copy, tmp_path, capsys):
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "root"
+    argv = ["--root", str(root), "--from", str(hub_copy), "--only", "arc", "wikitext2"]
+    with ThreadPoolExecutor(3) as pool:  # flock excludes open file descriptions, so threads contend like processes
+        codes = list(pool.map(lambda _: command(main)(argv), range(3)))
+    out = capsys.readouterr().out
+    assert codes == [0, 0, 0] and out.count("reading allenai/ai2_arc") == 1, out
+    assert out.count("reading Salesforce/wikitext") == 1, out
+    assert set(json.loads((root / MANIFEST).read_text())["sets"]) == {"arc", "wikitext2"}
+    assert read_jsonl(root / "arc" / "ARC-Easy-test.jsonl") == read_jsonl(SHARED / "arc" / "ARC-Easy-test.jsonl")
