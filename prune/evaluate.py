@@ -123,8 +123,9 @@ class Evaluation:
             raise PruneError(f"--tasks: {e}") from None
 
     def settings(self) -> dict:
+        notes = [n for item in self.suite.items for n in item.task.notes] if self.suite else []
         return {"wikitext2": self.wikitext.settings(), "tasks": self.suite.task_names if self.suite else [],
-                "device": str(self.device), "autocast": str(self.autocast_dtype)}
+                "device": str(self.device), "autocast": str(self.autocast_dtype), "data_notes": notes}
 
     def __call__(self, model) -> dict[str, float]:
         model = model.to(self.device).eval()
