@@ -55,8 +55,10 @@ from eval.linearity.score import symmetric_gram
 _EPS = torch.finfo(torch.float64).eps
 _ID_EPS = 1e-8  # the authors' threshold on r1 (duplicates) and on mu - 1 (ties), after the mean-norm scaling
 ID_FRACTION = 0.2  # the authors' regression fraction (reduction_factor = 5)
-_CANDIDATES = 8  # neighbours per point recomputed exactly; more than enough unless a point has many duplicates
-_BLOCK_BYTES = 1 << 26  # one block of the squared-distance matrix (float64): 64 MiB
+_CANDIDATES = 8  # neighbours per point kept from the bounds; more than enough unless a point has many duplicates
+_FIRST = 3  # of which recomputed exactly first; the others only where these do not settle r2
+_BLOCK_ROWS = 1024  # rows (and columns) of one block of the squared-distance matrix
+_BLOCK_BYTES = 1 << 26  # one band of candidate differences (float64): 64 MiB
 _LENS_ROWS = 1024  # tokens per unembedding product (their float64 logits are rows x vocabulary)
 
 
@@ -84,29 +86,64 @@ def _exact_distances(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) ->
     return torch.linalg.vector_norm(x[rows, None, :] - x[cols], dim=2)
 
 
+def _keep_smallest(best_v: torch.Tensor, best_i: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor) -> None:
+    """Per row, the smallest of the kept (values, indices) and a block's, written back into the kept views."""
+    v, i = torch.cat([best_v, vals], dim=1), torch.cat([best_i, idx], dim=1)
+    v, pos = torch.topk(v, best_v.shape[1], dim=1, largest=False)
+    best_v.copy_(v)
+    best_i.copy_(i.gather(1, pos))
+
+
 def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r1, r2): each row's distances to its nearest and second-nearest other row of ``x`` (float64, n >= 3)."""
+    """(r1, r2): each row's distances to its nearest and second-nearest other row of ``x`` (float64, n >= 3).
+
+    The search runs on lower bounds of the squared distances from float32 products (float64 on a GPU), over the
+    blocks of the upper triangle of the n x n matrix only, and is exact nonetheless. With y_i = fl32(x_i) and
+    n_i = ||x_i||,
+    ||y_i||^2 + ||y_j||^2 - 2 fl32(y_i . y_j) differs from ||x_i - x_j||^2 by at most
+    u32 (d + 16) (n_i + n_j)^2 (the rounding of x to y: 3 u32 (n_i + n_j)^2; of the length-d inner product:
+    gamma_d n_i n_j <= gamma_d (n_i + n_j)^2 / 4, doubled; of the float32 sums: a few u32 (n_i + n_j)^2; so
+    about a factor 2 to spare). Subtracting that bound is one more product term: with t = u32 (d + 16), a_i =
+    ||y_i||^2 - t n_i^2 and the extra column sqrt(t) n_i appended to y_i, the bound is a_i + a_j - 2 y'_i . y'_j.
+    The ``_CANDIDATES`` points of smallest bound are the candidates, whose distances are recomputed from the
+    differences in float64 (the first ``_FIRST`` of them, then the rest where needed); every other point is at
+    least as far as the next-smallest bound, so when r2^2 does not exceed it, r1 and r2 are exact. Rows where it
+    does (a point with more duplicates than candidates) are recomputed against every point."""
     n, d = x.shape
-    sq = torch.linalg.vector_norm(x, dim=1) ** 2
-    # Rounding bound of a squared distance from the product (|error| <= gamma_{d+2} (||x_i|| + ||x_j||)^2 < this)
-    tol = 4 * (d + 2) * _EPS * (sq + sq.max())
     k = min(_CANDIDATES, n - 1)
-    r1, r2 = torch.empty(n, dtype=x.dtype), torch.empty(n, dtype=x.dtype)
-    block = max(1, _BLOCK_BYTES // (8 * n))
-    for lo in range(0, n, block):
-        hi = min(lo + block, n)
-        rows = torch.arange(lo, hi)
-        d2 = torch.addmm(sq[None, :], x[lo:hi], x.T, alpha=-2.0).add_(sq[lo:hi, None])
-        d2[rows - lo, rows] = math.inf  # a point is not its own neighbour
-        vals, cand = torch.topk(d2, min(k + 1, n - 1), dim=1, largest=False)
-        near = _exact_distances(x, rows, cand[:, :k]).sort(dim=1).values
-        r1[lo:hi], r2[lo:hi] = near[:, 0], near[:, 1]
-        if k < n - 1:  # the two nearest must be among the candidates: every other point is farther than r2
-            unsure = (near[:, 1] ** 2 >= vals[:, k] - tol[lo:hi]).nonzero().squeeze(1)
-            for i in (rows[unsure]).tolist():
-                dist = torch.linalg.vector_norm(x[i] - x, dim=1)
-                dist[i] = math.inf
-                r1[i], r2[i] = dist.topk(2, largest=False).values
+    kk = min(k + 1, n - 1)  # one more than the candidates: its bound holds for every point outside them
+    norms = torch.linalg.vector_norm(x, dim=1)
+    # float32 products on a CPU (twice as fast); on a GPU float32 may mean TF32 (10-bit mantissa), so float64
+    search = torch.float32 if x.device.type == "cpu" else torch.float64
+    t = torch.finfo(search).eps / 2 * (d + 16)
+    y = torch.cat([x, (math.sqrt(t) * norms)[:, None]], dim=1).to(search)
+    a = (torch.linalg.vector_norm(y[:, :d].double(), dim=1) ** 2 - t * norms ** 2).to(search)
+    best_v = torch.full((n, kk), math.inf, dtype=search, device=x.device)
+    best_i = torch.zeros((n, kk), dtype=torch.long, device=x.device)
+    edges = [*range(0, n, _BLOCK_ROWS), n]
+    for bi, (lo, hi) in enumerate(zip(edges, edges[1:])):
+        for lo2, hi2 in zip(edges[bi:], edges[bi + 1:]):
+            bound = torch.addmm(a[None, lo2:hi2], y[lo:hi], y[lo2:hi2].T, alpha=-2.0).add_(a[lo:hi, None])
+            if lo2 == lo:
+                bound.fill_diagonal_(math.inf)  # a point is not its own neighbour
+            vals, idx = torch.topk(bound, min(kk, hi2 - lo2), dim=1, largest=False)
+            _keep_smallest(best_v[lo:hi], best_i[lo:hi], vals, idx + lo2)
+            if lo2 != lo:  # the same block serves the rows of the other side
+                vals, idx = torch.topk(bound, min(kk, hi - lo), dim=0, largest=False)
+                _keep_smallest(best_v[lo2:hi2], best_i[lo2:hi2], vals.T, idx.T + lo)
+    r1, r2 = torch.empty_like(norms), torch.empty_like(norms)
+    rows = torch.arange(n, device=x.device)
+    for c in sorted({min(_FIRST, k), k}):  # the first few candidates settle almost every row
+        for band in rows.split(max(1, _BLOCK_BYTES // (8 * c * d))):
+            near = _exact_distances(x, band, best_i[band, :c]).sort(dim=1).values
+            r1[band], r2[band] = near[:, 0], near[:, 1]
+        if c >= n - 1:  # the candidates were every other point
+            return r1, r2
+        rows = rows[r2[rows] ** 2 > best_v[rows, c]]  # unsure: a point outside may be nearer than r2
+    for i in rows.tolist():  # more duplicates than candidates, or ties at the rounding level
+        dist = torch.linalg.vector_norm(x[i] - x, dim=1)
+        dist[i] = math.inf
+        r1[i], r2[i] = dist.topk(2, largest=False).values
     return r1, r2
 
 
