@@ -212,12 +212,17 @@ def test_logit_lens_skips_padding(lens_model, tiny_tokenizer, tinystories_valid)
         ids[row, :len(s)], mask[row, :len(s)] = s, 1
     labels = ids.masked_fill(mask == 0, -100)
     pooled = logit_lens(capture(lens_model, ids, mask)[0], lens_model, labels)
-    alone = [logit_lens(capture(lens_model, s[None])[0], lens_model, s[None]) for s in seqs]
+    runs = [capture(lens_model, s[None])[0] for s in seqs]
+    alone = [logit_lens(states, lens_model, s[None]) for states, s in zip(runs, seqs)]
     weights = [len(s) - 1 for s in seqs]  # predicted tokens per sequence
+    # The same tokens pooled into one seq x d state per layer, each sequence's first label -100.
+    flat = [torch.cat([r[i][0] for r in runs]) for i in range(len(runs[0]))]
+    flat_labels = torch.cat([s.clone().index_fill_(0, torch.tensor([0]), -100) for s in seqs])
+    concatenated = logit_lens(flat, lens_model, flat_labels)
     for key, values in pooled.items():
         for i, v in enumerate(values):
             ref = sum(w * a[key][i] for w, a in zip(weights, alone)) / sum(weights)
-            assert abs(v - ref) < 1e-9, (key, i)
+            assert abs(v - ref) < 1e-9 and abs(concatenated[key][i] - ref) < 1e-9, (key, i)
 
 
 def test_logit_lens_rejects_mismatched_labels(lens_model):

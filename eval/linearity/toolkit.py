@@ -167,7 +167,7 @@ def intrinsic_dimension(x: torch.Tensor, *, fraction: float = ID_FRACTION) -> fl
     if use < 1:
         return math.nan
     mu_log = mu[useless:useless + use].log()
-    cdf = torch.arange(useless + 1, useless + use + 1, dtype=torch.float64) / n
+    cdf = torch.arange(useless + 1, useless + use + 1, dtype=torch.float64, device=mu.device) / n
     dist_log = -torch.log1p(-cdf)
     return float((mu_log * dist_log).sum() / (mu_log * mu_log).sum())
 
@@ -186,8 +186,11 @@ def logit_lens(states: list[torch.Tensor], model: nn.Module, labels: torch.Tenso
     or seq x d for one sequence; h_L before the final norm, as ``model.capture.ResidualStream`` gives them).
 
     ``labels`` (batch x seq, or seq) are the input ids in HF's convention: position t is scored against
-    labels[t + 1], and -100 marks positions not to predict (padding). Returns {"loss", "loss_no_norm",
-    "neglogp_argmax"}: L + 1 floats each, means over the predicted tokens (definitions in the module docstring).
+    labels[t + 1], and -100 marks positions not to predict (padding). Tokens of several sequences pooled into
+    one seq x d state each need -100 on every sequence's first token, so that no position predicts across a
+    boundary. Returns {"loss", "loss_no_norm", "neglogp_argmax"}: L + 1 floats each, means over the predicted
+    tokens (definitions in the module docstring). The unembedding and final norm are read from ``model`` as
+    they are: under ZeRO-3 call it inside ``deepspeed.zero.GatheredParameters`` of both.
     """
     if len(states) < 2:
         raise ValueError("logit_lens needs the states h_0..h_L (at least two)")
