@@ -52,7 +52,6 @@ from torch import nn
 from eval.linearity.profile import find_final_norm
 from eval.linearity.score import symmetric_gram
 
-_EPS = torch.finfo(torch.float64).eps
 _ID_EPS = 1e-8  # the authors' threshold on r1 (duplicates) and on mu - 1 (ties), after the mean-norm scaling
 ID_FRACTION = 0.2  # the authors' regression fraction (reduction_factor = 5)
 _CANDIDATES = 8  # neighbours per point kept from the bounds; more than enough unless a point has many duplicates
