@@ -14,6 +14,9 @@ Definitions (implemented exactly):
 - Per-model summary: the mean over the L block pairs of each quantity.
 - Identity used (exact, with X_c, Y_c centred but *not* normalised): 1 - LS_wo = (1 - LS) ||Y_c||^2 / ||Y_c - X_c||^2,
   so both scores of a pair come from one least-squares solve.
+- The authors' other measurements of the same states (``toolkit``): anisotropy (largest covariance eigenvalue over
+  their sum), their TwoNN intrinsic dimension, and the logit lens (per-layer next-token loss of ``lm_head`` on
+  each h_i, with and without the final norm, and their -log p(argmax)).
 
 Everything is computed in float64 (inputs of any float dtype are upcast exactly), on CPU or GPU.
 Probe sets follow the paper's recipe (``probe``); ``python -m eval.linearity`` profiles models and plots them;
@@ -29,9 +32,11 @@ from eval.linearity.probe import (
 )
 from eval.linearity.profile import Profile, StateCollector, model_profile, profile_from_states
 from eval.linearity.score import PairStats, linearity_profile, linearity_score, pair_stats
+from eval.linearity.toolkit import anisotropy, intrinsic_dimension, logit_lens
 
 __all__ = [
     "PairStats", "ProbeConfig", "Profile", "StateCollector", "build_probe", "linearity_profile", "linearity_score",
     "model_profile", "pair_stats", "profile_from_states", "read_probe_dataset", "read_probe_text", "sample_chunks",
     "tokenize_chunks",
+    "anisotropy", "intrinsic_dimension", "logit_lens",
 ]
