@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from core.errors import DataError
+from core.errors import DataError, MissingDataError
 from data.mixture import mixture_order, mixture_summary
 from data.sources import describe_source, held_out, iter_split_documents, split_plan
 from data.tokenizer import tokenizer_fingerprint
@@ -199,7 +199,10 @@ def _memmap(path: Path, dtype, n: int) -> np.ndarray:
 
 def _stamp(source: dict) -> dict:
     if source["kind"] == "file":
-        st = os.stat(source["path"])
+        try:
+            st = os.stat(source["path"])
+        except FileNotFoundError:  # there when the config was read, gone now
+            raise MissingDataError(f"data file not found: {source['path']}") from None
         return {**source, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     return source
 
