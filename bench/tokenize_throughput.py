@@ -80,13 +80,19 @@ def build_tokenizer(vocab: int, directory: Path):
     return tok
 
 
-def ours(corpus: Path, tok, num_proc: int) -> tuple[float, int]:
+def ours(corpus: Path, tok, num_proc: int, counter: list | None = None) -> tuple[float, int]:
     from data.cache import tokenize_documents
     from data.sources import iter_txt_documents
 
+    def counted(docs):
+        for d in docs:
+            counter[0] += len(d) + 15  # + the separator line
+            yield d
+
+    docs = iter_txt_documents(corpus)
     with tempfile.TemporaryDirectory(dir=corpus.parent) as out:
         t = time.perf_counter()
-        meta = tokenize_documents(iter_txt_documents(corpus), tok, Path(out), num_proc)
+        meta = tokenize_documents(counted(docs) if counter is not None else docs, tok, Path(out), num_proc)
         return time.perf_counter() - t, meta["num_tokens"]
 
 
@@ -99,13 +105,38 @@ def reference(docs: list[str], tok, fast: bool) -> tuple[float, int]:
     return time.perf_counter() - t, n + len(docs)  # + one EOS per document, as the builder writes
 
 
+def _kib(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def child(corpus: str, tok_dir: str, out: str, num_proc: int) -> None:
-    """In a fresh process: build the cache and report this process's and its workers' peak RSS."""
+    """In a fresh process: build the cache, and every 20 s print how far it is and the resident memory of this
+    process and of its workers; at the end, the peaks (``ru_maxrss`` of this process and of its largest worker)."""
+    import threading
+
     from data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tok_dir)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds, tokens = ours(Path(corpus), tok, num_proc)
+    counter, done, t0 = [0], threading.Event(), time.perf_counter()
+
+    def sample():
+        while not done.wait(20):
+            kids = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+            workers = [_kib(int(k), "VmRSS") / 1024 for k in kids]
+            print(f"  {time.perf_counter() - t0:6.0f} s  {counter[0] / 2**20:7.0f} MiB read  parent RSS "
+                  f"{_kib(os.getpid(), 'VmRSS') / 1024:.0f} MiB (peak {_kib(os.getpid(), 'VmHWM') / 1024:.0f})  "
+                  f"workers RSS {' '.join(f'{w:.0f}' for w in workers)} MiB", flush=True)
+
+    threading.Thread(target=sample, daemon=True).start()
+    seconds, tokens = ours(Path(corpus), tok, num_proc, counter)
+    done.set()
     Path(out).write_text(json.dumps({
         "seconds": seconds, "tokens": tokens, "rss_before_mb": before / 1024,
         "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
