@@ -49,7 +49,9 @@ def token_dtype(vocab_size: int):
 
 def num_workers(num_proc: int | None) -> int:
     """``data.num_proc``, or every core this process may run on when it is unset."""
-    return num_proc if num_proc is not None else len(os.sched_getaffinity(0))
+    if num_proc is not None:
+        return num_proc
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _hash(obj) -> str:
