@@ -1,6 +1,11 @@
 """Text sources: local ``.txt`` (documents separated by a ``<|endoftext|>`` line) and ``.jsonl`` (a text field),
 or an HF dataset from the hub (name, config, split, text field) through ``datasets``.
 
+Training data is streamed: the ``iter_*`` readers yield one document at a time from fixed-size blocks (files) or
+``datasets``' streaming mode (hub), so no corpus is ever one Python list (``read_*`` / ``load_documents`` keep
+lists for small texts: validation sets, probes). A split is a list of single sources (``split_plan``), optionally
+weighted (a mixture, assembled by ``data.cache``), minus or restricted to the held-out documents (``held_out``).
+
 The data root -- where local files are looked up -- has one rule for every command (``data_root``): a command-line
 ``--data-root`` wins, then ``$LINREG_DATA_ROOT``, then the config's ``data.root``; with none, the hub is used.
 """
