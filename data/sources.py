@@ -209,13 +209,23 @@ def load_documents(cfg, split: str) -> list[str]:
     return docs
 
 
+def _sample_base_bytes(source: dict, max_docs: int | None, keep) -> int | None:
+    """The text a source offers the tokenizer sample: the file's size, or with a document cap the UTF-8 bytes of
+    the documents under it (one streamed pass); None for a hub split."""
+    if source["kind"] != "file":
+        return None
+    if max_docs is None:
+        return os.path.getsize(source["path"])
+    return sum(len(d.encode("utf-8")) for d in iter_split_documents(source, max_docs, keep))
+
+
 def tokenizer_sample(cfg, max_bytes: int | None) -> Iterator[str]:
     """Training documents for a tokenizer: about ``max_bytes`` of UTF-8 text drawn from every training source,
     each in proportion to its mixture weight (or, without weights, to its file size), and spread evenly through
     each source (every k-th document) rather than taken from its start. A hub split, whose size is not known
     before it is read, gives its first documents."""
     sources, weights, keep = split_plan(cfg, "train")
-    sizes = [os.path.getsize(s["path"]) if s["kind"] == "file" else None for s in sources]
+    sizes = [_sample_base_bytes(s, cfg.max_docs, keep) for s in sources]
     if weights is None:
         weights = [1.0] if len(sources) == 1 else [float(s) for s in sizes]
     total_w = sum(weights)
