@@ -15,15 +15,18 @@ class DataConfig:
     ``dataset`` is used (``dataset_config``, ``train_split``, ``valid_split``, ``text_field``).
     """
     root: str | None = None
-    train_files: list[str] = field(default_factory=list)  # .txt (docs separated by <|endoftext|> lines) or .jsonl
-    valid_files: list[str] = field(default_factory=list)
+    # .txt (docs separated by <|endoftext|> lines) or .jsonl files: a list (concatenated in order), or a mapping
+    # {file: weight} (a weighted mixture: each file's share of the tokens, data/mixture.py).
+    train_files: list[str] | dict[str, float] = field(default_factory=list)
+    valid_files: list[str] | dict[str, float] = field(default_factory=list)
     dataset: str | None = None  # HF hub name, e.g. roneneldan/TinyStories
     dataset_config: str | None = None
     train_split: str = "train"
     valid_split: str | None = "validation"
     text_field: str = "text"
     valid_fraction: float = 0.0  # held-out share of training documents when there is no validation source
-    max_docs: int | None = None  # cap on documents per split (quick experiments on huge hub datasets)
+    max_docs: int | None = None  # cap on documents read from each source (quick experiments on huge datasets)
+    num_proc: int | None = None  # tokenizer processes; null = every core this process may use
     seq_len: int = 1024
     val_batches: int = 20  # micro-batches per rank in each validation-loss pass
     cache_dir: str = ".cache/linreg"  # token cache (memmap), keyed by a hash of source + tokenizer
@@ -32,6 +35,13 @@ class DataConfig:
         check(self.seq_len >= 2, f"{p}.seq_len", self.seq_len, "must be >= 2")
         check(0.0 <= self.valid_fraction < 1.0, f"{p}.valid_fraction", self.valid_fraction, "must be in [0, 1)")
         check(self.val_batches >= 1, f"{p}.val_batches", self.val_batches, "must be >= 1")
+        for key in ("train_files", "valid_files"):
+            files = getattr(self, key)
+            if isinstance(files, dict):
+                for name, w in files.items():
+                    ok = isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 and w != float("inf")
+                    check(ok, f"{p}.{key}[{name}]", w, "a mixture weight must be a positive number")
+        check(self.num_proc is None or self.num_proc >= 1, f"{p}.num_proc", self.num_proc, "must be >= 1 (or null)")
         check(bool(self.train_files) or self.dataset is not None, f"{p}.train_files", self.train_files,
               "no training data: set data.train_files (local) or data.dataset (HF hub)")
 

@@ -128,7 +128,7 @@ class Trainer:
 
     def _build_tokenizer(self, given=None):
         """The run's tokenizer: saved in the run dir once (given, trained or loaded on rank 0), then read back."""
-        from data.sources import load_documents
+        from data.sources import tokenizer_sample
         from data.tokenizer import load_tokenizer, save_tokenizer, train_bpe_tokenizer
 
         cfg, tok_dir = self.cfg.tokenizer, self.run.tokenizer
@@ -139,8 +139,7 @@ class Trainer:
                 tokenizer = load_tokenizer(cfg.name)
             else:
                 print(f"training a byte-level BPE tokenizer (vocab {cfg.vocab_size})", flush=True)
-                tokenizer = train_bpe_tokenizer(load_documents(self.cfg.data, "train"), cfg.vocab_size,
-                                                cfg.train_max_bytes)
+                tokenizer = train_bpe_tokenizer(tokenizer_sample(self.cfg.data, cfg.train_max_bytes), cfg.vocab_size)
             save_tokenizer(tokenizer, tok_dir)
         dist.barrier()
         return load_tokenizer(tok_dir)

@@ -107,6 +107,7 @@ LIN = ["--out", "{tmp}/out"]
 TXT = ["--text", "{data}/tinystories/valid.txt"]
 C_YAML = ["--config", "{tmp}/c.yaml"]
 TINY_CFG = ["--config", "{tiny}"]
+MIX = [*TINY_CFG, "--run-dir", "{tmp}/r", "data.cache_dir={tmp}/cache"]
 
 CASES: dict[str, Case] = {
     # -- train.py: config files ---------------------------------------------------------------------------------
@@ -153,6 +154,10 @@ CASES: dict[str, Case] = {
     "train-run-dir-exists": Case("train", [*TINY_CFG, "--run-dir", "{run}"], ["{run}", "exists"]),
     "train-data-missing": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "data.train_files=[gone.txt]"],
                                ["gone.txt"]),
+    "train-mixture-weight-zero": Case("train", [*MIX, "data.train_files={tinystories/train.txt: 1, a.txt: 0}"],
+                                      ["data.train_files[a.txt]", "positive"]),
+    "train-mixture-file-missing": Case("train", [*MIX, "data.train_files={tinystories/train.txt: 1, gone.jsonl: 1}"],
+                                       ["gone.jsonl"]),
     "train-data-not-utf8": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "data.train_files=[{tmp}/t.txt]",
                                           "data.cache_dir={tmp}/cache"], ["t.txt", "UTF-8"],
                                 {"t.txt": b"ok\n\xff bad\n"}),
