@@ -87,7 +87,7 @@ class Trainer:
                 shutil.rmtree(run.path, ignore_errors=True)  # a failed fresh start leaves nothing behind
             raise
         self.meter = StepMeter(every=cfg.logging.every, max_steps=cfg.train.max_steps,
-                               micro_steps=cfg.train.grad_accum_steps, world=self.world,
+                               micro_steps=self.grad_accum, world=self.world,
                                tokens_per_step=self.tokens_per_step, flops_per_token=self.flops_per_token,
                                peak_tflops=eng.peak_tflops(cfg.logging.peak_tflops), device=self.device)
         self.checkpointer = Checkpointer(self.engine, run, cfg.checkpoint.every, cfg.checkpoint.keep_last,
@@ -242,6 +242,11 @@ class Trainer:
         return self.ds_cfg["train_batch_size"] * self.cfg.data.seq_len
 
     @property
+    def grad_accum(self) -> int:
+        """Micro-steps per optimizer step: derived from the global batch, the micro-batch and the world size."""
+        return self.ds_cfg["gradient_accumulation_steps"]
+
+    @property
     def model(self) -> torch.nn.Module:
         """The engine's module (an HF causal LM), e.g. for evaluation."""
         return self.engine.module
@@ -265,7 +270,7 @@ class Trainer:
     def train_step(self) -> None:
         """One optimizer step (all micro-steps). Losses accumulate on the device in the meter: no host sync."""
         step = self.state.step
-        accum = self.cfg.train.grad_accum_steps
+        accum = self.grad_accum
         measure_norm = self._own_grad_norm and self.meter.due(step + 1)
         for micro in range(accum):
             ce, reg = self.forward_loss(self.stream.next_batch(), step)
