@@ -238,7 +238,7 @@ def run_baseline(cfg, device, args, keep: dict, comp: bool, naive_cosine: bool) 
     from linreg import engine as eng
     from model.build import count_params, flops_per_token
 
-    stream = TrainStream(keep["samples"], cfg.train.micro_batch_size, 0, 1, cfg.train.seed)
+    stream = TrainStream(keep["samples"], cfg.train.split(1)[0], 0, 1, cfg.train.seed)
     loop = PlainHFLoop(cfg, keep["tokenizer"], stream, device, comp, naive_cosine)
     flops = flops_per_token(count_params(loop.model)["dense"], cfg.model.num_layers, cfg.model.hidden_size,
                             cfg.data.seq_len)
@@ -378,7 +378,7 @@ def describe_batch(cfg) -> str:
     from linreg.engine import precision
 
     t = cfg.train
-    return (f"{t.micro_batch_size} × {t.grad_accum(1)} × seq {cfg.data.seq_len} = "
+    return (f"{' × '.join(map(str, t.split(1)))} × seq {cfg.data.seq_len} = "
             f"{t.global_batch_size * cfg.data.seq_len:,} tokens/step, {precision(cfg)}")
 
 

@@ -35,8 +35,8 @@ class ValLossEvaluator(Evaluator):
         data_cfg = ctx.config.data
         tokens = tokenized_split(data_cfg, "valid", ctx.tokenizer, ctx.rank, dist.barrier)
         self.samples = PackedSamples(tokens, data_cfg.seq_len)
-        self.micro_batch = ctx.config.train.micro_batch_size
-        self.num_batches = data_cfg.val_batches * ctx.config.train.grad_accum(ctx.world_size)  # per rank
+        self.micro_batch, accum = ctx.config.train.split(ctx.world_size)
+        self.num_batches = data_cfg.val_batches * accum  # micro-batches per rank
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         total = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # [sum of token losses, tokens]

@@ -161,7 +161,7 @@ class Trainer:
         if stream is None:
             train_tokens = tokenized_split(cfg.data, "train", self.tokenizer, self.rank, dist.barrier,
                                            progress=self.is_main)
-            stream = TrainStream(PackedSamples(train_tokens, cfg.data.seq_len), cfg.train.micro_batch_size,
+            stream = TrainStream(PackedSamples(train_tokens, cfg.data.seq_len), self.micro_batch,
                                  self.rank, self.world, cfg.train.seed)
         self.stream = stream
         self.custom_model = model is not None
@@ -240,6 +240,11 @@ class Trainer:
     @property
     def tokens_per_step(self) -> int:
         return self.ds_cfg["train_batch_size"] * self.cfg.data.seq_len
+
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per rank and forward (``train.micro_batch_size``, or global / ranks when that is null)."""
+        return self.ds_cfg["train_micro_batch_size_per_gpu"]
 
     @property
     def grad_accum(self) -> int:

@@ -185,7 +185,7 @@ def expand(spec: SweepSpec, runs_root: str | os.PathLike, world_size: int | None
                 try:
                     cfg, _ = resolve_run(str(config), str(run_dir), "auto", overrides)
                     if world_size is not None:
-                        cfg.train.grad_accum(world_size)
+                        cfg.train.split(world_size)
                 except ConfigError as e:
                     raise ConfigError(f"variant {variant}, seed {seed}: {e}") from None
                 plans.append(RunPlan(variant, seed, run_dir, config, overrides, cfg.train.max_steps))

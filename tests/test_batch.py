@@ -40,15 +40,16 @@ def deepspeed_config():
     return DeepSpeedConfig
 
 
-def deepspeed_accum(deepspeed_config, global_batch: int, micro: int, world: int) -> int | None:
-    """DeepSpeed's own derivation from train_batch_size and the micro-batch (None where it refuses)."""
+def deepspeed_split(deepspeed_config, global_batch: int, micro: int | None, world: int) -> tuple[int, int] | None:
+    """DeepSpeed's own derivation of (micro-batch, accumulation) from train_batch_size and the micro-batch if
+    given (None where it refuses)."""
+    given = {"train_batch_size": global_batch} | ({"train_micro_batch_size_per_gpu": micro} if micro else {})
     try:
-        parsed = deepspeed_config({"train_batch_size": global_batch, "train_micro_batch_size_per_gpu": micro},
-                                  mpu=DataParallel(world))
+        parsed = deepspeed_config(given, mpu=DataParallel(world))
     except AssertionError:
         return None
     assert parsed.world_size == world
-    return parsed.gradient_accumulation_steps
+    return parsed.train_micro_batch_size_per_gpu, parsed.gradient_accumulation_steps
 
 
 def shipped_configs(tmp_path) -> dict[str, object]:
@@ -71,14 +72,16 @@ def test_derivation_matches_deepspeed_on_1_to_8_ranks(deepspeed_config):
     outcomes = {"split": 0, "refused": 0}
     for world in range(1, 9):
         for global_batch in (1, 6, 8, 12, 16, 24, 128):
-            for micro in (1, 2, 3, 4, 5, 8, 16, 32):
-                cfg = load_config(None, [f"train.global_batch_size={global_batch}", f"train.micro_batch_size={micro}"])
-                expected = deepspeed_accum(deepspeed_config, global_batch, micro, world)
+            for micro in (None, 1, 2, 3, 4, 5, 8, 16, 32):
+                cfg = load_config(None, [f"train.global_batch_size={global_batch}",
+                                         f"train.micro_batch_size={'null' if micro is None else micro}"])
+                expected = deepspeed_split(deepspeed_config, global_batch, micro, world)
                 if expected is None:
-                    with pytest.raises(ConfigError, match=f"train.global_batch_size={global_batch} is not divisible"):
-                        cfg.train.grad_accum(world)
+                    with pytest.raises(ConfigError, match=f"train.global_batch_size={global_batch} (is not divisible"
+                                                          f"|cannot be split)"):
+                        cfg.train.split(world)
                 else:
-                    assert cfg.train.grad_accum(world) == expected
+                    assert cfg.train.split(world) == expected
                 outcomes["split" if expected else "refused"] += 1
     assert min(outcomes.values()) > 50, outcomes  # the grid has both outcomes in numbers
 
@@ -109,10 +112,10 @@ def test_a_command_line_batch_re_derives_the_accumulation():
 
 def test_explicit_accumulation_is_an_assertion():
     cfg = load_config(CONFIGS / "base.yaml", ["train.grad_accum_steps=4"])
-    assert cfg.train.grad_accum(2) == 4  # 128 / (16 × 2)
+    assert cfg.train.split(2) == (16, 4)  # 128 / (16 × 2)
     with pytest.raises(ConfigError, match=r"^train.grad_accum_steps=4 disagrees with train.global_batch_size 128 / "
                                           r"\(micro_batch_size 16 × 8 rank\(s\)\) = 1: drop it, it is derived$"):
-        cfg.train.grad_accum(8)
+        cfg.train.split(8)
 
 
 @pytest.mark.parametrize("overrides,world,message", [
@@ -125,6 +128,9 @@ def test_explicit_accumulation_is_an_assertion():
     (["train.micro_batch_size=48"], 1, "train.global_batch_size=128 is not divisible by train.micro_batch_size "
                                        "48 × 1 rank(s) = 48: set train.micro_batch_size to a divisor of 128 "
                                        "(global / ranks)"),
+    (["train.global_batch_size=12", "train.micro_batch_size=null"], 8,
+     "train.global_batch_size=12 cannot be split over 8 rank(s) (train.micro_batch_size=null): set "
+     "train.global_batch_size to a multiple of 8"),
 ])
 def test_a_batch_that_cannot_divide_is_one_line(overrides, world, message):
     cfg = load_config(CONFIGS / "base.yaml", overrides)
@@ -137,11 +143,11 @@ def test_a_deepspeed_batch_that_disagrees_is_refused(tmp_path):
     cfg = load_config(CONFIGS / "tiny_cpu.yaml", ["deepspeed={zero_optimization: {stage: 2, overlap_comm: true}}"])
     ds = ds_config(cfg, world_size=2)
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == \
-        (16, 2, 4)
+        (16, 8, 1)  # micro_batch_size null: global / ranks
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True}
     f = tmp_path / "ds.json"
     f.write_text('{"train_batch_size": 64, "gradient_accumulation_steps": 4}')
-    with pytest.raises(ConfigError, match=r"train_batch_size 64, train_micro_batch_size_per_gpu 2, "
+    with pytest.raises(ConfigError, match=r"train_batch_size 64, train_micro_batch_size_per_gpu 8, "
                                           r"gradient_accumulation_steps 4 on 2 rank\(s\) must be "
                                           r"train.global_batch_size 16"):
         ds_config(cfg, world_size=2, override_file=str(f))
