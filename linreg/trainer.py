@@ -234,7 +234,8 @@ class Trainer:
         if self.is_main:
             print(f"model: {self.params['total'] / 1e6:.2f}M parameters ({self.params['dense'] / 1e6:.2f}M dense), "
                   f"{self.world} rank(s), {eng.precision(cfg)}, ZeRO-{cfg.train.zero_stage}, "
-                  f"{self.tokens_per_step} tokens/step, run dir {self.run}", flush=True)
+                  f"{self.tokens_per_step} tokens/step ({cfg.train.global_batch_size} sequences: {self.grad_accum} "
+                  f"micro-step(s) of {self.micro_batch} per rank), run dir {self.run}", flush=True)
 
     # -- public API ----------------------------------------------------------------------------------------------
     @property

@@ -125,7 +125,7 @@ def test_two_processes_match_one(tmp_path, cache_dir):
     one = tmp_path / "one"
     res = run(train_cmd(one, *common), cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "1 rank(s), fp32, ZeRO-0, 256 tokens/step" in res.stdout  # 8 × data.seq_len 32
+    assert "1 rank(s), fp32, ZeRO-0, 256 tokens/step (8 sequences: 4 micro-step(s) of 2 per rank)" in res.stdout
     # Build the tokenizer/cache once so both ranks of the 2-process run find them.
     two = tmp_path / "two"
     launcher = Path(sys.executable).parent / "deepspeed"
@@ -134,7 +134,7 @@ def test_two_processes_match_one(tmp_path, cache_dir):
            "--run-dir", str(two), *common, f"data.cache_dir={cache_dir}"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
-    assert "2 rank(s), fp32, ZeRO-0, 256 tokens/step" in res.stdout
+    assert "2 rank(s), fp32, ZeRO-0, 256 tokens/step (8 sequences: 2 micro-step(s) of 2 per rank)" in res.stdout
     a, b = losses(one), losses(two)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for s in a:
