@@ -249,8 +249,8 @@ class FinetuneSettings:
                                                      "seq_len": self.max_length},
                 "model": {"max_seq_len": self.max_length},
                 "optim": {"lr": self.lr}, "schedule": {"warmup_steps": warmup},
-                "train": {"max_steps": self.steps, "micro_batch_size": self.batch_size, "grad_accum_steps": 1,
-                          "seed": seed},
+                "train": {"max_steps": self.steps, "global_batch_size": self.batch_size,
+                          "micro_batch_size": self.batch_size, "seed": seed},
                 "eval": {k: {"enabled": False} for k in ("val_loss", "linearity", "benchmarks")},
                 "checkpoint": {"every": 0, "keep_last": 1, "export_at_end": False},
                 "logging": {"every": max(1, min(10, self.steps // 10)), "progress_bar": False}}

@@ -27,7 +27,7 @@ class PlainHFLoop:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                      fused=device.type == "cuda")
         self.stream, self.device, self.naive_cosine = stream, device, naive_cosine
-        self.accum = cfg.train.grad_accum_steps
+        self.accum = cfg.train.split(world_size=1)[1]
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
             else contextlib.nullcontext
 

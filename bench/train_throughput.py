@@ -64,8 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--zero", default="1", help="ZeRO stages, comma list")
     p.add_argument("--ckpt", default="off", help="activation checkpointing: off, on or off,on")
     p.add_argument("--compile", default="off", help="torch.compile of model and regularizer: off, on or off,on")
-    p.add_argument("--micro-batch", type=int, help="train.micro_batch_size (default: the config's)")
-    p.add_argument("--grad-accum", type=int, help="train.grad_accum_steps (default: the config's)")
+    p.add_argument("--batch", type=int, help="train.global_batch_size, sequences per step (default: the config's)")
+    p.add_argument("--micro-batch", type=int, help="train.micro_batch_size (default: the config's); the accumulation "
+                   "is --batch / --micro-batch in this one process")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per setup (compilation happens here)")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per timed window")
     p.add_argument("--repeats", type=int, default=3, help="timed windows per setup (the median is reported)")
@@ -127,8 +128,8 @@ def load_cfg(args, overrides: list[str]):
 
 
 def setup_overrides(args, common: list[str], variant: str, zero: int, ckpt: bool, comp: bool) -> list[str]:
-    batch = [f"train.micro_batch_size={args.micro_batch}"] if args.micro_batch else []
-    batch += [f"train.grad_accum_steps={args.grad_accum}"] if args.grad_accum else []
+    batch = [f"train.global_batch_size={args.batch}"] if args.batch else []
+    batch += [f"train.micro_batch_size={args.micro_batch}"] if args.micro_batch else []
     return [*common, *batch, *VARIANTS[variant], f"train.zero_stage={zero}", f"train.gradient_checkpointing={ckpt}",
             f"train.compile={comp}", f"regularizer.compile={comp}", *args.set]
 
@@ -220,7 +221,7 @@ def run_project(cfg, run_dir: Path, device, args, keep: dict) -> dict:
         keep.setdefault("tokenizer", t.tokenizer)
         keep.setdefault("samples", t.stream.samples)
         row = {"params_m": round(t.params["total"] / 1e6, 2),
-               "data_ms_per_step": data_ms_per_step(t.stream, cfg.train.grad_accum_steps)}
+               "data_ms_per_step": data_ms_per_step(t.stream, t.grad_accum)}
         t.meter.reset()
         row.update(measure(lambda s: t.train_step(), args, device, t.flops_per_token,
                            eng.peak_tflops(cfg.logging.peak_tflops), t.tokens_per_step))
@@ -237,11 +238,11 @@ def run_baseline(cfg, device, args, keep: dict, comp: bool, naive_cosine: bool) 
     from linreg import engine as eng
     from model.build import count_params, flops_per_token
 
-    stream = TrainStream(keep["samples"], cfg.train.micro_batch_size, 0, 1, cfg.train.seed)
+    stream = TrainStream(keep["samples"], cfg.train.split(1)[0], 0, 1, cfg.train.seed)
     loop = PlainHFLoop(cfg, keep["tokenizer"], stream, device, comp, naive_cosine)
     flops = flops_per_token(count_params(loop.model)["dense"], cfg.model.num_layers, cfg.model.hidden_size,
                             cfg.data.seq_len)
-    tokens = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * cfg.data.seq_len
+    tokens = cfg.train.global_batch_size * cfg.data.seq_len
     return measure(lambda s: loop.step(), args, device, flops, eng.peak_tflops(cfg.logging.peak_tflops), tokens)
 
 
@@ -377,8 +378,8 @@ def describe_batch(cfg) -> str:
     from linreg.engine import precision
 
     t = cfg.train
-    return (f"{t.micro_batch_size} × {t.grad_accum_steps} × seq {cfg.data.seq_len} = "
-            f"{t.micro_batch_size * t.grad_accum_steps * cfg.data.seq_len:,} tokens/step, {precision(cfg)}")
+    return (f"{' × '.join(map(str, t.split(1)))} × seq {cfg.data.seq_len} = "
+            f"{t.global_batch_size * cfg.data.seq_len:,} tokens/step, {precision(cfg)}")
 
 
 def write_report(out: Path, append: bool, this_run: list[dict], meta: dict) -> None:

@@ -1,7 +1,9 @@
 """Validation loss on the run's own validation split: the first evaluator on the eval hook.
 
 Uses the same packing as training (sequences of ``data.seq_len`` tokens, EOS between documents) over a fixed
-set of ``data.val_batches`` micro-batches per rank; the mean is over all tokens of all ranks.
+set of ``data.val_batches`` global batches: the first ``val_batches × train.global_batch_size`` sequences in file
+order, split over the ranks in micro-batches as training splits a step. The set, and so the loss, is the same on
+any number of ranks; the mean is over all its tokens.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ class ValLossEvaluator(Evaluator):
         data_cfg = ctx.config.data
         tokens = tokenized_split(data_cfg, "valid", ctx.tokenizer, ctx.rank, dist.barrier)
         self.samples = PackedSamples(tokens, data_cfg.seq_len)
-        self.micro_batch = ctx.config.train.micro_batch_size
-        self.num_batches = data_cfg.val_batches
+        self.micro_batch, accum = ctx.config.train.split(ctx.world_size)
+        self.num_batches = data_cfg.val_batches * accum  # micro-batches per rank
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         total = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # [sum of token losses, tokens]

@@ -57,10 +57,14 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
+    """The batch contract: ``global_batch_size`` sequences per optimizer step, over all ranks together, whatever
+    the number of ranks. ``micro_batch_size`` is what one rank runs per forward/backward (what fits in memory;
+    null = global / ranks, no accumulation). The accumulation follows from both and the world size (``split``), as
+    nanoGPT, litgpt and torchtitan derive it, so one config trains the same tokens per step on 1 or 8 GPUs."""
     max_steps: int = 1000
-    micro_batch_size: int = 8  # sequences per rank per micro-step
-    grad_accum_steps: int = 1
-    global_batch_size: int | None = None  # if set: must equal micro * accum * world_size
+    global_batch_size: int = 8  # sequences per optimizer step, all ranks together
+    micro_batch_size: int | None = 8  # sequences per rank per forward/backward; null = global / ranks
+    grad_accum_steps: int | None = None  # derived; set it only to assert the split (a mismatch is an error)
     seed: int = 1234
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     zero_stage: int = 0
@@ -68,11 +72,30 @@ class TrainConfig:
     compile: bool = False  # torch.compile the module before deepspeed.initialize
 
     def validate(self, p: str) -> None:
-        for k in ("max_steps", "micro_batch_size", "grad_accum_steps"):
-            check(getattr(self, k) >= 1, f"{p}.{k}", getattr(self, k), "must be >= 1")
+        for k in ("max_steps", "global_batch_size", "micro_batch_size", "grad_accum_steps"):
+            if getattr(self, k) is not None:
+                check(getattr(self, k) >= 1, f"{p}.{k}", getattr(self, k), "must be >= 1")
         check(self.zero_stage in (0, 1, 2, 3), f"{p}.zero_stage", self.zero_stage, "must be 0, 1, 2 or 3")
-        if self.global_batch_size is not None:
-            check(self.global_batch_size >= 1, f"{p}.global_batch_size", self.global_batch_size, "must be >= 1")
+
+    def split(self, world_size: int) -> tuple[int, int]:
+        """(micro-batch, micro-steps) of one optimizer step on ``world_size`` ranks: the micro-steps are
+        global / (micro × world_size), which must be a whole number (DeepSpeed's ``train_batch_size =
+        train_micro_batch_size_per_gpu × gradient_accumulation_steps × world_size``)."""
+        g, w = self.global_batch_size, world_size
+        if self.micro_batch_size is None and g % w:
+            raise ConfigError(f"train.global_batch_size={g} cannot be split over {w} rank(s) "
+                              f"(train.micro_batch_size=null): set train.global_batch_size to a multiple of {w}")
+        m = self.micro_batch_size if self.micro_batch_size is not None else g // w
+        if g % (m * w):
+            fix = (f"set train.micro_batch_size to a divisor of {g // w} (global / ranks)" if g % w == 0 else
+                   f"set train.global_batch_size to a multiple of {m * w}")
+            raise ConfigError(f"train.global_batch_size={g} is not divisible by train.micro_batch_size {m} × "
+                              f"{w} rank(s) = {m * w}: {fix}")
+        accum = g // (m * w)
+        if self.grad_accum_steps is not None and self.grad_accum_steps != accum:
+            raise ConfigError(f"train.grad_accum_steps={self.grad_accum_steps} disagrees with train.global_batch_size "
+                              f"{g} / (micro_batch_size {m} × {w} rank(s)) = {accum}: drop it, it is derived")
+        return m, accum
 
 
 @dataclass

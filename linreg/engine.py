@@ -2,8 +2,9 @@
 
 The DeepSpeed config is generated from the typed sections (batch sizes, clipping, precision, ZeRO stage) and
 then deep-merged with the YAML ``deepspeed:`` block, or with ``--deepspeed_config file.json`` when the launcher
-passes one (the file wins over the block). Batch sizes must agree everywhere:
-``train_batch_size = micro_batch × grad_accum × world_size``.
+passes one (the file wins over the block). The batch is ``train.global_batch_size`` on any number of ranks:
+``gradient_accumulation_steps`` (and the micro-batch, when null) are derived (``TrainConfig.split``), and a block or
+file that sets DeepSpeed's batch keys must agree with them.
 """
 from __future__ import annotations
 
@@ -22,22 +23,12 @@ def precision(cfg) -> str:
     return core_precision.resolve(cfg.train.precision)
 
 
-def check_batch(cfg, world_size: int) -> int:
-    t = cfg.train
-    got = t.micro_batch_size * t.grad_accum_steps * world_size
-    if t.global_batch_size is not None and t.global_batch_size != got:
-        raise ConfigError(
-            f"train.global_batch_size={t.global_batch_size} != micro_batch_size {t.micro_batch_size} × "
-            f"grad_accum_steps {t.grad_accum_steps} × world_size {world_size} = {got}")
-    return got
-
-
 def ds_config(cfg, world_size: int, override_file: str | None = None) -> dict:
-    global_batch = check_batch(cfg, world_size)
+    derived_micro, derived_accum = cfg.train.split(world_size)
     generated = {
-        "train_batch_size": global_batch,
-        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
-        "gradient_accumulation_steps": cfg.train.grad_accum_steps,
+        "train_batch_size": cfg.train.global_batch_size,
+        "train_micro_batch_size_per_gpu": derived_micro,
+        "gradient_accumulation_steps": derived_accum,
         "gradient_clipping": cfg.optim.grad_clip,
         "bf16": {"enabled": precision(cfg) == "bf16"},
         "zero_optimization": {"stage": cfg.train.zero_stage},
@@ -67,13 +58,12 @@ def ds_config(cfg, world_size: int, override_file: str | None = None) -> dict:
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (micro, accum, total)):
         raise ConfigError(f"DeepSpeed batch sizes must be integers: train_batch_size={total!r}, "
                           f"train_micro_batch_size_per_gpu={micro!r}, gradient_accumulation_steps={accum!r}")
-    configured = (cfg.train.micro_batch_size, cfg.train.grad_accum_steps)
-    if micro * accum * world_size != total or (micro, accum) != configured:
+    if (total, micro, accum) != (cfg.train.global_batch_size, derived_micro, derived_accum):
         raise ConfigError(
-            f"DeepSpeed batch sizes disagree: train_batch_size {total} must equal train_micro_batch_size_per_gpu "
-            f"{micro} × gradient_accumulation_steps {accum} × world_size {world_size} = {micro * accum * world_size}, "
-            f"and match train.micro_batch_size={cfg.train.micro_batch_size}, "
-            f"train.grad_accum_steps={cfg.train.grad_accum_steps}")
+            f"DeepSpeed batch sizes disagree: train_batch_size {total}, train_micro_batch_size_per_gpu {micro}, "
+            f"gradient_accumulation_steps {accum} on {world_size} rank(s) must be train.global_batch_size "
+            f"{cfg.train.global_batch_size}, micro-batch {derived_micro} and {derived_accum} micro-steps (the "
+            f"train section's): set the batch in the train section only")
     if merged.get("fp16", {}).get("enabled"):
         if not torch.cuda.is_available():
             raise ConfigError("deepspeed.fp16.enabled=true is not supported on CPU; use train.precision=fp32 or bf16")

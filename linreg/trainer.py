@@ -87,7 +87,7 @@ class Trainer:
                 shutil.rmtree(run.path, ignore_errors=True)  # a failed fresh start leaves nothing behind
             raise
         self.meter = StepMeter(every=cfg.logging.every, max_steps=cfg.train.max_steps,
-                               micro_steps=cfg.train.grad_accum_steps, world=self.world,
+                               micro_steps=self.grad_accum, world=self.world,
                                tokens_per_step=self.tokens_per_step, flops_per_token=self.flops_per_token,
                                peak_tflops=eng.peak_tflops(cfg.logging.peak_tflops), device=self.device)
         self.checkpointer = Checkpointer(self.engine, run, cfg.checkpoint.every, cfg.checkpoint.keep_last,
@@ -160,7 +160,7 @@ class Trainer:
         if stream is None:
             train_tokens = tokenized_split(cfg.data, "train", self.tokenizer, self.rank, dist.barrier,
                                            progress=self.is_main)
-            stream = TrainStream(PackedSamples(train_tokens, cfg.data.seq_len), cfg.train.micro_batch_size,
+            stream = TrainStream(PackedSamples(train_tokens, cfg.data.seq_len), self.micro_batch,
                                  self.rank, self.world, cfg.train.seed)
         self.stream = stream
         self.custom_model = model is not None
@@ -233,12 +233,23 @@ class Trainer:
         if self.is_main:
             print(f"model: {self.params['total'] / 1e6:.2f}M parameters ({self.params['dense'] / 1e6:.2f}M dense), "
                   f"{self.world} rank(s), {eng.precision(cfg)}, ZeRO-{cfg.train.zero_stage}, "
-                  f"{self.tokens_per_step} tokens/step, run dir {self.run}", flush=True)
+                  f"{self.tokens_per_step} tokens/step ({cfg.train.global_batch_size} sequences: {self.grad_accum} "
+                  f"micro-step(s) of {self.micro_batch} per rank), run dir {self.run}", flush=True)
 
     # -- public API ----------------------------------------------------------------------------------------------
     @property
     def tokens_per_step(self) -> int:
         return self.ds_cfg["train_batch_size"] * self.cfg.data.seq_len
+
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per rank and forward (``train.micro_batch_size``, or global / ranks when that is null)."""
+        return self.ds_cfg["train_micro_batch_size_per_gpu"]
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-steps per optimizer step: derived from the global batch, the micro-batch and the world size."""
+        return self.ds_cfg["gradient_accumulation_steps"]
 
     @property
     def model(self) -> torch.nn.Module:
@@ -264,7 +275,7 @@ class Trainer:
     def train_step(self) -> None:
         """One optimizer step (all micro-steps). Losses accumulate on the device in the meter: no host sync."""
         step = self.state.step
-        accum = self.cfg.train.grad_accum_steps
+        accum = self.grad_accum
         measure_norm = self._own_grad_norm and self.meter.due(step + 1)
         for micro in range(accum):
             ce, reg = self.forward_loss(self.stream.next_batch(), step)

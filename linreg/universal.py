@@ -11,8 +11,8 @@ checkpoint of a linreg run and puts the result inside that checkpoint:
 It writes ``step_.../universal/`` with a manifest of its own, and leaves the checkpoint's own files as they are. A
 resume with another world size (``--resume auto`` or that checkpoint's path) then loads ``universal/`` by itself;
 without it such a resume is refused with this command in the error. The resumed run sees the same samples it would
-have seen (one global sample cursor, whatever the number of ranks); the global batch is micro × accum × ranks, so
-set ``train.micro_batch_size`` or ``train.grad_accum_steps`` to keep it.
+have seen (one global sample cursor, whatever the number of ranks), in steps of the same ``train.global_batch_size``:
+only the accumulation is derived again for the new number of ranks.
 """
 from __future__ import annotations
 

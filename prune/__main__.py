@@ -84,7 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--distill-config", default=None, help="YAML over the defaults in prune/distill.py")
     g.add_argument("--distill-steps", type=int, default=None, help="train.max_steps")
     g.add_argument("--distill-lr", type=float, default=None, help="optim.lr")
-    g.add_argument("--distill-micro-batch", type=int, default=None, help="train.micro_batch_size")
+    g.add_argument("--distill-batch", type=int, default=None, help="train.global_batch_size (sequences per step)")
+    g.add_argument("--distill-micro-batch", type=int, default=None, help="train.micro_batch_size (per forward)")
     g.add_argument("--distill-seq-len", type=int, default=None, help="data.seq_len")
     g.add_argument("--distill-set", action="append", default=[], metavar="KEY=VALUE",
                    help="any dotted override of the distillation config, e.g. train.zero_stage=3 (repeatable)")
@@ -94,7 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def distill_overrides(args, out: Path) -> list[str]:
     pairs = [("train.max_steps", args.distill_steps), ("optim.lr", args.distill_lr),
-             ("train.micro_batch_size", args.distill_micro_batch), ("data.seq_len", args.distill_seq_len),
+             ("train.global_batch_size", args.distill_batch), ("train.micro_batch_size", args.distill_micro_batch),
+             ("data.seq_len", args.distill_seq_len),
              ("data.root", args.data_root)]
     given = [f"{k}={v}" for k, v in pairs if v is not None]
     cache = [] if any(s.startswith("data.cache_dir=") for s in args.distill_set) else [

@@ -49,7 +49,7 @@ DEFAULTS: dict = {
     "regularizer": {"name": "none"},
     "optim": {"lr": 1.0e-3, "weight_decay": 0.0},
     "schedule": {"kind": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.1},
-    "train": {"max_steps": 200, "micro_batch_size": 8, "grad_accum_steps": 1, "zero_stage": 0},
+    "train": {"max_steps": 200, "global_batch_size": 8, "micro_batch_size": 8, "zero_stage": 0},
     "eval": {"val_loss": {"every": 0, "at_end": True}, "linearity": {"enabled": False},
              "benchmarks": {"enabled": False}},
     "checkpoint": {"every": 0, "keep_last": 1, "export_at_end": False},

@@ -35,7 +35,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    from sweep.runner import launcher_prefix, pending_steps, run_sweep, shell_line
+    from sweep.runner import launcher_prefix, launcher_ranks, pending_steps, run_sweep, shell_line
     from sweep.spec import describe, expand, load_sweep, sweep_dir
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher = args.launcher or spec.launcher
     launcher_args = spec.launcher_args if args.launcher_args is None else args.launcher_args
     prefix = launcher_prefix(launcher, launcher_args)
-    plans = expand(spec, args.runs_root)
+    plans = expand(spec, args.runs_root, launcher_ranks(launcher, launcher_args))
     if args.only:
         known = {p.variant for p in plans} | {p.label for p in plans}
         unknown = [s for s in args.only if s not in known]

@@ -13,6 +13,7 @@ checkpoint (train.py's preemption path); the sweep then stops and the same comma
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -76,6 +77,18 @@ def launcher_prefix(launcher: str, launcher_args: list[str]) -> list[str]:
         return [sys.executable]
     installed = Path(sys.executable).parent / "deepspeed"  # the launcher of this environment, else the PATH's
     return [str(installed) if installed.is_file() else "deepspeed", *launcher_args]
+
+
+def launcher_ranks(launcher: str, launcher_args: list[str]) -> int | None:
+    """Ranks the launch is known to start: 1 for python; deepspeed's ``--num_gpus N`` (per node, so a divisor of
+    the world size: a batch that cannot be split over N ranks cannot be split over the whole launch); else None
+    (the launcher counts the GPUs or reads a hostfile)."""
+    if launcher == "python":
+        return 1
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--num_gpus", "--num_accelerators", type=int, default=None)
+    known, _ = p.parse_known_args(launcher_args)
+    return known.num_gpus if known.num_gpus is not None and known.num_gpus > 0 else None
 
 
 def train_command(plan: RunPlan, prefix: list[str]) -> list[str]:

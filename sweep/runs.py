@@ -19,8 +19,10 @@ from core.rundir import RunDir
 from sweep.runner import checkpoint_step
 
 # Config keys that do not change what a run computes (or that name it): runs differing only in these, and in
-# the seed, are seeds of one variant.
-NOT_THE_EXPERIMENT = ("name", "train.seed", "logging", "checkpoint", "data.cache_dir")
+# the seed, are seeds of one variant. The micro-batch and the accumulation only split the same global batch
+# (a step on 8 GPUs and on 1 differs by floating-point rounding).
+NOT_THE_EXPERIMENT = ("name", "train.seed", "logging", "checkpoint", "data.cache_dir", "train.micro_batch_size",
+                      "train.grad_accum_steps")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -166,10 +166,11 @@ def run_overrides(spec: SweepSpec, variant: str, seed: int) -> list[str]:
     return [*args, override_arg("name", f"{spec.name}/{variant}/seed{seed}"), f"train.seed={seed}"]
 
 
-def expand(spec: SweepSpec, runs_root: str | os.PathLike) -> list[RunPlan]:
+def expand(spec: SweepSpec, runs_root: str | os.PathLike, world_size: int | None = None) -> list[RunPlan]:
     """Every (variant, seed), variant-major, each config resolved as train.py will resolve it (a run dir that
-    exists already contributes its saved config.yaml, as ``--resume auto`` does). On a bad config nothing is left
-    on disk: a generated base file written for the check is removed again."""
+    exists already contributes its saved config.yaml, as ``--resume auto`` does), and its batch split over
+    ``world_size`` ranks when the launch says how many. On a bad config nothing is left on disk: a generated base
+    file written for the check is removed again."""
     from linreg.config import resolve_run
 
     config = base_config(spec, runs_root)
@@ -183,6 +184,8 @@ def expand(spec: SweepSpec, runs_root: str | os.PathLike) -> list[RunPlan]:
                 overrides = run_overrides(spec, variant, seed)
                 try:
                     cfg, _ = resolve_run(str(config), str(run_dir), "auto", overrides)
+                    if world_size is not None:
+                        cfg.train.split(world_size)
                 except ConfigError as e:
                     raise ConfigError(f"variant {variant}, seed {seed}: {e}") from None
                 plans.append(RunPlan(variant, seed, run_dir, config, overrides, cfg.train.max_steps))

@@ -129,6 +129,11 @@ CASES: dict[str, Case] = {
     "train-unknown-task": Case("train", [*TINY_CFG, "eval.benchmarks.tasks=[nosuch]"], ["nosuch"]),
     "train-global-batch": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "train.global_batch_size=5"],
                                ["train.global_batch_size=5"]),
+    "train-micro-batch-does-not-divide": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "train.global_batch_size=8",
+                                                        "train.micro_batch_size=3"],
+                                              ["train.global_batch_size=8", "train.micro_batch_size 3"]),
+    "train-grad-accum-disagrees": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "train.grad_accum_steps=2"],
+                                       ["train.grad_accum_steps=2", "derived"]),
     # -- train.py: the DeepSpeed block and file -----------------------------------------------------------------
     "train-ds-fp16-bool": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "deepspeed.fp16=true"],
                                ["deepspeed.fp16=True"]),
@@ -234,6 +239,10 @@ CASES: dict[str, Case] = {
     "prepare-offline": Case("prepare", ["--root", "{tmp}/root", "--only", "wikitext2"],
                             ["set 'wikitext2'", "Salesforce/wikitext"]),
     "prepare-from-missing": Case("prepare", ["--root", "{tmp}/root", "--from", "{tmp}/hub"], ["--from {tmp}/hub"]),
+    "sweep-batch-for-the-gpus": Case("sweep", ["{tmp}/s.yaml", "--runs-root", "{tmp}/runs", "--", "--num_gpus", "2"],
+                                     ["variant a, seed 1", "train.global_batch_size=12", "4 × 2 rank(s)"],
+                                     {"s.yaml": f"base: {TINY}\nlauncher: deepspeed\nvariants: {{a: {{}}}}\n"
+                                                "overrides: {train.global_batch_size: 12}\n"}),
     "universal-missing": Case("universal", ["{tmp}/gone"], ["{tmp}/gone"]),
     "universal-no-checkpoint": Case("universal", ["{tmp}/run"], ["{tmp}/run"], prep="prep_no_latest"),
     "universal-zero0": Case("universal", ["{run}"], ["{run}/checkpoints/step_", "ZeRO-0", "nothing to convert"]),

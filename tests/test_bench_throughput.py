@@ -12,7 +12,7 @@ def test_plain_hf_loop_trains(tiny_tokenizer):
 
     args = parse_args(["--config", "tests/tiny.yaml", "--out", "unused"])
     assert load_cfg(args, []).model.vocab_size == 384  # pinned to tokenizer.vocab_size: the preset's shape
-    cfg = load_cfg(args, ["train.grad_accum_steps=2", f"model.vocab_size={len(tiny_tokenizer)}"])
+    cfg = load_cfg(args, ["train.global_batch_size=8", f"model.vocab_size={len(tiny_tokenizer)}"])  # 4 × 2
     tokens = np.random.default_rng(0).integers(0, len(tiny_tokenizer), 4000).astype(np.uint16)
     stream = TrainStream(PackedSamples(tokens, cfg.data.seq_len), cfg.train.micro_batch_size, 0, 1, 0)
     for naive in (False, True):

@@ -20,8 +20,8 @@ def setup(tiny_tokenizer, tinystories_valid, tmp_path_factory):
     probe = Probe(probe_tokens(tiny_tokenizer, tinystories_valid, num_chunks=8), pad_id=tiny_tokenizer.pad_token_id)
     cache = tmp_path_factory.mktemp("distill_cache")
     cfg = distill_config(None, ["train.max_steps=25", "optim.lr=3e-3", "data.seq_len=32", "data.max_docs=300",
-                                "train.micro_batch_size=4", "schedule.warmup_steps=2", "logging.every=5",
-                                "logging.progress_bar=false", f"data.cache_dir={cache}"], 256)
+                                "train.global_batch_size=4", "train.micro_batch_size=4", "schedule.warmup_steps=2",
+                                "logging.every=5", "logging.progress_bar=false", f"data.cache_dir={cache}"], 256)
     return model, probe, cfg, heldout_batches(cfg, tiny_tokenizer, 2)
 
 
@@ -52,11 +52,12 @@ def test_distill_resumes(setup, tiny_tokenizer, tmp_path):
     pruned.change(2, probe)
     short = distill_config(None, [f"{k}={v}" for k, v in (("train.max_steps", 10), ("checkpoint.every", 5))] +
                            [f"data.cache_dir={cfg.data.cache_dir}", "data.seq_len=32", "data.max_docs=300",
-                            "train.micro_batch_size=4", "logging.progress_bar=false", "logging.every=1"], 256)
+                            "train.global_batch_size=4", "train.micro_batch_size=4", "logging.progress_bar=false",
+                            "logging.every=1"], 256)
     first, _ = distill(pruned, "linear+distill", model, tiny_tokenizer, short, tmp_path / "run")
     longer = distill_config(None, ["train.max_steps=15", "checkpoint.every=5", f"data.cache_dir={cfg.data.cache_dir}",
-                                   "data.seq_len=32", "data.max_docs=300", "train.micro_batch_size=4",
-                                   "logging.progress_bar=false", "logging.every=1"], 256)
+                                   "data.seq_len=32", "data.max_docs=300", "train.global_batch_size=4",
+                                   "train.micro_batch_size=4", "logging.progress_bar=false", "logging.every=1"], 256)
     resumed, _ = distill(pruned, "linear+distill", model, tiny_tokenizer, longer, tmp_path / "run", resume=True)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sorted(set(steps)) == list(range(1, 16)) and steps.index(11) > steps.index(10), steps  # continued at 11

@@ -118,23 +118,33 @@ def test_sigterm_then_resume_is_bit_exact(tmp_path, cache_dir):
 
 
 def test_two_processes_match_one(tmp_path, cache_dir):
-    common = ["train.max_steps=6", "eval.val_loss.enabled=false", "checkpoint.every=0",
-              "checkpoint.export_at_end=false"]
+    """One global batch, two world sizes: 8 sequences per step as 4 micro-steps of 2 on one rank and as 2 micro-steps
+    of 2 on each of two ranks train the same tokens per step with the same losses, and validate on the same set."""
+    common = ["train.max_steps=6", "eval.val_loss.every=3", "checkpoint.every=0",
+              "checkpoint.export_at_end=false", "train.global_batch_size=8", "train.micro_batch_size=2"]
     one = tmp_path / "one"
-    res = run(train_cmd(one, *common, "train.micro_batch_size=4"), cache_dir)
+    res = run(train_cmd(one, *common), cache_dir)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "1 rank(s), fp32, ZeRO-0, 256 tokens/step (8 sequences: 4 micro-step(s) of 2 per rank)" in res.stdout
     # Build the tokenizer/cache once so both ranks of the 2-process run find them.
     two = tmp_path / "two"
     launcher = Path(sys.executable).parent / "deepspeed"
     port = str(29500 + os.getpid() % 1000)
     cmd = [str(launcher), "--num_gpus", "2", "--master_port", port, str(REPO / "train.py"), "--config", str(TINY),
-           "--run-dir", str(two), *common, "train.micro_batch_size=2", f"data.cache_dir={cache_dir}"]
+           "--run-dir", str(two), *common, f"data.cache_dir={cache_dir}"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
+    assert "2 rank(s), fp32, ZeRO-0, 256 tokens/step (8 sequences: 2 micro-step(s) of 2 per rank)" in res.stdout
     a, b = losses(one), losses(two)
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for s in a:
         assert abs(a[s] - b[s]) < 1e-5, (s, a[s], b[s])
+    val = [{m["step"]: m["val/loss"] for m in read_metrics(r / "metrics.jsonl") if "val/loss" in m} for r in (one, two)]
+    assert sorted(val[0]) == sorted(val[1]) == [3, 6]
+    assert all(abs(val[0][s] - val[1][s]) < 1e-5 for s in (3, 6)), val
+    tokens = [{m["step"]: m["train/tokens"] for m in read_metrics(r / "metrics.jsonl") if "train/tokens" in m}
+              for r in (one, two)]
+    assert tokens[0] == tokens[1] == {s: 256 * s for s in range(1, 7)}
 
 
 def test_bad_input_exits_with_one_line(tmp_path, cache_dir):
