@@ -1,5 +1,6 @@
 """kill -9 anywhere, then ``train.py --resume auto``: the run ends as the uninterrupted one, and its logs hold each
-(step, tag) once with nothing missing -- metrics.jsonl, linearity.jsonl and TensorBoard's event files.
+(step, tag) once with nothing missing -- metrics.jsonl, linearity.jsonl, the benchmark results and TensorBoard's
+event files.
 
 Every run here is the real ``train.py`` command line (``train.main``) in its own process, forked from one server
 that imported torch, DeepSpeed and transformers once, so a killed run costs its own work and not a Python start.
@@ -27,10 +28,11 @@ from core.rundir import RunDir, step_of
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "tiny.yaml"
 STEPS = 4
-# Checkpoints at 2 and 4; val loss at 2 and 4, linearity at 3 and 4: a stop at step 3 owes its linearity.
+# Checkpoints at 2 and 4; val loss at 2 and 4, linearity and a benchmark at 3 and 4: a stop at step 3 owes both.
 OVER = [f"train.max_steps={STEPS}", "checkpoint.every=2", "checkpoint.keep_last=3", "checkpoint.export_at_end=false",
         "eval.val_loss.every=2", "eval.linearity.every=3", "eval.linearity.plot=false",
-        "eval.linearity.probe.num_chunks=8"]
+        "eval.linearity.probe.num_chunks=8", "eval.benchmarks.enabled=true", "eval.benchmarks.every=3",
+        "eval.benchmarks.tasks=[copa]", "eval.benchmarks.limit=2"]
 TIMED = ("train/tokens_per_s", "train/step_time_s", "train/mem_gb", "train/mfu")  # wall-clock tags differ per run
 PRELOAD = ["train", "linreg.trainer", "deepspeed", "transformers", "eval.hook", "eval.val_loss",
            "eval.linearity.evaluator", "data.cache", "data.stream", "model.build", "regularizers",
@@ -86,9 +88,12 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(runs, tmp_path_factory):
-    """The uninterrupted run (its tokenizer seeds the others: BPE training is not what these tests are about), and
-    how long it took from fork to exit."""
-    run = RunDir(tmp_path_factory.mktemp("kill_ref") / "run")
+    """The uninterrupted run, and how long it took from fork to exit. A first run builds the token cache and the
+    tokenizer, which every other run starts with (BPE training is not what these tests are about)."""
+    root = tmp_path_factory.mktemp("kill_ref")
+    first = RunDir(root / "first")
+    assert runs.run(first) == 0, output(first)[-3000:]
+    run = new_run(root, first, "run")
     t0 = time.perf_counter()
     assert runs.run(run) == 0, output(run)[-3000:]
     return run, time.perf_counter() - t0
@@ -116,7 +121,10 @@ def logs(run: RunDir) -> dict:
     metrics = [(r["step"], k, v) for r in map(json.loads, run.metrics.read_text().splitlines())
                for k, v in r.items() if k != "step"]
     linearity = [(r["step"], "linearity", r["means"]) for r in map(json.loads, run.linearity.read_text().splitlines())]
-    return {"metrics": metrics, "linearity": linearity, "tensorboard": tensorboard_entries(run.tb)}
+    benchmarks = [(step_of(d), "results", json.loads((d / "results.json").read_text()))
+                  for d in (run.path / "benchmarks").glob("step_*")]
+    return {"metrics": metrics, "linearity": linearity, "benchmarks": benchmarks,
+            "tensorboard": tensorboard_entries(run.tb)}
 
 
 def assert_logged_as(run: RunDir, reference: RunDir) -> None:
