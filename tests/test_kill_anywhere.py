@@ -4,7 +4,7 @@ event files.
 
 Every run here is the real ``train.py`` command line (``train.main``) in its own process, forked from one server
 that imported torch, DeepSpeed and transformers once, so a killed run costs its own work and not a Python start.
-The moments: each failpoint (startup, an evaluation before and after the first checkpoint, inside the first save,
+The moments: the failpoints (startup, an evaluation before and after the first checkpoint, inside the first save,
 after a save, a preemption whose evaluations stay owed and a kill inside them), then seeded random moments drawn
 over the measured length of an uninterrupted run (no sleeps tuned to a machine). A damaged newest checkpoint
 falls back to the previous one through the same command line.
@@ -156,7 +156,7 @@ def aborted_steps(run: RunDir) -> list[int]:
     return steps
 
 
-def test_killed_at_each_failpoint_then_resumed_logs_every_row_once(runs, reference, tmp_path):
+def test_killed_at_the_failpoints_then_resumed_logs_every_row_once(runs, reference, tmp_path):
     """One run dir through seven processes, each killed at another moment, the last one left to finish."""
     ref, _ = reference
     run = new_run(tmp_path, ref, "chain")
