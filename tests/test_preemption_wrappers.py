@@ -67,7 +67,8 @@ def test_the_sweep_runner_waits_for_the_processes_its_signalled_step_leaves_behi
     interrupt = Interrupt()
     try:
         def signal_when_up():
-            while not started.exists():
+            deadline = time.time() + 120
+            while not started.exists() and time.time() < deadline:
                 time.sleep(0.02)
             os.kill(os.getpid(), signal.SIGTERM)  # as the scheduler signals the sweep
 
