@@ -23,7 +23,7 @@ from core.rundir import RunDir
 class MetricsLogger:
     def __init__(self, run: RunDir, tensorboard: bool = True, wandb: dict | None = None, config: dict | None = None):
         """``wandb``: the ``logging.wandb`` section (None: no W&B); ``config``: the resolved config it records."""
-        self.path, self.tb_dir = run.metrics, run.tb
+        self.path, self.tb_dir, self.linearity = run.metrics, run.tb, run.linearity
         self._file = self.path.open("a", encoding="utf-8")
         self.tb = None
         if tensorboard:
@@ -53,6 +53,8 @@ class MetricsLogger:
         """Flush every sink and fsync its files (before a checkpoint: the logs must be as durable as it is)."""
         self.flush()
         os.fsync(self._file.fileno())
+        if self.linearity.is_file():  # appended by its evaluator, closed after each row
+            fsync_file(self.linearity)
         for events in self.tb_dir.glob("events.out.tfevents.*") if self.tb is not None else ():
             fsync_file(events)
 
