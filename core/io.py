@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core.errors import DataError, MissingDataError
@@ -64,21 +64,22 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     fsync_file(path.parent)
 
 
-def trim_jsonl(path: str | os.PathLike, max_step: int) -> int:
-    """Drop the rows whose ``step`` is beyond ``max_step`` (what a resumed run will log again); returns how many."""
+def trim_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> int:
+    """Keep the rows ``keep`` accepts (rows without a ``step`` always) and drop lines torn by a crash mid-write;
+    returns how many lines were dropped. The file is replaced atomically, and only when something changed."""
     path = Path(path)
     if not path.is_file():
         return 0
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    keep = []
+    kept = []
     for line in lines:
         try:
-            step = json.loads(line).get("step") if line.strip() else None
+            row = json.loads(line) if line.strip() else None
         except json.JSONDecodeError:  # a line torn by a crash mid-write
             continue
-        if line.strip() and (step is None or step <= max_step):
-            keep.append(line if line.endswith("\n") else line + "\n")
-    dropped = sum(1 for line in lines if line.strip()) - len(keep)
-    if dropped:
-        write_atomic(path, "".join(keep))
+        if isinstance(row, dict) and ("step" not in row or keep(row)):
+            kept.append(line if line.endswith("\n") else line + "\n")
+    dropped = sum(1 for line in lines if line.strip()) - len(kept)
+    if dropped or (lines and not lines[-1].endswith("\n")):  # an unterminated last line would join the next
+        write_atomic(path, "".join(kept))
     return dropped

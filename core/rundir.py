@@ -8,6 +8,11 @@
       export/            HF model + tokenizer
       linearity.jsonl, plots/, benchmarks/step_XXXXXXXX/   evaluator outputs
       benchmarks/final/  full-split benchmarks of the final checkpoint (python -m eval --log-samples; sweeps)
+      aborted_<n>/       the logs of an attempt killed before its first checkpoint, moved aside by the fresh start
+
+The logs hold each (step, tag) once across crashes and resumes: a resume from step k drops what was logged after
+the checkpoint (``trim_logs``), and a fresh start over an attempt that never finished a checkpoint moves that
+attempt's logs aside (``set_aside_attempt``) instead of appending to them.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import CheckpointError, ConfigError
@@ -87,15 +93,20 @@ class RunDir:
 
     def resumable_checkpoint(self) -> Path | None:
         """The newest *complete* checkpoint (manifest present, every file at its recorded size), for
-        ``--resume auto``. A damaged newer one is reported and skipped; None when there are no checkpoints at all;
-        a CheckpointError when checkpoints exist but none is usable (never a silent restart from step 0)."""
-        dirs = self.checkpoint_dirs()
+        ``--resume auto``. The debris of an interrupted save (no manifest) is not a checkpoint and is passed over;
+        a damaged newer checkpoint (its manifest present, a file missing or of another size) is reported and
+        skipped, and so is a ``latest`` that names no checkpoint. None when there is no checkpoint at all (a
+        fresh start); a CheckpointError when a checkpoint was completed but none is usable now (never a silent
+        restart from step 0)."""
         problems = []
-        for tag_dir in reversed(dirs):
+        for tag_dir in reversed(self.checkpoint_dirs()):
+            if is_unfinished_save(tag_dir):
+                continue
             problem = verify_checkpoint(tag_dir)
             if problem is None:
                 for p in problems:
                     warnings.warn(f"skipping damaged checkpoint: {p}; resuming from {tag_dir.name}", stacklevel=2)
+                self._check_latest(tag_dir)
                 return tag_dir
             problems.append(problem)
         if problems:
@@ -104,8 +115,31 @@ class RunDir:
         if (self.checkpoints / LATEST).exists():
             raise CheckpointError(f"{self.checkpoints / LATEST} names "
                                   f"'{(self.checkpoints / LATEST).read_text(errors='replace').strip()[:60]}' but "
-                                  f"there is no step_* checkpoint: refusing to restart from step 0")
+                                  f"no complete checkpoint is left: refusing to restart from step 0")
         return None
+
+    def _check_latest(self, used: Path) -> None:
+        """One warning when ``latest`` is empty, garbage or dangling (the manifests chose ``used`` instead)."""
+        marker = self.checkpoints / LATEST
+        if not marker.exists():
+            return  # a kill between the first manifest and its ``latest``: nothing was skipped
+        try:
+            text = marker.read_text(errors="replace").strip()
+        except OSError:
+            text = "\x00"
+        if not text:
+            why = "is empty"
+        elif step_of(text) is None or Path(text).name != text:
+            why = f"names {text[:40]!r}, not a checkpoint"
+        elif not (self.checkpoints / text).is_dir():
+            why = f"names {text}, which does not exist"
+        else:
+            return
+        warnings.warn(f"{marker} {why}: resuming from {used.name}, the newest complete checkpoint", stacklevel=3)
+
+    def unfinished_saves(self) -> list[Path]:
+        """The step_* directories of saves that never finished (no manifest)."""
+        return [d for d in self.checkpoint_dirs() if is_unfinished_save(d)]
 
     # -- preparation ---------------------------------------------------------------------------------------------
     def started(self) -> bool:
@@ -126,10 +160,47 @@ class RunDir:
         # created (the tokenizer is its first file); in a dir that existed before, a failed start may leave a
         # tokenizer/, which the re-run reuses.
 
-    def trim_logs(self, step: int) -> None:
-        """Before a resume from ``step``: drop the log rows of later steps, which the resumed run logs again."""
-        for path in (self.metrics, self.linearity):
-            trim_jsonl(path, step)
+    logs = property(lambda self: (self.metrics, self.linearity, self.tb, self.path / "benchmarks", self.plots))
+
+    def trim_logs(self, step: int, evaluations_owed: bool = False) -> None:
+        """Before a resume from the checkpoint of ``step``: drop what the resumed run logs again -- the rows of later
+        steps, and the evaluations of ``step`` itself when the checkpoint owes them -- and the debris of
+        unfinished saves. TensorBoard's event files are trimmed by ``linreg.metrics.trim_tensorboard`` with the
+        same ``log_filter``."""
+        keep = log_filter(step, evaluations_owed)
+        trim_jsonl(self.metrics, lambda row: all(keep(row["step"], tag) for tag in row if tag != "step"))
+        trim_jsonl(self.linearity, lambda row: keep(row["step"], "linearity"))
+        bench = self.path / "benchmarks"
+        for d in bench.iterdir() if bench.is_dir() else ():
+            if step_of(d) is not None and not keep(step_of(d), "eval/benchmarks"):
+                shutil.rmtree(d)
+        for d in self.unfinished_saves():
+            shutil.rmtree(d, ignore_errors=True)
+
+    def set_aside_attempt(self) -> Path | None:
+        """Before a fresh start in a run dir whose earlier attempt ended before its first checkpoint: move that
+        attempt's logs into ``aborted_<n>/`` (kept, never mixed into the new run's) and remove the debris of its
+        unfinished saves. Returns the folder, or None when there was nothing to move."""
+        for d in self.unfinished_saves():
+            shutil.rmtree(d, ignore_errors=True)
+        present = [p for p in self.logs if p.exists()]
+        if not present:
+            return None
+        n = 1
+        while (self.path / f"aborted_{n}").exists():
+            n += 1
+        dest = self.path / f"aborted_{n}"
+        dest.mkdir()
+        for p in present:
+            os.replace(p, dest / p.name)
+        return dest
+
+
+def log_filter(step: int, evaluations_owed: bool = False) -> Callable[[int, str], bool]:
+    """Which logged (step, tag) a resume from the checkpoint of ``step`` keeps: every earlier step, and at ``step``
+    itself what was logged before that checkpoint -- its training row always (rows come before the save), its
+    evaluations unless the checkpoint owes them (a stop request skipped them; the resumed run runs them first)."""
+    return lambda s, tag: s < step or (s == step and (not evaluations_owed or tag.startswith("train/")))
 
 
 def write_manifest(tag_dir: Path) -> None:
@@ -137,6 +208,11 @@ def write_manifest(tag_dir: Path) -> None:
     files = {str(p.relative_to(tag_dir)): p.stat().st_size for p in sorted(tag_dir.rglob("*"))
              if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tmp")}
     write_atomic(tag_dir / MANIFEST, json.dumps({"files": files}, indent=1))
+
+
+def is_unfinished_save(tag_dir: Path) -> bool:
+    """The debris of a save that did not finish (no manifest yet): not a checkpoint, never a reason to refuse."""
+    return not (tag_dir / MANIFEST).is_file()
 
 
 def verify_checkpoint(tag_dir: Path) -> str | None:
@@ -159,9 +235,13 @@ def verify_checkpoint(tag_dir: Path) -> str | None:
 
 def latest_in(ckpt_root: str | os.PathLike) -> Path | None:
     marker = Path(ckpt_root) / LATEST
-    if not marker.is_file():
+    try:
+        name = marker.read_text(errors="replace").strip()
+    except OSError:
         return None
-    path = Path(ckpt_root) / marker.read_text().strip()
+    if step_of(name) is None or Path(name).name != name:  # empty or garbage
+        return None
+    path = Path(ckpt_root) / name
     return path if path.is_dir() else None
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,14 +67,19 @@ _FAILPOINT_HITS: dict[str, int] = {}
 
 def failpoint(name: str) -> None:
     """Fault injection for tests: ``LINREG_FAILPOINT=<name>[@N]`` kills this process with SIGKILL (as ``kill -9``
-    or a node failure would) the N-th time (default: the first) it passes the point ``name``."""
-    spec = os.environ.get("LINREG_FAILPOINT", "")
+    or a node failure would) the N-th time (default: the first) it passes the point ``name``;
+    ``<name>[@N]:sigterm`` sends it SIGTERM there instead (a preemption at a known moment), and
+    ``<name>:sleep=S`` waits S seconds there every time (a slow disk)."""
+    spec, _, action = os.environ.get("LINREG_FAILPOINT", "").partition(":")
     target, _, nth = spec.partition("@")
     if target != name:
         return
+    if action.startswith("sleep="):
+        time.sleep(float(action.removeprefix("sleep=")))
+        return
     _FAILPOINT_HITS[name] = _FAILPOINT_HITS.get(name, 0) + 1
     if _FAILPOINT_HITS[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGTERM if action == "sigterm" else signal.SIGKILL)
 
 
 class Checkpointer:
@@ -101,6 +107,7 @@ class Checkpointer:
         if dist.rank() == 0 and tag_dir.exists():  # debris of a save of this step that did not finish
             shutil.rmtree(tag_dir)
         dist.barrier()
+        started = time.perf_counter()
         client = {**self.extra, **{name: obj.state_dict() for name, obj in self.stateful.items()}}
         failpoint("before_save")
         self.engine.save_checkpoint(str(root), tag=tag, client_state=client, save_latest=False)
@@ -112,7 +119,9 @@ class Checkpointer:
                 fsync_file(f)
         dist.barrier()
         if dist.rank() == 0:
+            # save_seconds: what a stop save costs, known before the next stop (launch.py kills after 30 s)
             (tag_dir / "meta.json").write_text(json.dumps({"step": step, "world_size": dist.world_size(),
+                                                           "save_seconds": round(time.perf_counter() - started, 2),
                                                            **self.meta}, indent=1))
             failpoint("before_manifest")
             write_manifest(tag_dir)
@@ -124,6 +133,14 @@ class Checkpointer:
                     shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         return tag_dir
+
+    @staticmethod
+    def save_seconds(tag_dir: Path) -> float | None:
+        """How long writing the checkpoint ``tag_dir`` took (its meta.json), or None where it is not recorded."""
+        try:
+            return float(json.loads((tag_dir / "meta.json").read_text())["save_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def check_compatible(self, tag_dir: Path) -> None:
         """One-line error when the checkpoint is damaged or was written for another tokenizer, model shape or

@@ -39,6 +39,13 @@ def _launch_parent():
         return None
 
 
+def _launch_file() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("deepspeed.launcher.launch")
+    return spec.origin if spec is not None and spec.origin else "deepspeed/launcher/launch.py"
+
+
 def _deepspeed_runner(launch):
     """The ``deepspeed`` command above launch.py, to watch; None for any other parent (a pdsh remote shell, a
     script that started launch.py itself), whose exit says nothing about the job."""
@@ -60,16 +67,19 @@ class Preemption:
         self._next_check = 0.0
         self._warned_slow_save = False
 
-    def check_save_time(self, seconds: float) -> None:
+    def check_save_time(self, seconds: float, measured: str = "this run's last save") -> None:
         """Warn once when a checkpoint save takes close to launch.py's kill timeout: a signal that reaches launch.py
-        (Ctrl-C, a signal to the process group, scancel) would then SIGKILL the ranks before their stop save ends."""
+        (Ctrl-C, a signal to the process group, scancel) would then SIGKILL the ranks before their stop save ends.
+        Called at start-up with the resumed checkpoint's recorded save time, and after every save."""
         if (self.under_launch and not self._warned_slow_save and seconds > LAUNCH_KILL_S * 2 / 3
                 and dist.rank() == 0):
             self._warned_slow_save = True
-            warnings.warn(f"a checkpoint save took {seconds:.0f} s; DeepSpeed's launch.py SIGKILLs the ranks "
-                          f"{LAUNCH_KILL_S:.0f} s after a signal reaches it. To preempt safely, signal the ranks "
-                          f"or the `deepspeed` command alone (not the process group), or start the ranks with srun "
-                          f"(README, Fault tolerance)", stacklevel=2)
+            warnings.warn(f"a checkpoint save takes {seconds:.1f} s ({measured}); DeepSpeed's launch.py SIGKILLs the "
+                          f"ranks {LAUNCH_KILL_S:.0f} s after a signal reaches it, so a stop save may not finish "
+                          f"(the previous checkpoint then stays in charge). To raise that timeout, edit timeout="
+                          f"{LAUNCH_KILL_S:.0f} in terminate_process_tree of {_launch_file()}; or let the signal reach "
+                          f"only the ranks or the `deepspeed` command, which sets no deadline (README, Fault "
+                          f"tolerance)", stacklevel=2)
 
     def _handle(self, signum, frame) -> None:
         self.requested = signal.Signals(signum).name

@@ -22,7 +22,7 @@ import torch
 
 from core import dist
 from core.errors import NonFiniteLossError
-from core.rundir import RunDir, find_checkpoint
+from core.rundir import RunDir, find_checkpoint, log_filter
 from linreg import engine as eng
 from linreg import universal
 from linreg.checkpoint import Checkpointer, failpoint
@@ -108,10 +108,14 @@ class Trainer:
             from linreg.config import save_config
 
             save_config(cfg, run.config)
-            if resume_from is not None:
-                run.trim_logs(self.state.step)
+            self._tidy_logs(resume_from)
         dist.barrier()
+        failpoint("after_start")
         self.preemption = Preemption(self.device)
+        if resume_from is not None and not self.finished:
+            saved_in = Checkpointer.save_seconds(resume_from)
+            if saved_in is not None:
+                self.preemption.check_save_time(saved_in, f"measured when {resume_from.name} was written")
         self.logger, self.evaluators, self.bar = None, None, None
         if log and not self.finished:
             self._build_logging()
@@ -125,6 +129,20 @@ class Trainer:
             self.run.prepare(fresh=resume_from is None and resume is None, overwrite=overwrite)
         dist.barrier()
         return resume_from
+
+    def _tidy_logs(self, resume_from: Path | None) -> None:
+        """Logs hold each (step, tag) once. A resume drops what was logged after its checkpoint (the resumed run
+        logs it again); a fresh start moves the logs of an attempt that never finished a checkpoint aside."""
+        from linreg.metrics import trim_tensorboard
+
+        if resume_from is not None:
+            self.run.trim_logs(self.state.step, self.state.owed_evaluations)
+            trim_tensorboard(self.run.tb, log_filter(self.state.step, self.state.owed_evaluations))
+            return
+        aside = self.run.set_aside_attempt()
+        if aside is not None:
+            print(f"no checkpoint in {self.run.checkpoints}: starting fresh; the logs of the attempt that ended "
+                  f"before its first checkpoint are now in {aside}", flush=True)
 
     def _build_tokenizer(self, given=None):
         """The run's tokenizer: saved in the run dir once (given, trained or loaded on rank 0), then read back."""
@@ -220,8 +238,7 @@ class Trainer:
         cfg = self.cfg
         if self.is_main:
             wandb = dataclasses.asdict(cfg.logging.wandb) if cfg.logging.wandb is not None else None
-            self.logger = MetricsLogger(self.run, cfg.logging.tensorboard, purge_step=self.state.step + 1,
-                                        wandb=wandb, config=cfg.to_dict())
+            self.logger = MetricsLogger(self.run, cfg.logging.tensorboard, wandb=wandb, config=cfg.to_dict())
         from core.precision import autocast_dtype
 
         ctx = EvalContext(run_dir=self.run, tokenizer=self.tokenizer, device=self.device,
@@ -288,6 +305,7 @@ class Trainer:
         self.state.step += 1
         self.state.tokens_seen += self.tokens_per_step
         self.meter.step_done()
+        failpoint("after_train_step")
 
     def grad_norm(self) -> float | None:
         """The global gradient norm of the last step (None where it was not measured)."""
@@ -348,10 +366,13 @@ class Trainer:
         if not self.weights_finite():
             raise NonFiniteLossError(f"non-finite weights after the update of step {step}"
                                      f"{self.meter.on_nonfinite}")
+        if self.logger is not None:
+            self.logger.sync()  # what this checkpoint says was logged is on disk before it is complete
         started = time.perf_counter()
         with self.meter.pause():
             tag_dir = self.checkpointer.save(step)
         self.preemption.check_save_time(time.perf_counter() - started)
+        failpoint("after_save")
         self._saved(tag_dir)
         return tag_dir
 
@@ -361,6 +382,8 @@ class Trainer:
         step = self.state.step
         with self.meter.pause():
             scalars = self.evaluators.run(self.model, step, final=final)
+        if scalars:
+            failpoint("before_eval_log")  # linearity.jsonl (and benchmark files) written, the scalars not yet
         self.log(step, scalars)
         return scalars
 

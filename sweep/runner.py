@@ -121,16 +121,22 @@ def shell_line(steps: list[tuple[str, list[str]]]) -> str:
 
 
 class Interrupt:
-    """SIGTERM/SIGINT while a step runs: pass it on to that step (train.py checkpoints and exits 0), then stop."""
+    """SIGTERM/SIGINT while a step runs: pass it on to that step, wait until every process the step had started
+    has exited, then stop. train.py checkpoints and exits 0. Under ``--launcher deepspeed`` the child is the
+    ``deepspeed`` command, which on one node dies at once and forwards nothing; its ranks notice it is gone and
+    save -- so the sweep waits for them too, rather than leaving (a scheduler ends a job step when its main
+    process exits, and would kill the ranks mid-save)."""
 
     def __init__(self):
         self.signal: int | None = None
         self.child: subprocess.Popen | None = None
+        self._signalled: list = []  # the child's process tree when the signal came (psutil.Process)
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         self.signal = signum
         if self.child is not None and self.child.poll() is None:
+            self._signalled = _process_tree(self.child.pid)
             self.child.send_signal(signum)
 
     def restore(self) -> None:
@@ -144,6 +150,35 @@ class Interrupt:
             return self.child.wait()  # retried by Python across signals (PEP 475): the handler only forwards them
         finally:
             self.child = None
+            self._wait_for_signalled()
+
+    def _wait_for_signalled(self) -> None:
+        import psutil
+
+        tree, self._signalled = self._signalled, []
+        alive = [p for p in tree if _running(p)]
+        if alive:
+            print(f"waiting for {len(alive)} process(es) of the stopped step to save and exit", flush=True)
+            psutil.wait_procs(alive)
+
+
+def _process_tree(pid: int) -> list:
+    try:
+        import psutil
+
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except Exception:  # gone already, or no psutil: nothing to wait for
+        return []
+
+
+def _running(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @dataclass
@@ -185,13 +220,16 @@ def _run_plan(plan: RunPlan, before: Status, steps: list[tuple[str, list[str]]],
     t0 = time.perf_counter()
     for what, cmd in steps:
         code = interrupt.run(cmd)
+        stopped = interrupt.signal is not None or (code == 0 and what == "training" and not status(plan).trained)
+        if stopped:
+            # train.py exits 0 after a preemption checkpoint (a killed `deepspeed` command does not, while its
+            # ranks save): the run is not finished, and its newest complete checkpoint is where it goes on
+            step = status(plan).step
+            return Outcome(plan, "stopped", "no checkpoint yet: the same command starts it again" if step is None
+                           else f"checkpoint at step {step} of {plan.max_steps}: the same command resumes it",
+                           time.perf_counter() - t0)
         if code != 0:
             return Outcome(plan, "failed", f"{what} exited with code {code}", time.perf_counter() - t0)
-        if interrupt.signal is not None or (what == "training" and not status(plan).trained):
-            # train.py exits 0 after a preemption checkpoint: the run is not finished
-            step = status(plan).step
-            return Outcome(plan, "stopped", f"checkpoint at step {step} of {plan.max_steps}",
-                           time.perf_counter() - t0)
     result = "resumed" if before.step is not None and not before.trained else (
         "trained" if not before.trained else "benchmarked")
     return Outcome(plan, result, "", time.perf_counter() - t0)

@@ -90,6 +90,11 @@ def prep_truncated(tmp: Path, run: Path) -> None:
     (tag / "mp_rank_00_model_states.pt").write_bytes(b"\x80\x02 truncated")
 
 
+def prep_debris_with_latest(tmp: Path, run: Path) -> None:
+    tag = _tag(_copy_run(tmp, run))  # `latest` says a save once finished; what is left of it has no manifest
+    (tag / "manifest.json").unlink()
+
+
 def prep_empty_config(tmp: Path, run: Path) -> None:
     (_copy_run(tmp, run) / "config.yaml").write_text("")
 
@@ -99,7 +104,8 @@ def prep_no_latest(tmp: Path, run: Path) -> None:
     shutil.copy(run / "config.yaml", tmp / "run" / "config.yaml")
 
 
-PREPS = {f.__name__: f for f in (prep_hostile, prep_damaged, prep_truncated, prep_empty_config, prep_no_latest)}
+PREPS = {f.__name__: f for f in (prep_hostile, prep_damaged, prep_truncated, prep_debris_with_latest, prep_empty_config,
+                                  prep_no_latest)}
 
 BAD_JSONL = '{"text": "a story"}\n{"text": \n'
 EV = ["--out", "{tmp}/out", "--tasks", "tinystories"]
@@ -156,6 +162,12 @@ CASES: dict[str, Case] = {
                                         {"r/.keep": ""}),
     "train-resume-empty-config": Case("train", ["--resume", "auto", "--run-dir", "{tmp}/run"], ["config.yaml", "empty"],
                                       prep="prep_empty_config"),
+    "train-resume-auto-damaged": Case("train", ["--resume", "auto", "--run-dir", "{tmp}/run"],
+                                      ["no usable checkpoint", "mp_rank_00_model_states.pt has"],
+                                      prep="prep_truncated"),
+    "train-resume-auto-only-debris": Case("train", ["--resume", "auto", "--run-dir", "{tmp}/run"],
+                                          ["{tmp}/run/checkpoints/latest", "refusing to restart from step 0"],
+                                          prep="prep_debris_with_latest"),
     "train-run-dir-exists": Case("train", [*TINY_CFG, "--run-dir", "{run}"], ["{run}", "exists"]),
     "train-data-missing": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "data.train_files=[gone.txt]"],
                                ["gone.txt"]),

@@ -77,8 +77,16 @@ def test_damaged_checkpoints_fall_back_or_refuse(tmp_path, cache_dir):
     run = RunDir(tmp_path / "run")
     assert Trainer(cfg(cache_dir, "train.max_steps=10", "checkpoint.every=5", "checkpoint.export_at_end=false"),
                    run).fit() == 0
-    (run.checkpoints / "latest").write_text("garbage\x00")  # a damaged `latest` is not trusted: manifests are
-    assert run.resumable_checkpoint() == run.checkpoint(10)
+    # A damaged `latest` is not trusted (the manifests are), and is named in one warning.
+    latest = run.checkpoints / "latest"
+    for text, why in [("garbage\x00", "names 'garbage\\x00', not a checkpoint"), ("", "is empty"),
+                      ("step_00000099", "names step_00000099, which does not exist")]:
+        latest.write_text(text)
+        with pytest.warns(UserWarning) as caught:
+            assert run.resumable_checkpoint() == run.checkpoint(10)
+        assert [str(w.message) for w in caught] == [f"{latest} {why}: resuming from step_00000010, the newest "
+                                                    f"complete checkpoint"]
+    latest.write_text("step_00000010")
 
     model_file = run.checkpoint(10) / "mp_rank_00_model_states.pt"
     model_file.write_bytes(model_file.read_bytes()[:100])  # truncated
@@ -244,7 +252,7 @@ def test_a_save_near_the_launchers_kill_timeout_warns_once():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             stop.check_save_time(LAUNCH_KILL_S / 2)  # well inside the timeout: silent
-        with pytest.warns(UserWarning, match="a checkpoint save took 25 s; DeepSpeed's launch.py SIGKILLs"):
+        with pytest.warns(UserWarning, match=r"a checkpoint save takes 25.0 s \(this run's last save\); DeepSpeed's"):
             stop.check_save_time(25.0)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
