@@ -42,12 +42,11 @@ count. CB's F1 (mean over classes of one-vs-rest F1): features = per-class tp/fp
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, special
 from scipy import stats as st
 
 ALPHA = 0.05
@@ -120,11 +119,14 @@ def recipe_difference(a, b) -> Difference:
                                   alternative="two-sided")
         return Difference(delta, None, float(res.pvalue), "permutation (no spread within either variant)",
                           min_permutation_p(a.size, b.size))
-    with warnings.catch_warnings():  # scipy warns of a variant without spread; the pooled variance has the other's
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = st.ttest_ind(a, b, equal_var=True)
-    ci = res.confidence_interval(0.95)
-    return Difference(delta, (float(ci.low), float(ci.high)), float(res.pvalue), "t", 0.0)
+    # Student's t by hand: the same numbers as scipy.stats.ttest_ind(a, b) (the tests check it) at a twentieth of
+    # the cost, which the calibration bench's 100,000 simulated sweeps need
+    df = a.size + b.size - 2
+    pooled = (float(((a - a.mean()) ** 2).sum()) + float(((b - b.mean()) ** 2).sum())) / df
+    se = math.sqrt(pooled * (1 / a.size + 1 / b.size))
+    p = 2 * float(special.stdtr(df, -abs(delta) / se))
+    half = float(special.stdtrit(df, 0.975)) * se
+    return Difference(delta, (delta - half, delta + half), p, "t", 0.0)
 
 
 def pooled_sd(groups) -> tuple[float | None, int]:
