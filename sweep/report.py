@@ -38,6 +38,8 @@ def _diff(d: dict | None, scale: float, digits: int, bold: bool) -> str:
     text += f" {_p(d['p'])}" if d["p"] is not None else " (no test)"
     if d["test"].startswith("permutation"):
         text += " (perm.)"
+    if d.get("welch_p") is not None:
+        text += f" ‡ Welch {_p(d['welch_p'])}"
     return f"**{text}**" if bold and d.get("significant") else text
 
 
@@ -57,7 +59,9 @@ def _recipe_caption(result: dict, columns: list[str]) -> list[str]:
     alpha = result["alpha"]
     text = (f"Seeds are the units: Student's t-test on the per-seed values (variant − baseline [95 % t interval], "
             f"two-sided p; **bold** = p < {alpha}). \"(perm.)\": no spread within either variant, so the exact "
-            "permutation test over seed labels.")
+            "permutation test over seed labels. ‡: the two variants' seed spreads differ (one is zero, or the "
+            "variance-ratio F-test gives p < 0.05), so the recipe changes the spread and p tests \"no change at "
+            "all\"; Welch's p beside it is for the means alone.")
     weak = sorted((a, b, min_permutation_p(a, b)) for a, b in _seed_pairs(result, columns)
                   if min_permutation_p(a, b) > alpha)
     if weak:

@@ -14,6 +14,10 @@ A variant is a training recipe run with several seeds; every run is scored on th
    test over the seed labels cannot go below ``p = 2 / C(n_a + n_b, n_a)`` (1/3 at 2 + 2 seeds, 1/10 at 3 + 3),
    ``min_permutation_p``.
 
+   Where the two variants' seed spreads differ (one is zero, or the variance-ratio F-test gives p < 0.05), the
+   recipe changes the spread and the t-test's p is about "no change at all"; Welch's p for the means alone is
+   reported beside it (``welch_p``; the test is named "t (spreads differ)").
+
    Defined results where the t statistic is not: fewer than 2 seeds on a side gives no test (``p`` None; the seed
    spread of a recipe cannot be estimated from one run). No spread and no difference (every seed of both variants
    has the same value: constant answers, or identical scores) gives ``p = 1``. No spread within either variant but
@@ -42,6 +46,7 @@ count. CB's F1 (mean over classes of one-vs-rest F1): features = per-class tp/fp
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -85,10 +90,11 @@ class Difference:
     p: float | None
     test: str
     min_p: float | None = None
+    welch_p: float | None = None  # the recipe test where the two seed spreads differ (see ``recipe_difference``)
 
     def to_dict(self) -> dict:
         return {"delta": self.delta, "ci95": list(self.ci95) if self.ci95 else None, "p": self.p, "test": self.test,
-                "min_p": self.min_p}
+                "min_p": self.min_p, "welch_p": self.welch_p}
 
 
 # -- the recipe question: seeds are the units --------------------------------------------------------------------
@@ -126,6 +132,16 @@ def recipe_difference(a, b) -> Difference:
     se = math.sqrt(pooled * (1 / a.size + 1 / b.size))
     p = 2 * float(special.stdtr(df, -abs(delta) / se))
     half = float(special.stdtrit(df, 0.975)) * se
+    var_a, var_b = float(a.var(ddof=1)), float(b.var(ddof=1))
+    ratio_p = 1.0 if min(var_a, var_b) == 0 else 2 * min(
+        float(st.f.sf(var_a / var_b, a.size - 1, b.size - 1)), float(st.f.cdf(var_a / var_b, a.size - 1, b.size - 1)))
+    if min(var_a, var_b) == 0 or ratio_p < ALPHA:
+        # The spreads differ (one is zero, or the variance-ratio F-test says so): the recipe changes the spread, and
+        # p tests "no change at all". Whether the means differ is Welch's question (Welch 1947), reported beside.
+        with warnings.catch_warnings():  # scipy's warning about a variant without spread: expected here
+            warnings.simplefilter("ignore", RuntimeWarning)
+            welch = float(st.ttest_ind(a, b, equal_var=False).pvalue)
+        return Difference(delta, (delta - half, delta + half), p, "t (spreads differ)", 0.0, welch)
     return Difference(delta, (delta - half, delta + half), p, "t", 0.0)
 
 

@@ -50,6 +50,19 @@ def test_recipe_test_is_students_t_and_the_nested_anova_f_test():
     assert d.p == pytest.approx(st.f_oneway(a, b).pvalue)
 
 
+def test_spreads_that_differ_add_welchs_p_for_the_means():
+    """Losses of a regularized variant that barely move between seeds against a baseline that does: Student's p
+    tests "no change at all", Welch's (beside it) the means alone; the variance-ratio F-test decides."""
+    a, b = [4.3754, 4.3762], [4.598, 4.668]
+    d = recipe_difference(a, b)
+    assert d.test == "t (spreads differ)" and d.p == pytest.approx(st.ttest_ind(a, b).pvalue)
+    assert d.welch_p == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue) and d.welch_p > d.p
+    ratio = np.var(a, ddof=1) / np.var(b, ddof=1)
+    assert 2 * min(st.f.cdf(ratio, 1, 1), st.f.sf(ratio, 1, 1)) < 0.05
+    similar = recipe_difference([4.37, 4.40], [4.60, 4.66])
+    assert similar.test == "t" and similar.welch_p is None
+
+
 def _enumerated_permutation_p(a, b):
     """Two-sided exact permutation p of the difference of means, by listing every split of the seed labels."""
     pooled, n = np.concatenate([a, b]), len(a)
