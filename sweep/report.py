@@ -29,7 +29,7 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.1 else f"p={p:.2f}"
 
 
-def _diff(d: dict | None, scale: float, digits: int, bold: bool) -> str:
+def _diff(d: dict | None, scale: float, digits: int, bold: bool, alpha: float) -> str:
     if d is None:
         return "–"
     text = _num(d["delta"], scale, digits, sign=True)
@@ -38,7 +38,7 @@ def _diff(d: dict | None, scale: float, digits: int, bold: bool) -> str:
     text += f" {_p(d['p'])}" if d["p"] is not None else " (no test)"
     if d["test"].startswith("permutation"):
         text += " (perm.)"
-    if d.get("welch_p") is not None:
+    if d.get("welch_p") is not None and d["welch_p"] >= alpha:
         text += f" ‡ Welch {_p(d['welch_p'])}"
     return f"**{text}**" if bold and d.get("significant") else text
 
@@ -59,9 +59,10 @@ def _recipe_caption(result: dict, columns: list[str]) -> list[str]:
     alpha = result["alpha"]
     text = (f"Seeds are the units: Student's t-test on the per-seed values (variant − baseline [95 % t interval], "
             f"two-sided p; **bold** = p < {alpha}). \"(perm.)\": no spread within either variant, so the exact "
-            "permutation test over seed labels. ‡: the two variants' seed spreads differ (one is zero, or the "
-            "variance-ratio F-test gives p < 0.05), so the recipe changes the spread and p tests \"no change at "
-            "all\"; Welch's p beside it is for the means alone.")
+            "permutation test over seed labels. ‡: significant only with the spreads: the null hypothesis is \"the "
+            "recipe changes nothing\", spread included, and Welch's test of the means alone does not reach "
+            f"{alpha} (its p beside); the recipe changes the scores, but the size of the mean difference is not "
+            "established.")
     weak = sorted((a, b, min_permutation_p(a, b)) for a, b in _seed_pairs(result, columns)
                   if min_permutation_p(a, b) > alpha)
     if weak:
@@ -106,7 +107,8 @@ def _table(result: dict, columns: list[str], scale: float, digits, title: str, m
     for v in result["variants"]:
         d = result["differences"].get(v["label"])
         if d is not None:
-            lines.append("| " + " | ".join([v["label"], *(_diff(d[c] and d[c]["recipe"], scale, digits(c), True)
+            lines.append("| " + " | ".join([v["label"], *(_diff(d[c] and d[c]["recipe"], scale, digits(c), True,
+                                                              result["alpha"])
                                                         for c in columns)]) + " |")
     lines += _planning_rows(result, columns, scale, digits)
     if model:
@@ -117,7 +119,8 @@ def _table(result: dict, columns: list[str], scale: float, digits, title: str, m
         for v in result["variants"]:
             d = result["differences"].get(v["label"])
             if d is not None:
-                lines.append("| " + " | ".join([v["label"], *(_diff(d[c] and d[c]["model"], scale, digits(c), False)
+                lines.append("| " + " | ".join([v["label"], *(_diff(d[c] and d[c]["model"], scale, digits(c), False,
+                                                                  result["alpha"])
                                                             for c in columns)]) + " |")
     return [*lines, ""]
 
