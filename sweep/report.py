@@ -88,8 +88,22 @@ def _planning_rows(result: dict, columns: list[str], scale: float, digits) -> li
             n = plan[c]["plan_seeds"]
             return "–" if n is None else str(n)
 
-        rows.append(f"| seeds per variant for ±{result['plan_delta']:g} points (80 % power) | "
+        unit = "point" if result["plan_delta"] == 1 else "points"
+        rows.append(f"| seeds per variant for ±{result['plan_delta']:g} {unit} (80 % power) | "
                     + " | ".join(need(c) for c in columns) + " |")
+    return rows
+
+
+def _diff_rows(result: dict, columns: list[str], scale: float, digits, question: str) -> list[str]:
+    """One row per compared variant: its differences to the baseline on ``question`` ("recipe": bold where
+    significant; "model")."""
+    rows = []
+    for v in result["variants"]:
+        d = result["differences"].get(v["label"])
+        if d is not None:
+            rows.append("| " + " | ".join([v["label"], *(_diff(d[c] and d[c][question], scale, digits(c),
+                                                               question == "recipe", result["alpha"])
+                                                         for c in columns)]) + " |")
     return rows
 
 
@@ -104,24 +118,13 @@ def _table(result: dict, columns: list[str], scale: float, digits, title: str, m
     sub = "| " + " | ".join(["variant", *columns]) + " |", "|" + "---|" * (len(columns) + 1)
     lines += ["", f"#### Is the recipe different? (difference to the baseline, {result['baseline']})", "",
               *_recipe_caption(result, columns), *sub]
-    for v in result["variants"]:
-        d = result["differences"].get(v["label"])
-        if d is not None:
-            lines.append("| " + " | ".join([v["label"], *(_diff(d[c] and d[c]["recipe"], scale, digits(c), True,
-                                                              result["alpha"])
-                                                        for c in columns)]) + " |")
+    lines += _diff_rows(result, columns, scale, digits, "recipe")
     lines += _planning_rows(result, columns, scale, digits)
     if model:
         lines += ["", "#### Are these trained models different on these documents? (conditional on the seeds)", "",
                   f"Paired bootstrap over the documents ({result['n_boot']} replicates; the seeds held fixed): "
                   "says whether these particular runs differ on this test set, not whether the recipe does.", "",
-                  *sub]
-        for v in result["variants"]:
-            d = result["differences"].get(v["label"])
-            if d is not None:
-                lines.append("| " + " | ".join([v["label"], *(_diff(d[c] and d[c]["model"], scale, digits(c), False,
-                                                                  result["alpha"])
-                                                            for c in columns)]) + " |")
+                  *sub, *_diff_rows(result, columns, scale, digits, "model")]
     return [*lines, ""]
 
 
