@@ -1,15 +1,21 @@
 """Compare the variants of an ablation: the paper's Table 2 with spreads over seeds and tested differences.
 
     python -m sweep.compare RUN_OR_SWEEP_DIR ... [--baseline VARIANT] --out DIR [--allow-mixed] [--n-boot 10000]
+                                                 [--plan DELTA]
 
 Runs are grouped into variants by their resolved configs: runs whose configs differ only in the seed (and in what
 does not change the experiment: ``sweep.runs.NOT_THE_EXPERIMENT``) are seeds of one variant, named after their
 directory (``<sweep>/<variant>/seed<k>``). Writes DIR/compare.json (every number), DIR/compare.md (the tables,
 sweep/report.py) and DIR/*.png (sweep/plots.py).
 
-Cells: mean over seeds ± sample std [95 % t interval], with n. Differences to the baseline: benchmark columns by
-the paired bootstrap over documents and seeds of ``sweep.stats`` (it needs the per-document samples that the sweep
-runner's ``python -m eval --log-samples`` writes), other columns by Welch's t-test over seeds; bold = p < 0.05.
+Cells: mean over seeds ± sample std [95 % t interval], with n. Each difference to the baseline answers two
+questions (``sweep.stats``): is the recipe different (seeds are the units: Student's t over the per-seed values;
+bold = p < 0.05), and are these trained models different on these documents (a paired bootstrap over documents,
+conditional on the seeds; it needs the per-document samples that the sweep runner's ``python -m eval
+--log-samples`` writes). Per column, the seed spread pooled over all variants gives the smallest difference the
+sweep could detect (80 % power at alpha 0.05); ``--plan DELTA`` adds the seeds per variant a difference of DELTA
+points needs.
+
 Variants with another model shape or tokenizer than the baseline are refused unless ``--allow-mixed``.
 """
 from __future__ import annotations
@@ -30,7 +36,7 @@ from core.errors import UserError
 from sweep import stats
 from sweep.runs import Run, find_runs
 
-ALPHA = 0.05
+ALPHA = stats.ALPHA
 SCALARS = (  # (column, source, key); all lower is better except linearity, which is what the paper raises
     ("val-loss", "curve", "val/loss"),
     ("tinystories-loss", "benchmark", ("tinystories", "loss")),
@@ -190,7 +196,8 @@ def _cell(values: list[float], seeds: list) -> dict:
     return {**base, "values": [v for v, _ in kept], "seeds": [s for _, s in kept]}
 
 
-def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, seed: int = 0) -> dict:
+def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, seed: int = 0,
+            plan: float | None = None) -> dict:
     columns = table2_columns()
     names = [c for c, _, _ in columns] + ["mean"]
     runs = [r for v in variants for r in v.runs]
@@ -218,7 +225,7 @@ def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, see
         for i, _, _, why in found:
             if why is not None:
                 problems.setdefault(why, []).append(_run_label(runs[i]))
-        notes += [f"{task}: {why} for {', '.join(who)}: differences involving them use Welch's test over seeds"
+        notes += [f"{task}: {why} for {', '.join(who)}: no model question for differences involving them"
                   for why, who in problems.items()]
         if usable:
             ref = usable[0][2]
@@ -226,7 +233,7 @@ def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, see
             for i, _, d in usable:
                 if d != ref:
                     notes.append(f"{task}: {_run_label(runs[i])} was scored on other documents than "
-                                 f"{_run_label(runs[usable[0][0]])} (not paired; Welch's test over seeds)")
+                                 f"{_run_label(runs[usable[0][0]])} (not paired: no model question)")
             r_t = stats.bootstrap_replicates([[m for _, m in same]], n_boot, rng)
             reps[:, [i for i, _ in same], col:col + width] = r_t
         col += width
@@ -245,43 +252,65 @@ def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, see
         if v is baseline:
             continue
         a, b = rows(v), rows(baseline)
-        # the bootstrap where every run of both variants has usable samples for the column, else Welch
+        # the model question where every run of both variants has usable samples for the column
         paired = [j for j in range(len(names)) if np.all(np.isfinite(reps[:, a + b, j]))
                   and np.all(np.isfinite(point[a + b, j]))]
-        boot = dict(zip(paired, stats.bootstrap_difference(point[a][:, paired], point[b][:, paired],
-                                                           reps[:, a][:, :, paired], reps[:, b][:, :, paired], rng)))
-        out = {c: boot[j] if j in boot else _welch(cells[v.label][c]["values"], cells[baseline.label][c]["values"])
-               for j, c in enumerate(names)}
+        model = dict(zip(paired, stats.model_difference(point[a][:, paired], point[b][:, paired],
+                                                        reps[:, a][:, :, paired], reps[:, b][:, :, paired])))
+        out = {}
+        for j, c in enumerate(names):
+            out[c] = _question(cells[v.label][c]["values"], cells[baseline.label][c]["values"], model.get(j))
         for c, _, _ in SCALARS:
-            out[c] = _welch(scalars[v.label][c]["values"], scalars[baseline.label][c]["values"])
+            out[c] = _question(scalars[v.label][c]["values"], scalars[baseline.label][c]["values"], None)
         diffs[v.label] = out
 
-    # Holm over every test of the table, reported beside the uncorrected p-values.
-    flat = [(lab, c) for lab, d in diffs.items() for c in d]
-    adjusted = stats.holm([diffs[lab][c].p if diffs[lab][c] else None for lab, c in flat])
-    differences = {lab: {} for lab in diffs}
+    # Holm over every recipe test of the table, reported beside the uncorrected p-values.
+    flat = [(lab, c) for lab, d in diffs.items() for c in d if d[c] is not None]
+    adjusted = stats.holm([diffs[lab][c]["recipe"].p for lab, c in flat])
+    differences = {lab: {c: None for c in d} for lab, d in diffs.items()}
     for (lab, c), p_holm in zip(flat, adjusted):
-        d = diffs[lab][c]
-        differences[lab][c] = None if d is None else {
-            **d.to_dict(), "p_holm": p_holm, "significant": d.p is not None and d.p < ALPHA}
+        recipe, model = diffs[lab][c]["recipe"], diffs[lab][c]["model"]
+        differences[lab][c] = {
+            "recipe": {**recipe.to_dict(), "p_holm": p_holm, "significant": recipe.p is not None and recipe.p < ALPHA},
+            "model": model.to_dict() if model else None}
+    all_cells = {lab: {**cells[lab], **scalars[lab]} for lab in cells}
+    planning = {c: _planning(all_cells, c, baseline.label, plan if c in names else None)
+                for c in [*names, *(c for c, _, _ in SCALARS)]}
     if subset:
         notes.append("not the full validation split: " + ", ".join(sorted(subset))
                      + " (first N documents, or ReCoRD's dev32 fallback: 32 queries of the train split)")
-    return {"baseline": baseline.label, "alpha": ALPHA, "n_boot": n_boot, "bootstrap_seed": seed,
+    return {"baseline": baseline.label, "alpha": ALPHA, "power": stats.POWER, "n_boot": n_boot,
+            "bootstrap_seed": seed, "plan_delta": plan,
             "columns": {"benchmarks": names, "scalars": [c for c, _, _ in SCALARS]},
             "variants": [_describe(v, baseline) for v in variants],
-            "cells": {lab: {**cells[lab], **scalars[lab]} for lab in cells},
-            "differences": differences, "notes": list(dict.fromkeys(notes))}
+            "cells": all_cells, "differences": differences, "planning": planning, "notes": list(dict.fromkeys(notes))}
 
 
 def _run_label(run: Run) -> str:
     return f"{run.path.parent.name}/{run.path.name}"
 
 
-def _welch(a: list[float], b: list[float]) -> stats.Difference | None:
+def _question(a: list[float], b: list[float], model: stats.Difference | None) -> dict | None:
+    """Both questions for one column (None where a side has no value at all)."""
     if not a or not b:
         return None
-    return stats.welch(a, b)
+    return {"recipe": stats.recipe_difference(a, b), "model": model}
+
+
+def _planning(cells: dict, column: str, baseline: str, plan: float | None) -> dict:
+    """The seed standard deviation of a column pooled over every variant, the smallest difference a sweep of this
+    many seeds per variant could detect, and (``plan``, in the column's table units: percent points for the
+    benchmarks) the seeds per variant a difference of ``plan`` needs."""
+    sd, df = stats.pooled_sd([cells[lab][column]["values"] for lab in cells])
+    n_base = cells[baseline][column]["n"]
+    others = [cells[lab][column]["n"] for lab in cells if lab != baseline and cells[lab][column]["n"]]
+    n_other = min(others) if others else 0
+    out = {"seed_sd": sd, "df": df, "seeds": [n_other, n_base], "detectable": None, "plan_seeds": None}
+    if sd and n_base >= 2 and n_other >= 2:
+        out["detectable"] = stats.detectable(sd, n_other, n_base)
+    if sd and plan is not None:
+        out["plan_seeds"] = stats.seeds_needed(plan / 100.0, sd)
+    return out
 
 
 def _tasks(columns):
@@ -312,6 +341,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="compare variants with different model shapes or tokenizers (the table says so)")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap replicates (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default %(default)s)")
+    p.add_argument("--plan", type=float, metavar="DELTA",
+                   help="also say how many seeds per variant a difference of DELTA percent points needs on each "
+                        "benchmark column (80 %% power, alpha 0.05, the seed spread this sweep observed)")
     p.add_argument("--title", help="title of compare.md (default: the sweep's name)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     return p.parse_args(argv)
@@ -322,6 +354,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.n_boot < 100:
         raise UserError(f"--n-boot {args.n_boot}: use at least 100 replicates")
+    if args.plan is not None and not (np.isfinite(args.plan) and args.plan > 0):
+        raise UserError(f"--plan {args.plan}: give a difference above 0, in percent points")
     found = find_runs(args.paths)
     sweep = found.sweep or {}
     variants = group_runs(found.runs, list(sweep.get("variants", {})))
@@ -334,7 +368,7 @@ def main(argv=None) -> int:
     if mix and not args.allow_mixed:
         raise UserError(f"variants differ in model shape or tokenizer: {mix[0]}; pass --allow-mixed to compare "
                         "them anyway")
-    result = compare(variants, baseline, args.n_boot, args.seed)
+    result = compare(variants, baseline, args.n_boot, args.seed, args.plan)
     result["mixed"] = mix
     result["title"] = args.title or sweep.get("name") or Path(args.paths[0]).resolve().name
     result["command"] = "python -m sweep.compare " + shlex.join(argv if argv is not None else sys.argv[1:])

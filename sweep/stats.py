@@ -1,30 +1,61 @@
-"""Statistics for ablation tables: spread over seeds, Welch's test, and a paired bootstrap over benchmark documents
-(and over seeds).
+"""Statistics for ablation tables: a difference between two variants asks two questions, and each gets its own test.
 
-- **Spread over seeds** (``summarize``): mean, sample standard deviation (ddof 1) and the 95 % Student-t interval
-  ``mean ± t(0.975, n−1) · std / √n``. With n = 1 there is no spread and no interval.
-- **Welch's t-test** (``welch``): for a scalar per run (validation loss, linearity), the difference of means
-  between two variants with the Welch–Satterthwaite interval; needs n ≥ 2 on both sides.
-- **Paired hierarchical bootstrap** (``bootstrap_replicates`` + ``bootstrap_difference``): the same documents are
-  scored for every model, so one replicate draws one multiset of documents per task (with replacement) and scores
-  every model on it — the pairing removes the document-to-document variance that two models share. Where a
-  variant has several seeds, each replicate also draws that variant's seeds with replacement (independently for
-  the two variants: seed k of one variant is not a matched pair of seed k of another) and averages them, so the
-  interval covers training noise as well as the finite test set. Two-sided p-value of "no difference", from the
-  replicates shifted to the null: ``p = (1 + #{|δ* − δ̂| ≥ |δ̂|}) / (B + 1)``; the interval is the 2.5/97.5
-  percentiles of δ*. Identical per-document scores give δ* = δ̂ = 0 for every replicate, hence p = 1.
+A variant is a training recipe run with several seeds; every run is scored on the same benchmark documents.
 
-A benchmark score is ``finish(weights @ features)``: a function of per-document sums, so a replicate is one matrix
-product (``Metric``). Accuracy, ReCoRD F1/EM: features = the per-document scores, finish = divide by the count.
-CB's F1 (mean over classes of one-vs-rest F1): features = per-class tp/fp/fn indicators.
+1. **Is the recipe different?** (``recipe_difference``; bold in the tables.) The seeds are the units: each run's
+   score over all documents is one observation, so the documents are nested inside the seeds and their sampling
+   noise is already part of the seed-to-seed spread. Student's two-sample t-test on the per-seed scores. Under the
+   null hypothesis that the recipe changes nothing, the seeds of both variants come from one distribution, so one
+   pooled variance with ``n_a + n_b − 2`` degrees of freedom is the exact normal-theory test: it is the F-test of
+   the top factor in a balanced nested (seeds within variants) analysis of variance. Welch's version is not used:
+   with equal variances its Satterthwaite degrees of freedom fall to 1–2 at two seeds and it rejects 2 % of the
+   time, not 5 % (bench/ablation_calibration.py). The test rests on the per-seed scores being roughly normal
+   (a mean over many documents is); no distribution-free test can do better at few seeds: an exact permutation
+   test over the seed labels cannot go below ``p = 2 / C(n_a + n_b, n_a)`` (1/3 at 2 + 2 seeds, 1/10 at 3 + 3),
+   ``min_permutation_p``.
+
+   The null hypothesis includes equal spreads, so a recipe that only shrinks the seed-to-seed spread can be
+   significant. Where p < alpha, Welch's p for the means alone (Welch 1947) is reported beside it (``welch_p``):
+   where that one is not below alpha, the evidence is for "the recipe changes the scores", not for the size of the
+   mean difference.
+
+   Defined results where the t statistic is not: fewer than 2 seeds on a side gives no test (``p`` None; the seed
+   spread of a recipe cannot be estimated from one run). No spread and no difference (every seed of both variants
+   has the same value: constant answers, or identical scores) gives ``p = 1``. No spread within either variant but
+   a difference gives the exact permutation test over seed labels (scipy), whose p is its floor above, never 0.
+
+2. **Are these trained models different on these documents?** (``model_difference``; not bold.) Conditional on
+   the seeds that were trained: a paired bootstrap over documents. The same documents are scored for every model,
+   so one replicate draws one multiset of documents per task (with replacement) and rescores every model on it;
+   the pairing removes the document-to-document variance that the models share. The difference is the mean over
+   A's seeds minus the mean over B's, and the seeds are held fixed. Two-sided p of "no difference", from the
+   replicates shifted to the null: ``p = (1 + #{|δ* − δ̂| ≥ |δ̂|}) / (B + 1)``; the interval is the 2.5/97.5
+   percentiles of δ*. Identical per-document scores give δ* = δ̂ = 0 for every replicate, hence p = 1; models
+   that differ the same way on every document give p = 1/(B + 1), the bootstrap's resolution, not 0.
+
+3. **Planning** (``power``, ``detectable``, ``seeds_needed``): the power of the recipe test for a true difference
+   δ is that of Student's t with noncentrality ``δ / (σ √(1/n_a + 1/n_b))``, where σ is the seed-to-seed standard
+   deviation (``pooled_sd``: pooled over every variant of the sweep, which is the best estimate the sweep has).
+
+**Spread over seeds** (``summarize``): mean, sample standard deviation (ddof 1) and the 95 % Student-t interval
+``mean ± t(0.975, n−1) · std / √n``. With n = 1 there is no spread and no interval.
+
+A benchmark score is ``finish(weights @ features)``: a function of per-document sums, so a bootstrap replicate is
+one matrix product (``Metric``). Accuracy, ReCoRD F1/EM: features = the per-document scores, finish = divide by the
+count. CB's F1 (mean over classes of one-vs-rest F1): features = per-class tp/fp/fn indicators.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import optimize, special
 from scipy import stats as st
+
+ALPHA = 0.05
+POWER = 0.8
 
 
 @dataclass
@@ -51,27 +82,106 @@ def summarize(values) -> Summary | None:
 
 @dataclass
 class Difference:
-    """Variant minus baseline, with its 95 % interval and two-sided p-value (None where no test applies)."""
+    """Variant minus baseline, with its 95 % interval and two-sided p-value (None where no test applies).
+    ``min_p``: the smallest p this test could have given on data of this shape (0 for the t-test and the
+    bootstrap's 1/(B+1) aside; the permutation floor; 1 where the result is p = 1 by definition)."""
     delta: float
     ci95: tuple[float, float] | None
     p: float | None
-    test: str  # "bootstrap (documents, seeds)", "bootstrap (documents)", "welch", or "none: <why>"
+    test: str
+    min_p: float | None = None
+    welch_p: float | None = None  # beside a significant recipe test: Welch's p for the means alone
 
     def to_dict(self) -> dict:
-        return {"delta": self.delta, "ci95": list(self.ci95) if self.ci95 else None, "p": self.p, "test": self.test}
+        return {"delta": self.delta, "ci95": list(self.ci95) if self.ci95 else None, "p": self.p, "test": self.test,
+                "min_p": self.min_p, "welch_p": self.welch_p}
 
 
-def welch(a, b) -> Difference:
-    """mean(a) − mean(b) with Welch's t-test over seeds."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+# -- the recipe question: seeds are the units --------------------------------------------------------------------
+
+def _constant(x: np.ndarray) -> bool:
+    """No spread: equal up to float rounding (a score recomputed by another path may differ in the last bit)."""
+    return x.size > 0 and float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
+
+
+def min_permutation_p(n_a: int, n_b: int) -> float:
+    """Smallest two-sided p of an exact permutation test of the difference of means over ``n_a + n_b`` seed labels:
+    the observed split is the most extreme of the C(n_a + n_b, n_a) splits (and, for n_a = n_b, so is its mirror)."""
+    return min(1.0, 2 / math.comb(n_a + n_b, n_a))
+
+
+def recipe_difference(a, b) -> Difference:
+    """mean(a) − mean(b) over per-seed values, tested with seeds as the units (see the module docstring)."""
+    a = np.asarray([v for v in a if v is not None and np.isfinite(v)], dtype=np.float64)
+    b = np.asarray([v for v in b if v is not None and np.isfinite(v)], dtype=np.float64)
     delta = float(a.mean() - b.mean())
     if a.size < 2 or b.size < 2:
-        return Difference(delta, None, None, f"none: n = {a.size} vs {b.size} seeds (a test over seeds needs 2 each)")
-    if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:  # no spread at all: the t statistic is undefined
-        return Difference(delta, (delta, delta), 1.0 if delta == 0 else 0.0, "welch (no spread)")
-    res = st.ttest_ind(a, b, equal_var=False)
-    ci = res.confidence_interval(0.95)
-    return Difference(delta, (float(ci.low), float(ci.high)), float(res.pvalue), "welch")
+        return Difference(delta, None, None, f"none: {a.size} vs {b.size} seeds (the seed spread needs 2 each)")
+    if _constant(np.concatenate([a, b])):
+        return Difference(0.0, (0.0, 0.0), 1.0, "t (no spread, no difference)", 1.0)
+    if _constant(a) and _constant(b):  # every seed agrees within each variant: t is undefined (0 / 0 · ∞)
+        res = st.permutation_test((a, b), lambda x, y, axis: x.mean(axis=axis) - y.mean(axis=axis),
+                                  permutation_type="independent", vectorized=True, n_resamples=np.inf,
+                                  alternative="two-sided")
+        return Difference(delta, None, float(res.pvalue), "permutation (no spread within either variant)",
+                          min_permutation_p(a.size, b.size))
+    # Student's t by hand: the same numbers as scipy.stats.ttest_ind(a, b) (the tests check it) at a twentieth of
+    # the cost, which the calibration bench's 100,000 simulated sweeps need
+    df = a.size + b.size - 2
+    pooled = (float(((a - a.mean()) ** 2).sum()) + float(((b - b.mean()) ** 2).sum())) / df
+    se = math.sqrt(pooled * (1 / a.size + 1 / b.size))
+    p = 2 * float(special.stdtr(df, -abs(delta) / se))
+    half = float(special.stdtrit(df, 0.975)) * se
+    if p >= ALPHA:
+        return Difference(delta, (delta - half, delta + half), p, "t", 0.0)
+    # Significant: is it so for the means alone, without the equal-spread part of the null? Welch's t with the
+    # Welch-Satterthwaite degrees of freedom, by hand for the same reason (checked against scipy in the tests).
+    va, vb = float(a.var(ddof=1)) / a.size, float(b.var(ddof=1)) / b.size
+    df_w = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    welch = 2 * float(special.stdtr(df_w, -abs(delta) / math.sqrt(va + vb)))
+    return Difference(delta, (delta - half, delta + half), p, "t", 0.0, welch)
+
+
+def pooled_sd(groups) -> tuple[float | None, int]:
+    """(seed-to-seed standard deviation pooled over groups, its degrees of freedom Σ(n_i − 1)); groups with one
+    value contribute nothing; (None, 0) without any group of two."""
+    ss, df = 0.0, 0
+    for g in groups:
+        x = np.asarray([v for v in g if v is not None and np.isfinite(v)], dtype=np.float64)
+        if x.size >= 2:
+            ss += float(((x - x.mean()) ** 2).sum())
+            df += x.size - 1
+    return (math.sqrt(ss / df), df) if df else (None, 0)
+
+
+def power(delta: float, sd: float, n_a: int, n_b: int, alpha: float = ALPHA) -> float:
+    """Probability that the recipe test (Student's t, two-sided) rejects at ``alpha`` when the true difference is
+    ``delta`` and the seed standard deviation is ``sd``."""
+    df = n_a + n_b - 2
+    nc = abs(delta) / (sd * math.sqrt(1 / n_a + 1 / n_b))
+    t = st.t.ppf(1 - alpha / 2, df)
+    return float(st.nct.sf(t, df, nc) + st.nct.cdf(-t, df, nc))
+
+
+def detectable(sd: float, n_a: int, n_b: int, alpha: float = ALPHA, target: float = POWER) -> float:
+    """The smallest true difference the recipe test finds with probability ``target`` (n_a, n_b ≥ 2)."""
+    hi = sd
+    while power(hi, sd, n_a, n_b, alpha) < target:
+        hi *= 2
+    return float(optimize.brentq(lambda d: power(d, sd, n_a, n_b, alpha) - target, 0.0, hi, xtol=1e-12 * hi))
+
+
+def seeds_needed(delta: float, sd: float, alpha: float = ALPHA, target: float = POWER,
+                 most: int = 10_000) -> int | None:
+    """Seeds per variant (the same for both) for the recipe test to find ``delta`` with probability ``target``
+    (sd > 0); None beyond ``most``."""
+    z = st.norm.ppf(1 - alpha / 2) + st.norm.ppf(target)
+    n = max(2, int(2 * (z * sd / abs(delta)) ** 2) - 2)  # the normal approximation, from just below
+    while power(delta, sd, n, n, alpha) < target:
+        n += 1
+        if n > most:
+            return None
+    return n
 
 
 # -- benchmark metrics as functions of per-document sums ---------------------------------------------------------
@@ -146,29 +256,22 @@ def bootstrap_replicates(tasks: list[list[Metric]], n_boot: int, rng: np.random.
     return np.concatenate(out, axis=2)
 
 
-def seed_means(reps: np.ndarray, rng: np.random.Generator, resample: bool) -> np.ndarray:
-    """[n_boot, seeds, columns] -> [n_boot, columns]: the mean over seeds, drawn with replacement if ``resample``."""
-    if not resample or reps.shape[1] == 1:
-        return reps.mean(axis=1)
-    idx = rng.integers(0, reps.shape[1], size=reps.shape[:2])
-    return np.take_along_axis(reps, idx[:, :, None], axis=1).mean(axis=1)
+# -- the model question: these seeds, these documents --------------------------------------------------------------
 
-
-def bootstrap_difference(point_a: np.ndarray, point_b: np.ndarray, reps_a: np.ndarray, reps_b: np.ndarray,
-                         rng: np.random.Generator, resample_seeds: bool = True) -> list[Difference]:
-    """Per column: mean over A's seeds minus mean over B's. ``point_*`` [seeds, columns] are the plain scores,
-    ``reps_*`` [n_boot, seeds, columns] their replicates from one ``bootstrap_replicates`` call (so documents are
-    paired); seeds are resampled where there are several (unless ``resample_seeds`` is False)."""
+def model_difference(point_a: np.ndarray, point_b: np.ndarray, reps_a: np.ndarray,
+                     reps_b: np.ndarray) -> list[Difference]:
+    """Per column: mean over A's seeds minus mean over B's, conditional on the seeds. ``point_*`` [seeds, columns]
+    are the plain scores, ``reps_*`` [n_boot, seeds, columns] their replicates from one ``bootstrap_replicates``
+    call (so documents are paired)."""
     delta = point_a.mean(axis=0) - point_b.mean(axis=0)
-    boot = seed_means(reps_a, rng, resample_seeds) - seed_means(reps_b, rng, resample_seeds)  # [n_boot, columns]
-    seeds = resample_seeds and (reps_a.shape[1] > 1 or reps_b.shape[1] > 1)
-    test = "bootstrap (documents, seeds)" if seeds else "bootstrap (documents)"
+    boot = reps_a.mean(axis=1) - reps_b.mean(axis=1)  # [n_boot, columns]
     out = []
     for c in range(delta.shape[0]):
         d = boot[:, c]
         p = (1 + np.count_nonzero(np.abs(d - delta[c]) >= abs(delta[c]) - 1e-12)) / (d.size + 1)
         lo, hi = np.percentile(d, [2.5, 97.5])
-        out.append(Difference(float(delta[c]), (float(lo), float(hi)), float(min(p, 1.0)), test))
+        out.append(Difference(float(delta[c]), (float(lo), float(hi)), float(min(p, 1.0)), "bootstrap (documents)",
+                              1 / (d.size + 1)))
     return out
 
 

@@ -27,6 +27,7 @@ TINY = REPO / "tests" / "tiny.yaml"
 MODULES = {"train": "train", "eval": "eval.__main__", "linearity": "eval.linearity.__main__",
            "export": "model.export", "prune": "prune.__main__", "series": "analysis.series", "sweep": "sweep.__main__",
            "universal": "linreg.universal", "prepare": "data.prepare"}
+           "compare": "sweep.compare", "universal": "linreg.universal"}
 STORY = "Once upon a time, a little fox found a red ball in the tall grass. " * 12  # ~800 characters
 
 
@@ -242,6 +243,7 @@ CASES: dict[str, Case] = {
     "prune-model-missing": Case("prune", ["--model", "{tmp}/gone", "--out", "{tmp}/out", "--k", "1"], ["{tmp}/gone"]),
     "series-path-missing": Case("series", ["--paths", "{tmp}/gone", "--out", "{tmp}/out"], ["{tmp}/gone"]),
     "series-nothing-given": Case("series", ["--out", "{tmp}/out"], ["no series"]),
+    "compare-plan-negative": Case("compare", ["{tmp}", "--out", "{tmp}/out", "--plan", "-1"], ["--plan -1"]),
     "sweep-file-missing": Case("sweep", ["{tmp}/nope.yaml"], ["{tmp}/nope.yaml"]),
     "sweep-file-empty": Case("sweep", ["{tmp}/s.yaml"], ["s.yaml", "empty"], {"s.yaml": ""}),
     "prepare-unknown-set": Case("prepare", ["--root", "{tmp}/root", "--only", "tinystories", "arcc"],

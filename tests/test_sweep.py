@@ -229,26 +229,50 @@ def test_compare_reproduces_means_spreads_and_differences(sweep, compared):
         assert result["cells"][label]["boolq"]["n"] == 0  # not benchmarked: no cell, no test
     diff = result["differences"]["cos05"]
     for col in expected["none"]:
-        assert diff[col]["delta"] == pytest.approx(np.mean(expected["cos05"][col]) - np.mean(expected["none"][col]))
+        recipe = diff[col]["recipe"]
+        assert recipe["delta"] == pytest.approx(np.mean(expected["cos05"][col]) - np.mean(expected["none"][col]))
+        ref = st.ttest_ind(expected["cos05"][col], expected["none"][col], equal_var=True)
+        if np.isfinite(ref.statistic):  # seeds with spread: Student's t over the seed values
+            assert recipe["test"] == "t" and recipe["p"] == pytest.approx(ref.pvalue)
+            assert recipe["ci95"] == pytest.approx(tuple(ref.confidence_interval(0.95)))
+        assert recipe["significant"] == (recipe["p"] < 0.05)
     for col in ("val-loss", "linearity", "linearity-wo-res"):
-        ref = st.ttest_ind(expected["cos05"][col], expected["none"][col], equal_var=False)
-        assert diff[col]["test"] == "welch" and diff[col]["p"] == pytest.approx(ref.pvalue)
-    for col in ("cb-acc", "cb-f1", "copa"):
-        d = diff[col]
-        assert d["test"] == "bootstrap (documents, seeds)" and 0 < d["p"] <= 1
-        assert d["ci95"][0] <= d["delta"] <= d["ci95"][1] or d["p"] < 0.05
-        assert d["significant"] == (d["p"] < 0.05)
+        assert diff[col]["model"] is None  # no per-document samples: the recipe question only
+    # the model question, against scipy's paired bootstrap of the per-document differences of the seed means
+    for col, task in (("cb-acc", "cb"), ("copa", "copa")):
+        per_doc = {label: np.mean([[s["acc"] for s in read_jsonl(runs[f"{label}/seed{k}"] /
+                                                                  f"benchmarks/final/samples_{task}.jsonl")]
+                                   for k in (1, 2)], axis=0) for label in ("none", "cos05")}
+        d_doc = per_doc["cos05"] - per_doc["none"]
+        model = diff[col]["model"]
+        assert model["test"] == "bootstrap (documents)" and model["delta"] == pytest.approx(d_doc.mean())
+        if np.ptp(d_doc) > 0:
+            ref = st.bootstrap((d_doc,), np.mean, n_resamples=20000, method="percentile", random_state=0)
+            width = ref.confidence_interval.high - ref.confidence_interval.low
+            assert model["ci95"] == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high),
+                                                  abs=0.1 * width)
+            # the shifted-bootstrap p on scipy's replicates (Monte Carlo error of ours at 2,000: about 0.011)
+            shifted = np.abs(ref.bootstrap_distribution - d_doc.mean()) >= abs(d_doc.mean()) - 1e-12
+            assert model["p"] == pytest.approx((1 + shifted.sum()) / (shifted.size + 1), abs=0.04)
     assert diff["boolq"] is None
+    plan = result["planning"]["val-loss"]
+    values = [expected[label]["val-loss"] for label in ("none", "cos05")]
+    pooled = np.sqrt(sum(np.var(v, ddof=1) for v in values) / 2)  # two variants of two seeds: the mean variance
+    assert plan["seed_sd"] == pytest.approx(pooled) and plan["df"] == 2 and plan["seeds"] == [2, 2]
+    assert plan["detectable"] > st.t.ppf(0.975, 2) * pooled  # below the 2-df critical t, 80 % power is impossible
 
 
 def test_compare_markdown_marks_only_significant_differences(compared):
     out, result = compared
     md = (out / "compare.md").read_text()
     assert "| variant | n | boolq | cb-acc | cb-f1 | copa |" in md and "tinystories-bpb" in md
+    bold = [d["recipe"] for d in result["differences"]["cos05"].values() if d and d["recipe"]["significant"]]
     for col in ("cb-acc", "cb-f1", "copa"):
-        d = result["differences"]["cos05"][col]
-        assert (f"**{100 * d['delta']:+.1f}" in md) == d["significant"]
-    assert md.count("**") == 2 * sum(1 for d in result["differences"]["cos05"].values() if d and d["significant"]) + 2
+        d = result["differences"]["cos05"][col]["recipe"]
+        assert (f"**{100 * d['delta']:+.1f}" in md) == (d["p"] < 0.05)
+    cells = [c.strip() for line in md.splitlines() if line.startswith("| ") for c in line.strip("|").split(" | ")]
+    assert sum(c.startswith("**") for c in cells) == len(bold)  # in the tables, bold is the recipe question only
+    assert "No distribution-free test can reach p < 0.05 with 2 + 2 seeds (smallest p = 0.33)" in md
 
 
 def test_compare_writes_readable_plots(compared):
@@ -281,8 +305,9 @@ def test_compare_runs_in_progress_and_single_seeds(sweep, tmp_path):
     cell = single["cells"]["cos05"]["cb-acc"]
     assert cell["n"] == 1 and cell["std"] is None and cell["ci95"] is None
     d = single["differences"]["cos05"]
-    assert d["cb-acc"]["test"] == "bootstrap (documents)" and d["val-loss"]["p"] is None
-    assert d["val-loss"]["test"].startswith("none: n = 1 vs 1")
+    assert d["cb-acc"]["model"]["test"] == "bootstrap (documents)" and d["cb-acc"]["recipe"]["p"] is None
+    assert d["val-loss"]["recipe"]["p"] is None and d["val-loss"]["model"] is None
+    assert d["val-loss"]["recipe"]["test"].startswith("none: 1 vs 1 seeds")
     md = (tmp_path / "single" / "compare.md").read_text()
     assert "| none | 1 |" in md and "(no test)" in md
 
