@@ -1,7 +1,8 @@
 """Outputs of a pruning run: ``pruning.json`` (everything), ``pruning.md`` (one table per metric: rows k, columns
-methods) and the figures -- metric against the number of changed blocks (the paper's Figs. 6-8), against the
-fraction of blocks changed (Gromov et al.'s axis), and the per-token relative errors of each block's linear fit on
-the unpruned model (the paper's Fig. 9)."""
+methods; then the share of the unpruned score retained, and each method's paired-bootstrap difference from
+``remove``, ``prune.compare``) and the figures -- metric against the number of changed blocks (the paper's
+Figs. 6-8), against the fraction of blocks changed (Gromov et al.'s axis), and the per-token relative errors of
+each block's linear fit on the unpruned model (the paper's Fig. 9)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ import numpy as np
 
 _COUNTS = ("/nll", "/tokens", "/bytes")  # bookkeeping values, not curves
 _LOWER_IS_BETTER = ("ppl", "loss", "bpb")
+# The headline metrics of the retained table, where present.
+HEADLINE = ("wikitext2/ppl", "/loss", "/acc_norm")
 
 
 def metric_names(results: dict[str, dict[int, dict[str, float]]]) -> list[str]:
@@ -33,6 +36,42 @@ def render_markdown(results: dict[str, dict[int, dict[str, float]]], num_blocks:
         for k in ks:
             cells = [_fmt(results[m].get(k, {}).get(metric)) for m in methods]
             lines.append(f"| {k} | {k / num_blocks:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_retained(results: dict[str, dict[int, dict[str, float]]]) -> str:
+    """One table per headline metric: rows methods, columns k, cells % of the unpruned score retained."""
+    from prune.compare import retained
+
+    ks = sorted({k for per_k in results.values() for k in per_k if k > 0})
+    lines = []
+    for metric in (m for m in metric_names(results) if m.endswith(HEADLINE)):
+        lines += ["", f"### {metric}: % of the unpruned score retained", "",
+                  "| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for method, per_k in results.items():
+            base = per_k.get(0, {}).get(metric)
+            cells = [f"{retained(per_k[k][metric], base, metric):.1f}" if base is not None and metric in
+                     per_k.get(k, {}) else "–" for k in ks]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_comparison(comparison: dict) -> str:
+    """Per document set: rows methods, columns k, cells 'difference [95 % interval]' against ``remove``."""
+    keys = list(dict.fromkeys(key for per_k in comparison.values() for c in per_k.values() for key in c))
+    ks = sorted({k for per_k in comparison.values() for k in per_k})
+    lines = []
+    for key in keys:
+        unit = "mean NLL per token, nats (negative: better than remove)" if key == "wikitext2" else \
+            "accuracy (positive: better than remove)"
+        lines += ["", f"### {key}: difference from `remove`, {unit}; paired bootstrap 95 % interval", "",
+                  "| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for method, per_k in comparison.items():
+            cells = []
+            for k in ks:
+                c = per_k.get(k, {}).get(key)
+                cells.append(f"{c['diff']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]" if c else "–")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -98,11 +137,14 @@ def plot_fit_errors(errors: list[np.ndarray], path: Path) -> Path:
 
 
 def write_outputs(out: Path, record: dict, results: dict[str, dict[int, dict[str, float]]], num_blocks: int,
-                  fit_errors: list[np.ndarray] | None, header: str = "") -> list[Path]:
+                  fit_errors: list[np.ndarray] | None, header: str = "", comparison: dict | None = None
+                  ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     record = {**record, "results": {m: {str(k): v for k, v in per_k.items()} for m, per_k in results.items()}}
     (out / "pruning.json").write_text(json.dumps(record, indent=1) + "\n")
-    md = render_markdown(results, num_blocks, header)
+    md = render_markdown(results, num_blocks, header) + render_retained(results)
+    if comparison:
+        md += render_comparison(comparison)
     (out / "pruning.md").write_text(md)
     paths = [out / "pruning.json", out / "pruning.md",
              plot_curves(results, num_blocks, out / "pruning_vs_k.png", fraction=False),

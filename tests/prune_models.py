@@ -1,4 +1,5 @@
-"""Tiny random-init causal LMs of several HF families for the pruning tests (hidden 32, 4 blocks)."""
+"""Tiny random-init causal LMs of several HF families for the pruning tests (hidden 32, 4 blocks). Sliding windows
+are 16 tokens, so they bind on the probe and in the tests' sequences; per-layer ``layer_types`` alternate."""
 from __future__ import annotations
 
 import torch
@@ -6,20 +7,47 @@ import torch
 
 def tiny_model(family: str, tokenizer, layers: int = 4, dtype=torch.float32, **extra):
     from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         GPT2Config,
         GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
         LlamaConfig,
         LlamaForCausalLM,
         MistralConfig,
         MistralForCausalLM,
         OPTConfig,
         OPTForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
     )
 
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
     vocab = len(tokenizer)
-    if family == "mistral":
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **ids)
+    mixed = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2)
+    if family == "llama-gqa":
+        cfg, cls = LlamaConfig(**common, **extra), LlamaForCausalLM
+    elif family == "mistral-sw":
+        cfg, cls = MistralConfig(**common, sliding_window=16, **extra), MistralForCausalLM
+    elif family == "qwen2":
+        cfg, cls = Qwen2Config(**common, use_sliding_window=True, sliding_window=16, max_window_layers=2,
+                               **extra), Qwen2ForCausalLM
+    elif family == "qwen3":
+        cfg, cls = Qwen3Config(**common, head_dim=8, use_sliding_window=True, sliding_window=16, layer_types=mixed,
+                               **extra), Qwen3ForCausalLM
+    elif family == "gemma3":
+        cfg, cls = Gemma3TextConfig(**common, head_dim=8, sliding_window=16, layer_types=mixed,
+                                    **extra), Gemma3ForCausalLM
+    elif family == "pythia":
+        cfg, cls = GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                 num_attention_heads=4, max_position_embeddings=256, **ids, **extra), GPTNeoXForCausalLM
+    elif family == "mistral":
         cfg, cls = MistralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                  **ids, **extra), MistralForCausalLM

@@ -10,7 +10,8 @@ import torch
 from prune_models import probe_tokens, tiny_model
 
 from model.linear_block import LinearBlock
-from prune.distill import distill, distill_config, heldout_batches
+from prune.distill import Healing, distill_config, heldout_batches
+from prune.methods import METHODS
 from prune.plan import Probe, Pruned
 
 
@@ -32,7 +33,7 @@ def test_distill_lowers_heldout_mse(method, zero, setup, tiny_tokenizer, tmp_pat
     cfg.train.zero_stage = zero  # ZeRO-3: the student is partitioned and the teacher is its own ZeRO-3 engine
     pruned = Pruned.of(model, method.split("+")[0])
     pruned.change(1, probe)
-    student, info = distill(pruned, method, model, tiny_tokenizer, cfg, tmp_path / "run", heldout=heldout)
+    student, info = METHODS[method].heal(pruned, Healing(model, tiny_tokenizer, cfg, tmp_path / "run", heldout=heldout))
     assert info["heldout_mse_after"] < 0.9 * info["heldout_mse_before"], info
     before = dict(pruned.model.named_parameters())
     changed = {n for n, p in student.model.named_parameters() if not torch.equal(p, before[n])}
@@ -53,11 +54,12 @@ def test_distill_resumes(setup, tiny_tokenizer, tmp_path):
     short = distill_config(None, [f"{k}={v}" for k, v in (("train.max_steps", 10), ("checkpoint.every", 5))] +
                            [f"data.cache_dir={cfg.data.cache_dir}", "data.seq_len=32", "data.max_docs=300",
                             "train.micro_batch_size=4", "logging.progress_bar=false", "logging.every=1"], 256)
-    first, _ = distill(pruned, "linear+distill", model, tiny_tokenizer, short, tmp_path / "run")
+    heal = METHODS["linear+distill"].heal
+    first, _ = heal(pruned, Healing(model, tiny_tokenizer, short, tmp_path / "run"))
     longer = distill_config(None, ["train.max_steps=15", "checkpoint.every=5", f"data.cache_dir={cfg.data.cache_dir}",
                                    "data.seq_len=32", "data.max_docs=300", "train.micro_batch_size=4",
                                    "logging.progress_bar=false", "logging.every=1"], 256)
-    resumed, _ = distill(pruned, "linear+distill", model, tiny_tokenizer, longer, tmp_path / "run", resume=True)
+    resumed, _ = heal(pruned, Healing(model, tiny_tokenizer, longer, tmp_path / "run", resume=True))
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sorted(set(steps)) == list(range(1, 16)) and steps.index(11) > steps.index(10), steps  # continued at 11
     assert not torch.equal(first.model.model.layers[2].linear.weight, resumed.model.model.layers[2].linear.weight)
