@@ -61,8 +61,8 @@ def test_every_build_exports_reloads_and_decodes(family, tiny_tokenizer, probe, 
         reloaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=remote).eval()
         assert type(reloaded).__name__.endswith(type(model).__name__), name
         assert float((logits(reloaded, ids) - got).abs().max()) <= 1e-5, name
-        cached = reloaded.generate(ids[:1, :8], max_new_tokens=8, do_sample=False, use_cache=True)
-        plain = pruned.model.generate(ids[:1, :8], max_new_tokens=8, do_sample=False, use_cache=False)
+        cached = reloaded.generate(ids[:1, :12], max_new_tokens=8, do_sample=False, use_cache=True)
+        plain = pruned.model.generate(ids[:1, :12], max_new_tokens=8, do_sample=False, use_cache=False)
         assert torch.equal(cached, plain), name
         depth = 4 if name in ("linear", "sublayer") else 2  # sublayer: 4 sublayers may leave all blocks standing
         assert len(surgery.blocks(reloaded)) <= 4 and (name == "sublayer" or len(surgery.blocks(reloaded)) == depth)

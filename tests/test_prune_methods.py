@@ -98,7 +98,9 @@ def test_cosine_solver_improves_on_the_identity():
     def loss(t):
         return float(1 - torch.nn.functional.cosine_similarity(x @ t.T, y, dim=1).mean())
     fit = replaceme.cosine_map(x, y)
-    assert loss(fit.weight) < 0.9 * loss(torch.eye(16, dtype=torch.float64))
+    # 30 Adam steps at the authors' learning rate of 1e-4 move each entry by at most ~3e-3, yet the loss falls
+    assert loss(fit.weight) < loss(torch.eye(16, dtype=torch.float64)) - 5e-3
+    assert float((fit.weight - torch.eye(16, dtype=torch.float64)).abs().max()) <= 30 * 1e-4 * 1.01
 
 
 def test_comp_is_removal_with_the_residual_scaled_at_the_gap(setup, ids):
@@ -136,7 +138,6 @@ def test_sleb_picks_the_block_whose_deletion_costs_least(setup, probe):
     rec = list(METHODS["sleb"].build(ctx, 1))[-1][2]
 
     def hf_nll(b):  # an independent deletion, scored by HF's own loss on each probe sequence
-        pruned = METHODS["remove"].build  # noqa: F841 -- deletion below is plain surgery on a copy
         import copy
 
         m = copy.deepcopy(model)
