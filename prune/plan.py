@@ -122,6 +122,7 @@ class Pruned:
 
 def compensate(model: nn.Module, pos: int, hs: list[torch.Tensor]) -> float:
     """Before block ``pos`` goes: scale what the blocks after it add by 1 / a (see the module docstring)."""
+    surgery.check_additive(model, "comp")  # post-LN: each block's output is renormalised, there is no gap to mend
     a = float(hs[pos + 1].double().norm(dim=1).mean() / hs[pos].double().norm(dim=1).mean().clamp_min(1e-30))
     for later in surgery.blocks(model)[pos + 1:]:
         surgery.scale_contributions(later, 1.0 / a)

@@ -91,22 +91,30 @@ def plot_curves(results: dict[str, dict[int, dict[str, float]]], num_blocks: int
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.5 * rows), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^v<>pP*Xh"
     for ax, metric in zip(axes.flat, metrics):
-        for method, per_k in results.items():
+        for i, (method, per_k) in enumerate(results.items()):  # up to 20 methods, each its own colour and marker
             ks = sorted(k for k in per_k if metric in per_k[k])
             xs = [k / num_blocks for k in ks] if fraction else ks
-            ax.plot(xs, [per_k[k][metric] for k in ks], marker="o", label=method)
+            ax.plot(xs, [per_k[k][metric] for k in ks], marker=markers[i % len(markers)], ms=4,
+                    color=colors[i % len(colors)], label=method)
         if metric.endswith("ppl"):
             ax.set_yscale("log")
         ax.set_title(metric)
+        ax.set_ylabel(metric.split("/")[-1])
         ax.set_xlabel(f"fraction of the {num_blocks} blocks changed" if fraction else "number of changed blocks")
         if not fraction:
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    if len(results) > 6:  # one legend beside the grid instead of one that covers the first panel
+        fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="center right", fontsize=8)
+        fig.tight_layout(rect=(0, 0, 0.84, 1))
+    else:
+        axes.flat[0].legend(fontsize=8)
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
