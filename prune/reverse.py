@@ -18,7 +18,6 @@ from torch import nn
 
 from prune import surgery
 from prune.distill import Healing, heal
-from prune.errors import PruneError
 from prune.plan import Pruned, Selector
 
 LAST_BLOCKS = 3
@@ -45,12 +44,7 @@ class LastN:
 
 
 def final_norm(model: nn.Module) -> nn.Module:
-    for path in _FINAL_NORMS:
-        try:
-            return model.get_submodule(path)
-        except AttributeError:
-            continue
-    raise PruneError(f"reverse+finetune: cannot find the final norm of {type(model).__name__}")
+    return surgery.first_submodule(model, _FINAL_NORMS, "final norm")
 
 
 def finetune_last(pruned: Pruned, h: Healing) -> tuple[Pruned, dict]:

@@ -106,7 +106,7 @@ def replace_with_linear(model: nn.Module, position: int, fit: LinearMap) -> Line
     return block
 
 
-def _first_submodule(block: nn.Module, paths: tuple[str, ...], what: str) -> nn.Module:
+def first_submodule(block: nn.Module, paths: tuple[str, ...], what: str) -> nn.Module:
     for path in paths:
         try:
             return block.get_submodule(path)
@@ -116,11 +116,11 @@ def _first_submodule(block: nn.Module, paths: tuple[str, ...], what: str) -> nn.
 
 
 def mlp_output_projection(block: nn.Module) -> nn.Module:
-    return _first_submodule(block, _MLP_OUT_PATHS, "MLP output projection")
+    return first_submodule(block, _MLP_OUT_PATHS, "MLP output projection")
 
 
 def attention_output_projection(block: nn.Module) -> nn.Module:
-    return _first_submodule(block, _ATTN_OUT_PATHS, "attention output projection")
+    return first_submodule(block, _ATTN_OUT_PATHS, "attention output projection")
 
 
 def post_sublayer_norms(block: nn.Module) -> tuple[nn.Module, nn.Module] | None:

@@ -77,3 +77,28 @@ def probe_tokens(tokenizer, text_path, num_chunks: int = 12) -> list[list[int]]:
     from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
 
     return build_probe(read_probe_text(text_path), tokenizer, ProbeConfig(num_chunks=num_chunks), max_len=256)
+
+
+def sample_ids(tokenizer, text_path) -> torch.Tensor:
+    """Two 40-token rows of TinyStories validation text."""
+    text = text_path.read_text()[:3000]
+    return torch.tensor([tokenizer(text)["input_ids"][:40], tokenizer(text[500:])["input_ids"][:40]])
+
+
+def logits(model, ids, hooks=()) -> torch.Tensor:
+    """float64 logits without cache, with forward ``hooks`` [(module, fn)] in place during the call."""
+    handles = [mod.register_forward_hook(fn) for mod, fn in hooks]
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, use_cache=False).logits.double()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def small_probe(tokenizer, text_path, num_chunks: int = 10):
+    """A ``prune.plan.Probe`` of ``num_chunks`` chunks, all in one batch."""
+    from prune.plan import Probe
+
+    return Probe(probe_tokens(tokenizer, text_path, num_chunks=num_chunks), batch_size=num_chunks,
+                 pad_id=tokenizer.pad_token_id)

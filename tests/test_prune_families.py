@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prune_models import probe_tokens, tiny_model
+from prune_models import logits, sample_ids, small_probe, tiny_model
 
 from prune import surgery
 from prune.criteria import get_criterion
 from prune.errors import PruneError
 from prune.export import export
 from prune.methods import METHODS, Context
-from prune.plan import Probe, Selector
+from prune.plan import Selector
 
 FAMILIES = ["llama-gqa", "mistral-sw", "qwen2", "qwen3", "gemma3", "gpt2", "opt", "pythia"]
 # One method per distinct build (the healing methods export what their build exports, after training).
@@ -26,19 +26,13 @@ REFUSED = {"gemma3": {"merged", "replaceme", "replaceme_cos"}}
 
 @pytest.fixture(scope="module")
 def probe(tiny_tokenizer, tinystories_valid):
-    return Probe(probe_tokens(tiny_tokenizer, tinystories_valid, num_chunks=10), batch_size=10,
-                 pad_id=tiny_tokenizer.pad_token_id)
+    return small_probe(tiny_tokenizer, tinystories_valid)
 
 
 @pytest.fixture(scope="module")
 def ids(tiny_tokenizer, tinystories_valid):
-    text = tinystories_valid.read_text()[:3000]
-    return torch.tensor([tiny_tokenizer(text)["input_ids"][:40], tiny_tokenizer(text[500:])["input_ids"][:40]])
+    return sample_ids(tiny_tokenizer, tinystories_valid)
 
-
-def logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits.double()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
