@@ -137,7 +137,8 @@ def plot_fit_errors(errors: list[np.ndarray], path: Path) -> Path:
         ax.set_title(f"block {i}: median {np.median(err):.3f}", fontsize=9)
     for ax in list(axes.flat)[len(errors):]:
         ax.axis("off")
-    fig.supxlabel("per-token relative error ||A h_i + c - h_{i+1}|| / ||h_{i+1}||")
+    fig.supxlabel(r"per-token relative error $\|A h_i + c - h_{i+1}\| \,/\, \|h_{i+1}\|$")
+    fig.supylabel("probe tokens")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
