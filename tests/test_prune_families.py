@@ -16,12 +16,14 @@ from prune.export import export
 from prune.methods import METHODS, Context
 from prune.plan import Selector
 
-FAMILIES = ["llama-gqa", "mistral-sw", "qwen2", "qwen3", "gemma3", "gpt2", "opt", "pythia"]
+FAMILIES = ["llama-gqa", "mistral-sw", "qwen2", "qwen3", "gemma3", "gpt2", "opt", "pythia", "opt-postln"]
 # One method per distinct build (the healing methods export what their build exports, after training).
 BUILDS = ["remove", "remove+comp", "linear", "merged", "replaceme", "replaceme_cos", "reverse", "sleb", "sublayer",
           "streamline"]
-# Gemma-3 normalises the MLP output after its projection: no map can be folded into the projection.
-REFUSED = {"gemma3": {"merged", "replaceme", "replaceme_cos"}}
+# Gemma-3 normalises the MLP output after its projection: no map can be folded into the projection. Post-LN
+# blocks (OPT-350m) renormalise the residual stream after each sublayer: nothing is added to it to fold, zero or mend.
+REFUSED = {"gemma3": {"merged", "replaceme", "replaceme_cos"},
+           "opt-postln": {"merged", "replaceme", "replaceme_cos", "remove+comp", "sublayer"}}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,8 @@ def ids(tiny_tokenizer, tinystories_valid):
 def test_every_build_exports_reloads_and_decodes(family, tiny_tokenizer, probe, ids, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    model = tiny_model(family, tiny_tokenizer)
+    model = (tiny_model("opt", tiny_tokenizer, do_layer_norm_before=False) if family == "opt-postln"
+             else tiny_model(family, tiny_tokenizer))
     ctx = Context(Selector(get_criterion("cosine"), "cosine", 4), model, probe, probe.collect(model)[0])
     refused = set()
     for name in BUILDS:
