@@ -79,7 +79,20 @@ def _make_classes(base_name: str) -> tuple[type, type]:
     Model.__name__ = Model.__qualname__ = f"{CLASS_PREFIX}{base_name}"
     Config.__module__ = Model.__module__ = __name__
     _CLASSES[Config.__name__], _CLASSES[Model.__name__] = Config, Model
+    _inherit_key_renames(base_name, base_config.model_type, Model.__name__)
     return Config, Model
+
+
+def _inherit_key_renames(base_name: str, base_type: str, name: str) -> None:
+    """transformers >= 5 renames some checkpoint keys on load by class name or model_type (GPT-NeoX's ``embed_out``
+    -> ``lm_head``) and skips that for classes it does not know: give ours the base's renames."""
+    try:
+        from transformers import conversion_mapping as cm
+    except ImportError:  # older transformers load the keys as they are saved
+        return
+    mapping = cm.get_checkpoint_conversion_mapping(base_name) or cm.get_checkpoint_conversion_mapping(base_type)
+    if mapping:
+        cm.register_checkpoint_conversion_mapping(name, mapping, overwrite=True)
 
 
 def __getattr__(name: str):

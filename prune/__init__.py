@@ -1,6 +1,8 @@
-"""Depth pruning by linearity (Razzhigaev et al. 2024, §5): choose the most prunable blocks by a criterion, remove
-them or replace them by a fitted linear map, optionally heal by distillation through the Trainer, evaluate
-("metric vs blocks changed") and export models that load with plain ``AutoModelForCausalLM``. See docs/pruning.md.
+"""Depth pruning by linearity (Razzhigaev et al. 2024, §5) and the methods it is measured against (ReplaceMe,
+reverse order, SLEB, magnitude compensation, sublayers, LLM-Streamline; ``prune.methods``): choose blocks, remove
+them, replace them by fitted linear maps or one trained block, optionally heal through the Trainer, evaluate every
+method the same way against plain removal ("metric vs blocks changed", % retained, paired bootstrap) and export
+models that load with plain ``AutoModelForCausalLM``. See docs/pruning.md.
 
-    python -m prune --model PATH --criterion linearity --methods remove,linear --k 1..4 --out DIR
+    python -m prune --model PATH --criterion linearity --methods all --k 1..4 --out DIR
 """

@@ -1,12 +1,16 @@
 """Depth pruning from the command line (see docs/pruning.md).
 
-    python -m prune --model PATH --criterion linearity --methods remove,linear,linear+distill,remove+distill,merged \\
+    python -m prune --model PATH --criterion linearity --methods remove,linear,replaceme,sleb,reverse,... \\
         --k 1..4 --out DIR [--iterative] [--protect-first] [--protect-last] [--distill-steps N] ...
+
+Every method of ``prune.methods`` (``--methods all`` runs them all) is built from the same model, probe and seed,
+evaluated on the same data and compared with ``remove`` on the same documents.
 
 PATH: an HF model directory or hub name, a linreg run directory or checkpoint directory. ``--k 1..4`` (or ``4``,
 the same) evaluates k = 0 (the unpruned model) and every k from 1 to 4; ``--k 1,2,4`` only those. Writes
 DIR/pruning.json, DIR/pruning.md, DIR/pruning_vs_k.png, DIR/pruning_vs_fraction.png, DIR/fit_errors.png, the
-exported models DIR/models/<method>_k<k>/ (``--export-k``) and the distillation runs DIR/distill/<method>_k<k>/.
+exported models DIR/models/<method>_k<k>/ (``--export-k``) and the training runs of healing methods
+DIR/distill/<method>_k<k>/.
 """
 from __future__ import annotations
 
@@ -50,13 +54,13 @@ def parse_export_ks(spec: str, ks: list[int]) -> list[int]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     from prune.criteria import CRITERIA
-    from prune.plan import METHODS
+    from prune.methods import METHODS
 
     p = argparse.ArgumentParser(prog="python -m prune", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF model dir or hub name, linreg run dir or checkpoint dir")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--criterion", default="linearity", help=f"one of {', '.join(CRITERIA)} (default %(default)s)")
-    p.add_argument("--methods", default="remove,linear", help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--methods", default="remove,linear", help=f"comma-separated, or all: {', '.join(METHODS)}")
     p.add_argument("--k", required=True, help="changed blocks: 1..K, K, or a list like 1,2,4")
     p.add_argument("--iterative", action="store_true", help="re-rank on the pruned model after each change")
     p.add_argument("--protect-first", action="store_true", help="never change block 0")
@@ -80,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     g.add_argument("--dtype", choices=precision.CHOICES, default="auto", help="evaluation precision")
     g.add_argument("--batch-tokens", type=int, default=None, help="benchmark tokens per forward")
-    g = p.add_argument_group("distillation (+distill methods; a linreg Trainer run per method and k)")
+    g = p.add_argument_group("healing (+distill, +finetune, streamline; a linreg Trainer run per method and k)")
     g.add_argument("--distill-config", default=None, help="YAML over the defaults in prune/distill.py")
     g.add_argument("--distill-steps", type=int, default=None, help="train.max_steps")
     g.add_argument("--distill-lr", type=float, default=None, help="optim.lr")
@@ -116,9 +120,13 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     ks = parse_ks(args.k)
-    study = Study(criterion=args.criterion, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-                  ks=ks, iterative=args.iterative, protect_first=args.protect_first, protect_last=args.protect_last,
-                  export_ks=parse_export_ks(args.export_k, ks), resume=args.resume)
+    from prune.methods import METHODS
+
+    methods = list(METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",")
+                                                                    if m.strip()]
+    study = Study(criterion=args.criterion, methods=methods, ks=ks, iterative=args.iterative,
+                  protect_first=args.protect_first, protect_last=args.protect_last,
+                  export_ks=parse_export_ks(args.export_k, ks), resume=args.resume, seed=args.seed)
     out = Path(args.out)
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
     study.check(len(blocks(model)))  # cheap errors before the probe and the evaluation data
@@ -134,7 +142,7 @@ def main(argv=None) -> int:
                             batch_tokens=args.batch_tokens)
     probe = Probe(states.make_probe(text, tokenizer, probe_cfg, model, source), args.batch_size, evaluation.device, pad)
     distill_cfg = None
-    if any(m.endswith("+distill") for m in study.methods):
+    if study.heals():
         distill_cfg = distill_config(args.distill_config, distill_overrides(args, out), max_length)
     meta = {"model": str(args.model), "probe": {**vars(probe_cfg), "text": source}}
     run_study(model, tokenizer, study, probe, evaluation, out, distill_cfg=distill_cfg, meta=meta)

@@ -6,8 +6,13 @@ training window:
 
     loss = 1/|P| sum_{(j, i) in P} mean_{b, t, c} (h^student_j - h^teacher_i)^2
 
-- ``linear+distill`` (the paper's "linear replacement + distill (linear)"): only the replacement maps train.
-- ``remove+distill`` (the paper's "layer removing + distill (all params)"): every parameter of the student trains.
+- ``linear+distill`` (the paper's "linear replacement + distill (linear)"): only the replacement maps train
+  (``maps_only``).
+- ``remove+distill`` (the paper's "layer removing + distill (all params)"): every parameter of the student trains
+  (``all_params``).
+
+Other methods heal through the same ``heal`` with their own trainable parameters, state pairs or objective
+(``prune.streamline``: one block, one pair; ``prune.reverse``: the plain Trainer's LM loss).
 
 ``DistillTrainer`` is a ``Trainer`` with ``forward_loss`` overridden, so distillation has everything a training run
 has: DeepSpeed ZeRO (``train.zero_stage``), bf16 on GPU, checkpoints and ``--resume``, TensorBoard and
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -80,15 +86,21 @@ def layerwise_mse(student_states: list[torch.Tensor], teacher_states: list[torch
     return torch.stack([F.mse_loss(student_states[j].float(), teacher_states[i].float()) for j, i in pairs]).mean()
 
 
-def set_trainable(pruned: Pruned, method: str) -> None:
-    """``linear+distill``: only the LinearBlock maps; ``remove+distill``: everything."""
-    only_linear = method == "linear+distill"
-    for p in pruned.model.parameters():
-        p.requires_grad_(not only_linear)
-    if only_linear:
-        for mod in pruned.model.modules():
-            if isinstance(mod, LinearBlock):
-                mod.requires_grad_(True)
+def train_only(model: torch.nn.Module, modules: list[torch.nn.Module]) -> None:
+    model.requires_grad_(False)
+    for mod in modules:
+        mod.requires_grad_(True)
+
+
+@dataclass
+class Healing:
+    """What every heal needs: the frozen teacher (the original model), the run config and where the run goes."""
+    teacher: torch.nn.Module
+    tokenizer: object
+    cfg: Config
+    run_dir: Path
+    resume: bool = False
+    heldout: list[torch.Tensor] | None = None
 
 
 class DistillTrainer(Trainer):
@@ -166,22 +178,36 @@ def heldout_batches(cfg: Config, tokenizer, num_batches: int = 4) -> list[torch.
     return list(validation_batches(samples, cfg.train.micro_batch_size, num_batches, 0, 1))
 
 
-def distill(pruned: Pruned, method: str, teacher: torch.nn.Module, tokenizer, cfg: Config, run_dir: Path,
-            resume: bool = False, heldout: list[torch.Tensor] | None = None) -> tuple[Pruned, dict]:
-    """Train a copy of ``pruned`` against ``teacher`` in ``run_dir``; return it (fp32, CPU) and a summary."""
+def maps_only(pruned: Pruned, h: Healing) -> tuple[Pruned, dict]:
+    return heal(pruned, h, lambda m: [mod for mod in m.modules() if isinstance(mod, LinearBlock)])
+
+
+def all_params(pruned: Pruned, h: Healing) -> tuple[Pruned, dict]:
+    return heal(pruned, h, lambda m: [m])
+
+
+def heal(pruned: Pruned, h: Healing, trainable, pairs: list[tuple[int, int]] | None = None,
+         objective: str = "states") -> tuple[Pruned, dict]:
+    """Train a copy of ``pruned`` in ``h.run_dir``: only the modules ``trainable(model)`` returns, on the
+    layer-wise MSE to the teacher over ``pairs`` (default: every state both have), or with ``objective="lm"``
+    on the plain Trainer's next-token loss. Returns the copy (fp32, CPU) and a summary."""
+    cfg, run_dir = h.cfg, h.run_dir
     student = pruned.clone()
-    set_trainable(student, method)
-    pairs = student.state_pairs()
-    info: dict = {"run_dir": str(run_dir), "steps": cfg.train.max_steps, "lr": cfg.optim.lr,
+    train_only(student.model, trainable(student.model))
+    pairs = pairs or student.state_pairs()
+    info: dict = {"objective": objective, "run_dir": str(run_dir), "steps": cfg.train.max_steps, "lr": cfg.optim.lr,
                   "micro_batch_size": cfg.train.micro_batch_size, "seq_len": cfg.data.seq_len,
                   "zero_stage": cfg.train.zero_stage,
                   "trainable_params": sum(p.numel() for p in student.model.parameters() if p.requires_grad)}
-    if heldout is not None:
-        info["heldout_mse_before"] = heldout_mse(student.model, teacher, pairs, heldout, "cpu")
+    if h.heldout is not None:
+        info["heldout_mse_before"] = heldout_mse(student.model, h.teacher, pairs, h.heldout, "cpu")
     t0 = time.perf_counter()
-    trainer = DistillTrainer(cfg, RunDir(run_dir), student=copy.deepcopy(student.model),
-                             teacher=copy.deepcopy(teacher), tokenizer=tokenizer, pairs=pairs,
-                             resume="auto" if resume else None, overwrite=not resume)
+    common = {"resume": "auto" if h.resume else None, "overwrite": not h.resume}
+    if objective == "lm":
+        trainer = Trainer(cfg, RunDir(run_dir), model=copy.deepcopy(student.model), tokenizer=h.tokenizer, **common)
+    else:
+        trainer = DistillTrainer(cfg, RunDir(run_dir), student=copy.deepcopy(student.model),
+                                 teacher=copy.deepcopy(h.teacher), tokenizer=h.tokenizer, pairs=pairs, **common)
     trainer.fit()
     tag_dir = trainer.run.latest_checkpoint()
     info["final_train_loss"] = trainer.last_row.get("train/loss")
@@ -190,6 +216,6 @@ def distill(pruned: Pruned, method: str, teacher: torch.nn.Module, tokenizer, cf
     load_checkpoint_into(model, tag_dir, what="the student")
     model.float().requires_grad_(False).eval()
     info["wall_s"] = round(time.perf_counter() - t0, 1)
-    if heldout is not None:
-        info["heldout_mse_after"] = heldout_mse(model, teacher, pairs, heldout, "cpu")
+    if h.heldout is not None:
+        info["heldout_mse_after"] = heldout_mse(model, h.teacher, pairs, h.heldout, "cpu")
     return student, info

@@ -84,18 +84,23 @@ def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 @torch.no_grad()
-def wikitext_metrics(model, data: WikiText, *, device, autocast_dtype=None, batch_size: int = 8) -> dict[str, float]:
+def wikitext_metrics(model, data: WikiText, *, device, autocast_dtype=None, batch_size: int = 8,
+                     per_window: list | None = None) -> dict[str, float]:
+    """The metrics of the module docstring; ``per_window`` (if given) receives (NLL, scored tokens) of each window,
+    in stream order, for paired comparisons."""
     spans = windows(data.ids.numel(), data.context, data.stride)
     full = [s for s in spans if s[1] - s[0] == data.context]
     groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s in spans if s not in full]
-    nll, count = 0.0, 0
+    nll, count, windows_out = 0.0, 0, {}
     for group in groups:
         x = torch.stack([data.ids[b:e] for b, e, _ in group]).to(device)
         with precision.autocast(torch.device(device), autocast_dtype):
             logits = model(input_ids=x, use_cache=False).logits
-        for row, (_b, _e, scored) in enumerate(group):
-            nll += float(causal_lm_loss(logits[row, -scored - 1:-1], x[row, -scored:], reduction="sum").double())
-            count += scored
+        for row, (b, _e, scored) in enumerate(group):
+            w = float(causal_lm_loss(logits[row, -scored - 1:-1], x[row, -scored:], reduction="sum").double())
+            nll, count, windows_out[b] = nll + w, count + scored, (w, scored)
+    if per_window is not None:
+        per_window += [windows_out[b] for b in sorted(windows_out)]
     return {"ppl": math.exp(nll / count), "word_ppl": math.exp(nll / data.words),
             "bpb": nll / math.log(2) / data.bytes, "nll": nll, "tokens": float(count)}
 
@@ -128,14 +133,26 @@ class Evaluation:
                 "device": str(self.device), "autocast": str(self.autocast_dtype), "data_notes": notes}
 
     def __call__(self, model) -> dict[str, float]:
+        return self.evaluate(model)[0]
+
+    def evaluate(self, model) -> tuple[dict[str, float], dict[str, list]]:
+        """(metrics, per-document scores): WikiText-2's (NLL, tokens) per window and each multiple-choice task's
+        per-question ``acc``/``acc_norm``, for the paired bootstrap of ``prune.compare``."""
         model = model.to(self.device).eval()
+        windows_out: list = []
         out = {f"wikitext2/{k}": v for k, v in wikitext_metrics(model, self.wikitext, device=self.device,
-                                                               autocast_dtype=self.autocast_dtype).items()}
+                                                               autocast_dtype=self.autocast_dtype,
+                                                               per_window=windows_out).items()}
+        docs: dict[str, list] = {"wikitext2": windows_out}
         if self.suite is not None:
             with torch.no_grad():
                 results = self.suite.run(model, device=self.device, autocast_dtype=self.autocast_dtype,
-                                         batch_tokens=self.batch_tokens)
+                                         batch_tokens=self.batch_tokens, log_samples=True)
             out |= {f"{name}/{m}": float(v) for name, r in results.items() for m, v in r.metrics.items()}
+            for name, r in results.items():
+                for m in ("acc", "acc_norm"):
+                    if r.samples and m in r.samples[0]:
+                        docs[f"{name}/{m}"] = [float(s[m]) for s in r.samples]
         model.to("cpu")
-        return out
+        return out, docs
 

@@ -1,9 +1,11 @@
-"""One pruning study: select blocks, build the pruned models k = 1..K for every method, heal, evaluate, export.
+"""One pruning study: build the pruned models k = 1..K of every method, heal, evaluate, compare, export.
 
-Row k = 0 of every method is the unpruned model itself, evaluated by the same ``Evaluation``. For each base method
-(``remove``, ``linear``, ``merged``) the models k = 1..K are built one change at a time (``plan.build``); each
-distillation method starts from its base method's model at that k and trains a copy (``distill.distill``), so
-``linear+distill`` at k and ``linear`` at k change the same blocks.
+Row k = 0 of every method is the unpruned model itself, evaluated once by the same ``Evaluation``. The original
+model's probe states are collected once and shared by every method's build (``methods.Context``) and by the fit
+errors of Fig. 9. Methods whose builds are equal share one pass (``linear`` and ``linear+distill`` change the same
+blocks at every k); a healing method trains a copy of its build's model at that k (``prune.distill.heal``). Every
+model is evaluated with the same probe, evaluation data and seeds, and ``prune.compare`` sets each method against
+plain ``remove`` at each k on the same documents.
 """
 from __future__ import annotations
 
@@ -14,15 +16,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from prune import report
+from prune import compare, report
 from prune.criteria import get_criterion
-from prune.distill import distill, heldout_batches
+from prune.distill import Healing, heldout_batches
 from prune.errors import PruneError
 from prune.evaluate import Evaluation
 from prune.export import export
 from prune.fit import fit_map, token_errors
-from prune.plan import BASE_OF, METHODS, Probe, Selector, build
-from prune.surgery import blocks
+from prune.methods import Context, get_method
+from prune.plan import Probe, Selector
 
 
 @dataclass
@@ -35,85 +37,94 @@ class Study:
     protect_last: bool = False
     export_ks: list[int] = field(default_factory=list)
     resume: bool = False
+    seed: int = 0
 
     def check(self, num_blocks: int) -> Selector:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise PruneError(f"unknown method '{unknown[0]}' (one of {', '.join(METHODS)})")
+        methods = [get_method(m) for m in self.methods]
         if not self.ks or min(self.ks) < 1:
             raise PruneError(f"--k: block counts must be >= 1, got {self.ks}")
         selector = Selector(get_criterion(self.criterion), self.criterion, num_blocks, self.protect_first,
                             self.protect_last)
-        for m in self.methods:
-            selector.check_k(BASE_OF[m], max(self.ks))
+        for m in methods:
+            m.build.check(selector, max(self.ks))
         return selector
 
+    def heals(self) -> bool:
+        return any(get_method(m).heal is not None for m in self.methods)
 
-def fit_errors(model, probe: Probe) -> list[np.ndarray]:
-    """Per-token relative error of the linear fit h_i -> h_{i+1} of every block of ``model``."""
-    hs, _ = probe.collect(model)
+
+def fit_errors(hs) -> list[np.ndarray]:
+    """Per-token relative error of the linear fit h_i -> h_{i+1} of every block, from the model's states."""
     return [token_errors(fit_map(hs[i], hs[i + 1]), hs[i], hs[i + 1]).numpy() for i in range(len(hs) - 1)]
 
 
 def run_study(model, tokenizer, study: Study, probe: Probe, evaluation: Evaluation, out: Path, *,
               distill_cfg=None, meta: dict | None = None, log=print) -> dict:
+    from prune.surgery import blocks
+
     num_blocks = len(blocks(model))
     selector = study.check(num_blocks)
-    needs_distill = any(m.endswith("+distill") for m in study.methods)
-    if needs_distill and distill_cfg is None:
-        raise PruneError("a +distill method needs a distillation config")
+    if study.heals() and distill_cfg is None:
+        raise PruneError("a healing method (+distill, +finetune, streamline) needs a distillation config")
     model = model.eval().requires_grad_(False)
     t0 = time.perf_counter()
     results: dict[str, dict[int, dict[str, float]]] = {m: {} for m in study.methods}
+    docs: dict[str, dict[int, dict[str, list]]] = {m: {} for m in study.methods}
     details: dict[str, dict[str, dict]] = {m: {} for m in study.methods}
-    baseline = evaluation(model)
+    baseline, baseline_docs = evaluation.evaluate(model)
     for m in study.methods:
-        results[m][0] = dict(baseline)
+        results[m][0], docs[m][0] = dict(baseline), baseline_docs
     log(f"k=0 (unpruned, {num_blocks} blocks): " + _summary(baseline))
-    errors = fit_errors(model, probe)
-    heldout = heldout_batches(distill_cfg, tokenizer) if needs_distill else None
+    states, _ = probe.collect(model)
+    errors = fit_errors(states)
+    heldout = heldout_batches(distill_cfg, tokenizer) if study.heals() else None
     selections: dict[str, dict] = {}
     k_max = max(study.ks)
-    bases = list(dict.fromkeys(BASE_OF[m] for m in study.methods))
-    bar = tqdm(total=len(bases) * k_max, desc="prune", unit="model", dynamic_ncols=True)
-    for base in bases:
-        for k, pruned, record in build(selector, model, probe, base, k_max, study.iterative, progress=bar):
-            selections[base] = record
+    builds = list(dict.fromkeys(get_method(m).build for m in study.methods))
+    bar = tqdm(total=len(builds) * k_max, desc="prune", unit="model", dynamic_ncols=True)
+    ctx = Context(selector, model, probe, states, study.iterative, study.seed, bar)
+    for b in builds:
+        sharing = [m for m in study.methods if get_method(m).build == b]
+        for k, pruned, record in b(ctx, k_max):
+            for m in sharing:
+                selections[m] = record
             if k not in study.ks:
                 continue
-            for method in (m for m in study.methods if BASE_OF[m] == base):
+            for method in sharing:
                 t_m = time.perf_counter()
-                info = {"changed_blocks": list(pruned.changed), "fits": {str(b): f for b, f in pruned.fits.items()}}
-                variant = pruned
-                if method != base:
-                    variant, info["distill"] = distill(pruned, method, model, tokenizer, distill_cfg,
-                                                       out / "distill" / f"{method}_k{k}", resume=study.resume,
-                                                       heldout=heldout)
-                results[method][k] = evaluation(variant.model)
+                info = {"changed_blocks": list(pruned.changed), "kept_blocks": list(pruned.alive),
+                        "fits": {str(blk): f for blk, f in pruned.fits.items()}}
+                variant, heal = pruned, get_method(method).heal
+                if heal is not None:
+                    variant, info["heal"] = heal(pruned, Healing(model, tokenizer, distill_cfg,
+                                                                 out / "distill" / f"{method}_k{k}", study.resume,
+                                                                 heldout))
+                results[method][k], docs[method][k] = evaluation.evaluate(variant.model)
                 info["seconds"] = round(time.perf_counter() - t_m, 1)
                 if k in study.export_ks:
                     info["export"] = str(export(variant, tokenizer, out / "models" / f"{method}_k{k}",
                                                 {**(meta or {}), "criterion": study.criterion, "k": k}))
                 details[method][str(k)] = info
-                bar.write(f"{method} k={k} (blocks {pruned.changed}): " + _summary(results[method][k]))
+                bar.write(f"{method} k={k} ({pruned.changed}): " + _summary(results[method][k]))
     bar.close()
+    comparison = compare.against(docs, "remove", study.seed)
     record = {**(meta or {}), "criterion": study.criterion, "iterative": study.iterative,
               "protect_first": study.protect_first, "protect_last": study.protect_last, "num_blocks": num_blocks,
               "hidden_size": model.config.hidden_size, "probe_tokens": sum(len(t) for t in probe.tokens),
-              "ks": study.ks, "methods": study.methods, "evaluation": evaluation.settings(),
+              "ks": study.ks, "methods": study.methods, "seed": study.seed, "evaluation": evaluation.settings(),
               "selection": selections, "details": details,
+              "comparison": {m: {str(k): v for k, v in per_k.items()} for m, per_k in comparison.items()},
               "fit_errors": [{"block": i, "median": float(np.median(e)), "mean": float(e.mean())}
                              for i, e in enumerate(errors)],
-              "distill_config": distill_cfg.to_dict() if needs_distill else None,
+              "distill_config": distill_cfg.to_dict() if study.heals() else None,
               "wall_s": round(time.perf_counter() - t0, 1)}
     header = (f"# Pruning: {meta.get('model', '') if meta else ''}\n\ncriterion `{study.criterion}` "
               f"({'iterative' if study.iterative else 'one-shot'}), {num_blocks} blocks; evaluation "
               f"{evaluation.settings()['wikitext2']}")
-    report.write_outputs(out, record, results, num_blocks, errors, header)
+    report.write_outputs(out, record, results, num_blocks, errors, header, comparison)
     return record | {"results": results}
 
 
 def _summary(metrics: dict[str, float]) -> str:
     keys = [k for k in metrics if k.endswith(("wikitext2/ppl", "/loss", "/acc", "/acc_norm"))]
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
-

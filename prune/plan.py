@@ -8,9 +8,17 @@ A ``Pruned`` model is a copy of the original with some of its original blocks ch
               down-projection (``surgery.merge_into_previous``), fitted so that the preceding block's new output
               approximates the deleted block's output.
 
+- ``remove`` with ``comp`` (Prune&Comp's idea): before block p is deleted, the factor
+              a = mean_t ||h_{p+1}[t]|| / mean_t ||h_p[t]|| is measured on the current model; the blocks after the
+              gap then add 1/a times what they added (``surgery.scale_contributions``). Because the final norm is
+              scale invariant, this is the model whose residual stream is multiplied by a at the gap: the next
+              block sees the magnitude it was trained on, relative to what the later blocks add.
+
 Changes are made one block at a time, and every fit uses the probe states of the *current* model (the one with the
-earlier changes made), so later fits compensate for earlier approximations. ``alive`` maps each current block to
-its original index, so results are always reported in original indices.
+earlier changes made), so later fits compensate for earlier approximations. ``change`` takes the current model's
+states when the caller has them (the unpruned model's, or the iterative selection's) and collects them only
+otherwise, and ``remove`` needs none. ``alive`` maps each current block to its original index, so results are
+always reported in original indices.
 
 Selection (``Selector``): the candidates are the original blocks not changed yet, minus the protected first/last
 block, minus block 0 for ``merged`` (nothing precedes it). *One-shot*: the criterion is computed once on the
@@ -36,9 +44,6 @@ from prune.errors import PruneError
 from prune.fit import fit_map, token_errors
 
 BASE_METHODS = ("remove", "linear", "merged")
-METHODS = ("remove", "linear", "linear+distill", "remove+distill", "merged")
-BASE_OF = {"remove": "remove", "linear": "linear", "merged": "merged", "linear+distill": "linear",
-           "remove+distill": "remove"}
 
 
 @dataclass
@@ -65,12 +70,14 @@ class Pruned:
     model: nn.Module
     method: str  # a base method
     alive: list[int]  # original index of each current block
-    changed: list[int] = field(default_factory=list)  # original indices, in the order they were changed
-    fits: dict[int, dict] = field(default_factory=dict)  # original index -> fit statistics (linear / merged)
+    changed: list = field(default_factory=list)  # original indices (or sublayer names), in the order changed
+    fits: dict = field(default_factory=dict)  # original index -> fit statistics (linear / merged / comp factor)
+    comp: bool = False  # magnitude compensation after each removal
+    targets: dict[int, int] = field(default_factory=dict)  # kept block -> teacher state its output stands for
 
     @classmethod
-    def of(cls, model: nn.Module, method: str) -> Pruned:
-        return cls(copy.deepcopy(model), method, list(range(len(surgery.blocks(model)))))
+    def of(cls, model: nn.Module, method: str, comp: bool = False) -> Pruned:
+        return cls(copy.deepcopy(model), method, list(range(len(surgery.blocks(model)))), comp=comp)
 
     def clone(self) -> Pruned:
         return copy.deepcopy(self)
@@ -83,16 +90,20 @@ class Pruned:
 
     def state_pairs(self) -> list[tuple[int, int]]:
         """(student state index, teacher state index) of the states both models have: h_0, and the output of
-        every kept block."""
-        return [(0, 0)] + [(j + 1, orig + 1) for j, orig in enumerate(self.alive)]
+        every kept block (a block that replaces a span stands for the span's output)."""
+        return [(0, 0)] + [(j + 1, self.targets.get(orig, orig) + 1) for j, orig in enumerate(self.alive)]
 
-    def change(self, block: int, probe: Probe) -> None:
+    def change(self, block: int, probe: Probe, states: list[torch.Tensor] | None = None) -> None:
+        """Change original block ``block``; ``states``: h_0..h_L of the current model if the caller has them."""
         pos = self.position(block)
         if self.method == "remove":
+            if self.comp:
+                hs = states if states is not None else probe.collect(self.model)[0]
+                self.fits[block] = {"comp_factor": compensate(self.model, pos, hs)}
             surgery.remove_blocks(self.model, [pos])
             self.alive.pop(pos)
         elif self.method == "linear":
-            hs, _ = probe.collect(self.model)
+            hs = states if states is not None else probe.collect(self.model)[0]
             fit = fit_map(hs[pos], hs[pos + 1], bias=True)
             surgery.replace_with_linear(self.model, pos, fit)
             self.fits[block] = _fit_stats(fit, hs[pos], hs[pos + 1])
@@ -107,6 +118,15 @@ class Pruned:
         else:
             raise PruneError(f"unknown base method '{self.method}' (one of {', '.join(BASE_METHODS)})")
         self.changed.append(block)
+
+
+def compensate(model: nn.Module, pos: int, hs: list[torch.Tensor]) -> float:
+    """Before block ``pos`` goes: scale what the blocks after it add by 1 / a (see the module docstring)."""
+    surgery.check_additive(model, "comp")  # post-LN: each block's output is renormalised, there is no gap to mend
+    a = float(hs[pos + 1].double().norm(dim=1).mean() / hs[pos].double().norm(dim=1).mean().clamp_min(1e-30))
+    for later in surgery.blocks(model)[pos + 1:]:
+        surgery.scale_contributions(later, 1.0 / a)
+    return a
 
 
 def _fit_stats(fit, x, y) -> dict:
@@ -152,9 +172,9 @@ class Selector:
         return out
 
 
-def one_shot_plan(selector: Selector, original: Pruned, probe: Probe, method: str, k_max: int):
-    """(plan, record): plan[k] = the original blocks changed at k (k = 1..k_max), record = what was chosen and why."""
-    hs, _ = probe.collect(original.model)
+def one_shot_plan(selector: Selector, original: Pruned, hs: list[torch.Tensor], method: str, k_max: int):
+    """(plan, record): plan[k] = the original blocks changed at k (k = 1..k_max), record = what was chosen and why;
+    ``hs``: the original model's states."""
     eligible = selector.eligible(method, [])
     if not selector.criterion.spans:
         scores = selector.scores(original, hs, eligible)
@@ -179,31 +199,34 @@ def _keyed(scores: dict[int, float]) -> dict[str, float]:
 
 
 def build(selector: Selector, model: nn.Module, probe: Probe, method: str, k_max: int, iterative: bool,
-          progress=None) -> Iterator[tuple[int, Pruned, dict]]:
+          progress=None, states: list[torch.Tensor] | None = None, comp: bool = False
+          ) -> Iterator[tuple[int, Pruned, dict]]:
     """Yield (k, pruned model, selection record so far) for k = 1..k_max; each model is the next's start when the
-    plan is nested (always, except one-shot ``angular``), otherwise rebuilt from the original."""
+    plan is nested (always, except one-shot ``angular``), otherwise rebuilt from the original. ``states``: the
+    original model's h_0..h_L when the caller has collected them already."""
     selector.check_k(method, k_max)
     # One working copy at a time: ``model`` itself is never changed, so a restart copies it again (a second
     # standing copy of a 7B model would be 28 GB in fp32).
-    current = Pruned.of(model, method)
+    current = Pruned.of(model, method, comp)
+    original = states if states is not None else probe.collect(model)[0]
     if not iterative:
-        plan, record = one_shot_plan(selector, current, probe, method, k_max)
+        plan, record = one_shot_plan(selector, current, original, method, k_max)
         for k in range(1, k_max + 1):
             if current.changed != plan[k][: len(current.changed)]:
-                current = Pruned.of(model, method)
+                current = Pruned.of(model, method, comp)
             for b in plan[k][len(current.changed):]:
-                current.change(b, probe)
+                current.change(b, probe, original if not current.changed else None)
             if progress is not None:
                 progress.update(1)
             yield k, current, record
         return
     order = []
     for k in range(1, k_max + 1):
-        hs, _ = probe.collect(current.model)
+        hs = original if k == 1 else probe.collect(current.model)[0]
         scores = selector.scores(current, hs, selector.eligible(method, current.changed))
         block = selector.criterion.best(scores)
         order.append({"block": block, "score": scores[block], "scores": _keyed(scores)})
-        current.change(block, probe)
+        current.change(block, probe, hs)
         if progress is not None:
             progress.update(1)
         yield k, current, {"mode": "iterative", "order": list(order)}

@@ -1,7 +1,8 @@
 """Outputs of a pruning run: ``pruning.json`` (everything), ``pruning.md`` (one table per metric: rows k, columns
-methods) and the figures -- metric against the number of changed blocks (the paper's Figs. 6-8), against the
-fraction of blocks changed (Gromov et al.'s axis), and the per-token relative errors of each block's linear fit on
-the unpruned model (the paper's Fig. 9)."""
+methods; then the share of the unpruned score retained, and each method's paired-bootstrap difference from
+``remove``, ``prune.compare``) and the figures -- metric against the number of changed blocks (the paper's
+Figs. 6-8), against the fraction of blocks changed (Gromov et al.'s axis), and the per-token relative errors of
+each block's linear fit on the unpruned model (the paper's Fig. 9)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ import numpy as np
 
 _COUNTS = ("/nll", "/tokens", "/bytes")  # bookkeeping values, not curves
 _LOWER_IS_BETTER = ("ppl", "loss", "bpb")
+# The headline metrics of the retained table, where present.
+HEADLINE = ("wikitext2/ppl", "/loss", "/acc_norm")
 
 
 def metric_names(results: dict[str, dict[int, dict[str, float]]]) -> list[str]:
@@ -36,6 +39,42 @@ def render_markdown(results: dict[str, dict[int, dict[str, float]]], num_blocks:
     return "\n".join(lines) + "\n"
 
 
+def render_retained(results: dict[str, dict[int, dict[str, float]]]) -> str:
+    """One table per headline metric: rows methods, columns k, cells % of the unpruned score retained."""
+    from prune.compare import retained
+
+    ks = sorted({k for per_k in results.values() for k in per_k if k > 0})
+    lines = []
+    for metric in (m for m in metric_names(results) if m.endswith(HEADLINE)):
+        lines += ["", f"### {metric}: % of the unpruned score retained", "",
+                  "| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for method, per_k in results.items():
+            base = per_k.get(0, {}).get(metric)
+            cells = [f"{retained(per_k[k][metric], base, metric):.1f}" if base is not None and metric in
+                     per_k.get(k, {}) else "–" for k in ks]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_comparison(comparison: dict) -> str:
+    """Per document set: rows methods, columns k, cells 'difference [95 % interval]' against ``remove``."""
+    keys = list(dict.fromkeys(key for per_k in comparison.values() for c in per_k.values() for key in c))
+    ks = sorted({k for per_k in comparison.values() for k in per_k})
+    lines = []
+    for key in keys:
+        unit = "mean NLL per token, nats (negative: better than remove)" if key == "wikitext2" else \
+            "accuracy (positive: better than remove)"
+        lines += ["", f"### {key}: difference from `remove`, {unit}; paired bootstrap 95 % interval", "",
+                  "| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for method, per_k in comparison.items():
+            cells = []
+            for k in ks:
+                c = per_k.get(k, {}).get(key)
+                cells.append(f"{c['diff']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]" if c else "–")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -52,22 +91,30 @@ def plot_curves(results: dict[str, dict[int, dict[str, float]]], num_blocks: int
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.5 * rows), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^v<>pP*Xh"
     for ax, metric in zip(axes.flat, metrics):
-        for method, per_k in results.items():
+        for i, (method, per_k) in enumerate(results.items()):  # up to 20 methods, each its own colour and marker
             ks = sorted(k for k in per_k if metric in per_k[k])
             xs = [k / num_blocks for k in ks] if fraction else ks
-            ax.plot(xs, [per_k[k][metric] for k in ks], marker="o", label=method)
+            ax.plot(xs, [per_k[k][metric] for k in ks], marker=markers[i % len(markers)], ms=4,
+                    color=colors[i % len(colors)], label=method)
         if metric.endswith("ppl"):
             ax.set_yscale("log")
         ax.set_title(metric)
+        ax.set_ylabel(metric.split("/")[-1])
         ax.set_xlabel(f"fraction of the {num_blocks} blocks changed" if fraction else "number of changed blocks")
         if not fraction:
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    if len(results) > 6:  # one legend beside the grid instead of one that covers the first panel
+        fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="center right", fontsize=8)
+        fig.tight_layout(rect=(0, 0, 0.84, 1))
+    else:
+        axes.flat[0].legend(fontsize=8)
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -90,7 +137,8 @@ def plot_fit_errors(errors: list[np.ndarray], path: Path) -> Path:
         ax.set_title(f"block {i}: median {np.median(err):.3f}", fontsize=9)
     for ax in list(axes.flat)[len(errors):]:
         ax.axis("off")
-    fig.supxlabel("per-token relative error ||A h_i + c - h_{i+1}|| / ||h_{i+1}||")
+    fig.supxlabel(r"per-token relative error $\|A h_i + c - h_{i+1}\| \,/\, \|h_{i+1}\|$")
+    fig.supylabel("probe tokens")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -98,11 +146,14 @@ def plot_fit_errors(errors: list[np.ndarray], path: Path) -> Path:
 
 
 def write_outputs(out: Path, record: dict, results: dict[str, dict[int, dict[str, float]]], num_blocks: int,
-                  fit_errors: list[np.ndarray] | None, header: str = "") -> list[Path]:
+                  fit_errors: list[np.ndarray] | None, header: str = "", comparison: dict | None = None
+                  ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     record = {**record, "results": {m: {str(k): v for k, v in per_k.items()} for m, per_k in results.items()}}
     (out / "pruning.json").write_text(json.dumps(record, indent=1) + "\n")
-    md = render_markdown(results, num_blocks, header)
+    md = render_markdown(results, num_blocks, header) + render_retained(results)
+    if comparison:
+        md += render_comparison(comparison)
     (out / "pruning.md").write_text(md)
     paths = [out / "pruning.json", out / "pruning.md",
              plot_curves(results, num_blocks, out / "pruning_vs_k.png", fraction=False),

@@ -64,3 +64,10 @@ def collect(model: nn.Module, probe: list[list[int]], *, batch_size: int = 8, de
     extras = [torch.cat([o.reshape(*mask.shape, -1)[mask.bool().to(o.device)].cpu()
                          for o, (_, mask) in zip(outs, batches)]) for outs in outputs]
     return states, extras
+
+
+def last_token_rows(probe: list[list[int]]) -> torch.Tensor:
+    """Row of each probe sequence's last token in ``collect``'s pooled states (which pool the sequences in
+    ``probe_batches``' order: by length, longest first, ties in probe order)."""
+    lengths = torch.tensor([len(s) for s in sorted(probe, key=len, reverse=True)])
+    return torch.cumsum(lengths, 0) - 1

@@ -240,6 +240,8 @@ CASES: dict[str, Case] = {
     "prune-distill-regularizer": Case("prune", ["--model", "{hf}", "--out", "{tmp}/out", "--k", "1", "--methods",
                                                 "linear+distill", "--distill-set", "regularizer.name=cosine"],
                                       ["regularizer.name='cosine'", "leave regularizer.name=none"]),
+    "prune-unknown-method": Case("prune", ["--model", "{hf}", "--out", "{tmp}/out", "--k", "1", "--methods",
+                                           "remove,replacme"], ["unknown method 'replacme'", "replaceme_cos"]),
     "prune-model-missing": Case("prune", ["--model", "{tmp}/gone", "--out", "{tmp}/out", "--k", "1"], ["{tmp}/gone"]),
     "series-path-missing": Case("series", ["--paths", "{tmp}/gone", "--out", "{tmp}/out"], ["{tmp}/gone"]),
     "series-nothing-given": Case("series", ["--out", "{tmp}/out"], ["no series"]),

@@ -99,6 +99,14 @@ def test_cli_end_to_end(model_dir, tmp_path, tiny_tokenizer, shared_data):
                                                                  record["selection"]["remove"]["order"]][:2]
     md = (out / "pruning.md").read_text()
     assert "### wikitext2/ppl (lower is better)" in md and "| 2 | 0.500 |" in md
+    # retained share and the paired bootstrap against remove, recomputed here from the per-k numbers
+    ppl = {k: res["linear"][k]["wikitext2/ppl"] for k in ("0", "1", "2")}
+    retained = md[md.index("### wikitext2/ppl: % of the unpruned score retained"):]
+    assert f"| linear | {100 * ppl['0'] / ppl['1']:.1f} | {100 * ppl['0'] / ppl['2']:.1f} |" in retained
+    lin = record["comparison"]["linear"]["2"]["wikitext2"]
+    nll = {m: res[m]["2"]["wikitext2/nll"] for m in ("linear", "remove")}
+    assert lin["diff"] == pytest.approx((nll["linear"] - nll["remove"]) / res["remove"]["2"]["wikitext2/tokens"])
+    assert lin["lo"] <= lin["diff"] <= lin["hi"] and "merged" in record["comparison"]
     for m in ("remove", "merged"):  # plain HF checkpoints
         reloaded = AutoModelForCausalLM.from_pretrained(out / "models" / f"{m}_k2")
         assert reloaded.config.num_hidden_layers == 2

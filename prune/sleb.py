@@ -1,0 +1,71 @@
+"""SLEB-style iterative selection (Song et al. 2024, "SLEB: Streamlining LLMs through Redundancy Verification and
+Elimination of Transformer Blocks"): at each step, remove the block whose removal raises the calibration
+perplexity least, measured on the current model (the earlier removals made), so the choice is recomputed after
+every removal.
+
+The calibration set is the study's probe; a candidate's score is the mean next-token NLL over every real probe
+token with that block skipped (a forward hook passes the block's input through), ln(perplexity). Each step costs
+one probe forward per remaining candidate. ``sleb+comp`` compensates the magnitude after each removal
+(``prune.plan``'s ``comp``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eval.linearity.profile import probe_batches
+from prune import surgery
+from prune.plan import Probe, Pruned, Selector
+
+
+def _passthrough(module, args, kwargs, output):
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+@torch.no_grad()
+def probe_nll(model: nn.Module, probe: Probe, skip: nn.Module | None = None) -> float:
+    """Mean next-token NLL over the probe's real tokens, with the block ``skip`` passed through if given."""
+    device = torch.device(probe.device or "cpu")
+    handle = skip.register_forward_hook(_passthrough, with_kwargs=True) if skip is not None else None
+    model.to(device)
+    try:
+        total, count = 0.0, 0
+        for ids, mask in probe_batches(probe.tokens, probe.batch_size, probe.pad_id):
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+            nll = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+            real = mask[:, 1:].flatten().bool()
+            total += float(nll[real].double().sum())
+            count += int(real.sum())
+        return total / count
+    finally:
+        if handle is not None:
+            handle.remove()
+        model.to("cpu")
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    comp: bool = False
+
+    def check(self, selector: Selector, k_max: int) -> None:
+        selector.check_k("remove", k_max)
+
+    def __call__(self, ctx, k_max: int) -> Iterator[tuple[int, Pruned, dict]]:
+        pruned = Pruned.of(ctx.model, "remove", self.comp)
+        order = []
+        for k in range(1, k_max + 1):
+            layers = surgery.blocks(pruned.model)
+            scores = {b: probe_nll(pruned.model, ctx.probe, layers[pruned.position(b)])
+                      for b in ctx.selector.eligible("remove", pruned.changed)}
+            block = min(scores, key=lambda b: (scores[b], b))
+            order.append({"block": block, "score": scores[block], "scores": {str(b): v for b, v in scores.items()}})
+            pruned.change(block, ctx.probe, ctx.states if k == 1 else None)
+            if ctx.progress is not None:
+                ctx.progress.update(1)
+            yield k, pruned, {"mode": "iterative (probe NLL with the block skipped)", "order": list(order)}
