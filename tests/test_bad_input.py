@@ -26,8 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "tiny.yaml"
 MODULES = {"train": "train", "eval": "eval.__main__", "linearity": "eval.linearity.__main__",
            "export": "model.export", "prune": "prune.__main__", "series": "analysis.series", "sweep": "sweep.__main__",
-           "universal": "linreg.universal", "prepare": "data.prepare"}
-           "compare": "sweep.compare", "universal": "linreg.universal"}
+           "compare": "sweep.compare", "universal": "linreg.universal", "prepare": "data.prepare"}
 STORY = "Once upon a time, a little fox found a red ball in the tall grass. " * 12  # ~800 characters
 
 
