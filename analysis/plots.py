@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from eval.linearity.plots import TITLES  # noqa: E402
+from eval.linearity.plots import TITLES, heldout_lines  # noqa: E402
 
 SERIES_KEYS = ("linearity", "linearity_wo_res")
 
@@ -45,8 +45,10 @@ def plot_series(series: dict[str, list[dict]], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key in zip(axes, SERIES_KEYS):
         for label, recs in series.items():
-            ax.plot([r["step"] for r in recs], [r["means"][key] for r in recs], marker="o", markersize=3,
-                    label=label)
+            steps = [r["step"] for r in recs]
+            line, = ax.plot(steps, [r["means"][key] for r in recs], marker="o", markersize=3, label=label)
+            if all("heldout" in r["means"] for r in recs):  # held-out mean, intervals of both means, chance
+                heldout_lines(ax, steps, [r["means"] for r in recs], key, line.get_color(), label)
         _step_axis(ax, [r["step"] for recs in series.values() for r in recs])
         ax.set_title(f"mean {TITLES[key]}", fontsize=10)
         ax.set_ylabel("score (mean over blocks)")

@@ -15,10 +15,16 @@ Definitions (implemented exactly):
 - Identity used (exact, with X_c, Y_c centred but *not* normalised): 1 - LS_wo = (1 - LS) ||Y_c||^2 / ||Y_c - X_c||^2,
   so both scores of a pair come from one least-squares solve.
 
+- Held-out linearity (``heldout``): the score of maps fitted on k - 1 folds of documents and scored on the
+  left-out fold, pooled; percentile-bootstrap intervals over documents of both scores; chance levels from
+  document-shuffled targets. ``heldout_linearity(x, y, groups)`` on plain tensors; ``linearity_profile(...,
+  groups=...)`` for every pair of a profile.
+
 Everything is computed in float64 (inputs of any float dtype are upcast exactly), on CPU or GPU.
 Probe sets follow the paper's recipe (``probe``); ``python -m eval.linearity`` profiles models and plots them;
 ``evaluator.LinearityEvaluator`` tracks the profile through training. See docs/linearity.md.
 """
+from eval.linearity.heldout import HeldoutConfig, HeldoutResult, HeldoutStats
 from eval.linearity.probe import (
                                   ProbeConfig,
                                   build_probe,
@@ -27,11 +33,12 @@ from eval.linearity.probe import (
                                   sample_chunks,
                                   tokenize_chunks,
 )
-from eval.linearity.profile import Profile, StateCollector, model_profile, profile_from_states
-from eval.linearity.score import PairStats, linearity_profile, linearity_score, pair_stats
+from eval.linearity.profile import Profile, StateCollector, model_profile, probe_groups, profile_from_states
+from eval.linearity.score import PairStats, heldout_linearity, linearity_profile, linearity_score, pair_stats
 
 __all__ = [
-    "PairStats", "ProbeConfig", "Profile", "StateCollector", "build_probe", "linearity_profile", "linearity_score",
-    "model_profile", "pair_stats", "profile_from_states", "read_probe_dataset", "read_probe_text", "sample_chunks",
+    "HeldoutConfig", "HeldoutResult", "HeldoutStats", "PairStats", "ProbeConfig", "Profile", "StateCollector",
+    "build_probe", "heldout_linearity", "linearity_profile", "linearity_score", "model_profile", "pair_stats",
+    "probe_groups", "profile_from_states", "read_probe_dataset", "read_probe_text", "sample_chunks",
     "tokenize_chunks",
 ]

@@ -36,7 +36,7 @@ score sits above it by about (1 - R^2) d / n: the two bracket it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -78,9 +78,29 @@ class HeldoutStats:
     heldout_wo_res_hi: float
     chance: float  # in-sample score of document-shuffled targets
     chance_heldout: float  # held-out score of document-shuffled targets
+    level: float = 0.95
+    # bootstrap replicates of the four SCORES (4 x resamples); the resamples are the same for every pair of a
+    # profile, so a mean over pairs has its own interval (``mean_interval``)
+    draws: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "draws"}
+
+
+def percentile_interval(draws: torch.Tensor, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(draws, torch.tensor([tail, 1 - tail], dtype=draws.dtype)).tolist()
+    return lo, hi
+
+
+def mean_interval(stats: list[HeldoutStats]) -> dict[str, float]:
+    """Intervals of the mean over pairs of each of SCORES (``<score>_lo``, ``<score>_hi``), from the pairs'
+    shared bootstrap resamples."""
+    draws = torch.stack([s.draws for s in stats]).mean(0)
+    out = {}
+    for i, q in enumerate(SCORES):
+        out[f"{q}_lo"], out[f"{q}_hi"] = percentile_interval(draws[i], stats[0].level)
+    return out
 
 
 @dataclass
@@ -256,22 +276,15 @@ def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor
                 1.0 - chance_rss[0] / chance_tot[0], 1.0 - chance_rss[1] / chance_tot[1])
 
 
-def bootstrap_intervals(pairs: list[tuple[torch.Tensor, torch.Tensor]], cfg: HeldoutConfig,
-                        num_docs: int) -> list[tuple[float, float]]:
-    """Percentile intervals of 1 - sum(rss) / sum(tot) for each (rss, tot) per-document pair, over ``bootstrap``
-    resamples of the documents (the same resamples for all pairs)."""
+def bootstrap_draws(pairs: list[tuple[torch.Tensor, torch.Tensor]], cfg: HeldoutConfig,
+                    num_docs: int) -> torch.Tensor:
+    """1 - sum(rss) / sum(tot) for each (rss, tot) per-document pair (rows) over ``bootstrap`` resamples of the
+    documents (columns; the same seeded resamples for every pair and every call with as many documents)."""
     g = torch.Generator().manual_seed(cfg.seed + 2)
     picks = torch.randint(num_docs, (cfg.bootstrap, num_docs), generator=g)
     weights = torch.zeros(cfg.bootstrap, num_docs, dtype=torch.float64).scatter_add_(
         1, picks, torch.ones(cfg.bootstrap, num_docs, dtype=torch.float64))
-    tail = (1 - cfg.level) / 2
-    q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
-    out = []
-    for rss, tot in pairs:
-        scores = 1.0 - (weights @ rss.cpu()) / (weights @ tot.cpu())
-        lo, hi = torch.quantile(scores, q).tolist()
-        out.append((lo, hi))
-    return out
+    return torch.stack([1.0 - (weights @ rss.cpu()) / (weights @ tot.cpu()) for rss, tot in pairs])
 
 
 def pair_heldout(plan: FoldPlan, cfg: HeldoutConfig, x: torch.Tensor, gram: torch.Tensor,
@@ -287,11 +300,12 @@ def pair_heldout(plan: FoldPlan, cfg: HeldoutConfig, x: torch.Tensor, gram: torc
     tot_y = doc_sums(torch.linalg.vector_norm(y, dim=1) ** 2, plan)
     tot_z = doc_sums(z_rows, plan)
     ho_y, ho_z = heldout_energy(y, y_means, plan), heldout_energy(z, z_means, plan)
-    ci = bootstrap_intervals([(fits.rss_in, tot_y), (fits.rss_in, tot_z), (fits.rss_ho, ho_y),
-                              (fits.rss_ho, ho_z)], cfg, plan.num_docs)
+    draws = bootstrap_draws([(fits.rss_in, tot_y), (fits.rss_in, tot_z), (fits.rss_ho, ho_y), (fits.rss_ho, ho_z)],
+                            cfg, plan.num_docs)
+    ci = [percentile_interval(d, cfg.level) for d in draws]
     rss_ho = float(fits.rss_ho.sum())
     return HeldoutStats(
         heldout=1.0 - rss_ho / float(ho_y.sum()), heldout_wo_res=1.0 - rss_ho / float(ho_z.sum()),
         linearity_lo=ci[0][0], linearity_hi=ci[0][1], linearity_wo_res_lo=ci[1][0], linearity_wo_res_hi=ci[1][1],
         heldout_lo=ci[2][0], heldout_hi=ci[2][1], heldout_wo_res_lo=ci[3][0], heldout_wo_res_hi=ci[3][1],
-        chance=fits.chance, chance_heldout=fits.chance_heldout)
+        chance=fits.chance, chance_heldout=fits.chance_heldout, level=cfg.level, draws=draws)

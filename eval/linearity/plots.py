@@ -20,13 +20,18 @@ TITLES = {
 
 
 def plot_profiles(profiles: dict, path: str | Path) -> Path:
-    """Two panels (LS; LS without residual) against normalised depth, one line per model.
+    """Two panels (LS; LS without residual) against normalised depth, one line per model. Profiles with held-out
+    statistics add the held-out score (dashed), both scores' intervals (bands) and the chance levels (dotted:
+    in-sample chance; dash-dotted: held-out chance).
 
     ``profiles``: label -> ``Profile``."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key in zip(axes, ("linearity", "linearity_wo_res")):
         for label, prof in profiles.items():
-            ax.plot(prof.depths(), [getattr(p, key) for p in prof.pairs], marker="o", markersize=3, label=label)
+            x = prof.depths()
+            line, = ax.plot(x, [getattr(p, key) for p in prof.pairs], marker="o", markersize=3, label=label)
+            if prof.pairs[0].heldout is not None:
+                heldout_lines(ax, x, [p.heldout for p in prof.pairs], key, line.get_color(), label)
         ax.set_title(TITLES[key])
         ax.set_xlabel("normalised depth (block index / (L - 1))")
         ax.set_ylabel("score")
@@ -36,6 +41,19 @@ def plot_profiles(profiles: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def heldout_lines(ax, x, stats: list, key: str, color, label: str) -> None:
+    """Intervals, held-out score and chance levels of one model's pairs (``HeldoutStats`` or their dicts)."""
+    def get(name):
+        return [st[name] if isinstance(st, dict) else getattr(st, name) for st in stats]
+
+    held = key.replace("linearity", "heldout")
+    ax.fill_between(x, get(f"{key}_lo"), get(f"{key}_hi"), color=color, alpha=0.2, linewidth=0)
+    ax.plot(x, get(held), linestyle="--", marker="s", markersize=3, color=color, label=f"{label} (held-out)")
+    ax.fill_between(x, get(f"{held}_lo"), get(f"{held}_hi"), color=color, alpha=0.2, linewidth=0)
+    ax.plot(x, get("chance"), linestyle=":", color=color, alpha=0.8, label=f"{label}: chance (in-sample)")
+    ax.plot(x, get("chance_heldout"), linestyle="-.", color=color, alpha=0.8, label=f"{label}: chance (held-out)")
 
 
 def read_history(jsonl: str | Path) -> list[dict]:
@@ -55,9 +73,14 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
     steps = [r["step"] for r in history]
     curves, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, key in zip(axes, TITLES):
-        ax.plot(steps, [r["means"][key] for r in history], marker="o", markersize=3)
+        line, = ax.plot(steps, [r["means"][key] for r in history], marker="o", markersize=3, label="in-sample")
+        if key != "norm_ratio" and all("heldout" in r["means"] for r in history):
+            means = [r["means"] for r in history]
+            heldout_lines(ax, steps, means, key, line.get_color(), "mean")
+            ax.legend(fontsize=7)
         ax.set_title(f"mean {TITLES[key]}", fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel("mean over blocks")
         ax.grid(alpha=0.3)
     curves.tight_layout()
     heat, axes = plt.subplots(1, 3, figsize=(15, 4.2))

@@ -47,7 +47,7 @@ from eval.linearity.heldout import (
                                     HeldoutConfig,
                                     HeldoutResult,
                                     HeldoutStats,
-                                    bootstrap_intervals,
+                                    bootstrap_draws,
                                     chance_target,
                                     doc_sums,
                                     fold_cross,
@@ -55,6 +55,7 @@ from eval.linearity.heldout import (
                                     fold_grams,
                                     heldout_energy,
                                     pair_heldout,
+                                    percentile_interval,
 )
 
 _EPS = torch.finfo(torch.float64).eps
@@ -348,7 +349,8 @@ def heldout_linearity(x: torch.Tensor, y: torch.Tensor, groups, folds: int = 5, 
     cross, cross_parts = fold_cross(xc, yc, plan)
     fits = fold_fits(xc, gram, gram_parts, yc, cross, cross_parts, chance_target(yc, plan, cfg), plan)
     total, held = doc_sums(torch.linalg.vector_norm(yc, dim=1) ** 2, plan), heldout_energy(yc, fits.t_means, plan)
-    ci_in, ci_ho = bootstrap_intervals([(fits.rss_in, total), (fits.rss_ho, held)], cfg, plan.num_docs)
+    draws = bootstrap_draws([(fits.rss_in, total), (fits.rss_ho, held)], cfg, plan.num_docs)
+    ci_in, ci_ho = (percentile_interval(d, cfg.level) for d in draws)
     return HeldoutResult(linearity=1.0 - float(fits.rss_in.sum() / total.sum()),
                          heldout=1.0 - float(fits.rss_ho.sum() / held.sum()), linearity_ci=ci_in, heldout_ci=ci_ho,
                          chance=fits.chance, chance_heldout=fits.chance_heldout, folds=cfg.folds,
