@@ -80,6 +80,8 @@ class PairStats:
         out = asdict(self)
         if self.heldout is None:
             del out["heldout"]
+        else:
+            out["heldout"] = self.heldout.to_dict()  # without the bootstrap draws
         return out
 
 
