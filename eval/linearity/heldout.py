@@ -214,11 +214,14 @@ def doc_sums(rows: torch.Tensor, plan: FoldPlan) -> torch.Tensor:
     return torch.zeros(plan.num_docs, dtype=rows.dtype, device=rows.device).index_add_(0, plan.doc, rows)
 
 
-def heldout_energy(v: torch.Tensor, means: torch.Tensor, plan: FoldPlan) -> torch.Tensor:
-    """Per document, sum over its tokens of ||v_i - m_f||^2 (m_f: the training mean of the token's fold)."""
-    rows = torch.empty(plan.n, dtype=v.dtype, device=v.device)
+def heldout_energy(v: torch.Tensor, row_sq: torch.Tensor, means: torch.Tensor, plan: FoldPlan) -> torch.Tensor:
+    """Per document, sum over its tokens of ||v_i - m_f||^2 = ||v_i||^2 - 2 v_i.m_f + ||m_f||^2 (m_f: the training
+    mean of the token's fold; ``row_sq``: the ||v_i||^2). v is centred, so m_f is small against the rows and the
+    expansion does not cancel; it spares an n x d difference."""
+    rows = torch.empty_like(row_sq)
     for f, (lo, hi) in enumerate(plan.spans()):
-        rows[lo:hi] = torch.linalg.vector_norm(v[lo:hi] - means[f], dim=1) ** 2
+        m = means[f]
+        rows[lo:hi] = row_sq[lo:hi] - 2 * (v[lo:hi] @ m) + m @ m
     return doc_sums(rows, plan)
 
 
@@ -245,8 +248,8 @@ def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor
     """In-sample and fold fits of the centred, fold-ordered target t (and of the chance target) on x.
 
     x, t: column-centred over all n tokens, rows in fold order; gram, cross: X^T X and X^T T with their per-fold
-    parts. One solve per fold with [C_train | C_chance_train] as right-hand side, one product per fold for all
-    residuals."""
+    parts. One solve per fold with [C_train | C_chance_train] as right-hand side; per fold one product
+    X_f [A | A_f] gives the in-sample and held-out predictions of T at once (the chance target's are thin)."""
     n, dt = x.shape[0], t.shape[1]
     p_cross, p_parts = fold_cross(x, chance_y, plan)
     coef = fit(gram, torch.cat([cross, p_cross], 1), n)  # in-sample maps of T and of the chance target
@@ -261,17 +264,18 @@ def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor
         rhs = torch.cat([cross - cross_parts[f] - n_tr * torch.outer(mx, t_means[f]),
                          p_cross - p_parts[f] - n_tr * torch.outer(mx, p_means[f])], 1)
         coef_f = fit(g_tr, rhs, n_tr)
-        targets = torch.cat([t[lo:hi], chance_y[lo:hi]], 1)
-        pred = x[lo:hi] @ torch.cat([coef, coef_f], 1)  # one product: in-sample and held-out predictions
-        width = coef.shape[1]
-        resid_in = targets - pred[:, :width]
+        # intercepts: the in-sample fit has none (everything centred); fold f's is m_f(T) - m_f(X) A_f
         intercept = torch.cat([t_means[f], p_means[f]]) - mx @ coef_f
-        resid_ho = targets - pred[:, width:] - intercept
-        rows_in[lo:hi] = torch.linalg.vector_norm(resid_in[:, :dt], dim=1) ** 2
-        rows_ho[lo:hi] = torch.linalg.vector_norm(resid_ho[:, :dt], dim=1) ** 2
-        chance_rss[0] += float(torch.linalg.vector_norm(resid_in[:, dt:])) ** 2
-        chance_rss[1] += float(torch.linalg.vector_norm(resid_ho[:, dt:])) ** 2
-        chance_tot[1] += float(torch.linalg.vector_norm(chance_y[lo:hi] - p_means[f])) ** 2
+        xf, tf, pf = x[lo:hi], t[lo:hi], chance_y[lo:hi]
+        pred = xf @ torch.cat([coef[:, :dt], coef_f[:, :dt]], 1)  # n_f x 2 d_t, turned into residuals in place
+        rows_in[lo:hi] = torch.linalg.vector_norm(pred[:, :dt].sub_(tf), dim=1) ** 2
+        rows_ho[lo:hi] = torch.linalg.vector_norm(pred[:, dt:].sub_(tf).add_(intercept[:dt]), dim=1) ** 2
+        del pred
+        chance = xf @ torch.cat([coef[:, dt:], coef_f[:, dt:]], 1)
+        m = pf.shape[1]
+        chance_rss[0] += float(torch.linalg.vector_norm(chance[:, :m] - pf)) ** 2
+        chance_rss[1] += float(torch.linalg.vector_norm(chance[:, m:] - pf + intercept[dt:])) ** 2
+        chance_tot[1] += float(torch.linalg.vector_norm(pf - p_means[f])) ** 2
     return Fits(doc_sums(rows_in, plan), doc_sums(rows_ho, plan), t_means,
                 1.0 - chance_rss[0] / chance_tot[0], 1.0 - chance_rss[1] / chance_tot[1])
 
@@ -297,9 +301,9 @@ def pair_heldout(plan: FoldPlan, cfg: HeldoutConfig, x: torch.Tensor, gram: torc
     other = y if use_z else z
     other_means = train_means(other, plan)
     y_means, z_means = (other_means, t_means) if use_z else (t_means, other_means)
-    tot_y = doc_sums(torch.linalg.vector_norm(y, dim=1) ** 2, plan)
-    tot_z = doc_sums(z_rows, plan)
-    ho_y, ho_z = heldout_energy(y, y_means, plan), heldout_energy(z, z_means, plan)
+    y_rows = torch.linalg.vector_norm(y, dim=1) ** 2
+    tot_y, tot_z = doc_sums(y_rows, plan), doc_sums(z_rows, plan)
+    ho_y, ho_z = heldout_energy(y, y_rows, y_means, plan), heldout_energy(z, z_rows, z_means, plan)
     draws = bootstrap_draws([(fits.rss_in, tot_y), (fits.rss_in, tot_z), (fits.rss_ho, ho_y), (fits.rss_ho, ho_z)],
                             cfg, plan.num_docs)
     ci = [percentile_interval(d, cfg.level) for d in draws]

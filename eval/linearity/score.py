@@ -350,7 +350,8 @@ def heldout_linearity(x: torch.Tensor, y: torch.Tensor, groups, folds: int = 5, 
     gram, gram_parts = fold_grams(xc, plan, symmetric_gram)
     cross, cross_parts = fold_cross(xc, yc, plan)
     fits = fold_fits(xc, gram, gram_parts, yc, cross, cross_parts, chance_target(yc, plan, cfg), plan)
-    total, held = doc_sums(torch.linalg.vector_norm(yc, dim=1) ** 2, plan), heldout_energy(yc, fits.t_means, plan)
+    rows = torch.linalg.vector_norm(yc, dim=1) ** 2
+    total, held = doc_sums(rows, plan), heldout_energy(yc, rows, fits.t_means, plan)
     draws = bootstrap_draws([(fits.rss_in, total), (fits.rss_ho, held)], cfg, plan.num_docs)
     ci_in, ci_ho = (percentile_interval(d, cfg.level) for d in draws)
     return HeldoutResult(linearity=1.0 - float(fits.rss_in.sum() / total.sum()),
