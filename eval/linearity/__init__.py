@@ -14,7 +14,9 @@ Definitions (implemented exactly):
 - Per-model summary: the mean over the L block pairs of each quantity.
 - Identity used (exact, with X_c, Y_c centred but *not* normalised): 1 - LS_wo = (1 - LS) ||Y_c||^2 / ||Y_c - X_c||^2,
   so both scores of a pair come from one least-squares solve.
-
+- The authors' other measurements of the same states (``toolkit``): anisotropy (largest covariance eigenvalue over
+  their sum), their TwoNN intrinsic dimension, and the logit lens (per-layer next-token loss of ``lm_head`` on
+  each h_i, with and without the final norm, and their -log p(argmax)).
 - Held-out linearity (``heldout``): the score of maps fitted on k - 1 folds of documents and scored on the
   left-out fold, pooled; percentile-bootstrap intervals over documents of both scores; chance levels from
   document-shuffled targets. ``heldout_linearity(x, y, groups)`` on plain tensors; ``linearity_profile(...,
@@ -35,10 +37,11 @@ from eval.linearity.probe import (
 )
 from eval.linearity.profile import Profile, StateCollector, model_profile, probe_groups, profile_from_states
 from eval.linearity.score import PairStats, heldout_linearity, linearity_profile, linearity_score, pair_stats
+from eval.linearity.toolkit import anisotropy, intrinsic_dimension, logit_lens
 
 __all__ = [
     "HeldoutConfig", "HeldoutResult", "HeldoutStats", "PairStats", "ProbeConfig", "Profile", "StateCollector",
-    "build_probe", "heldout_linearity", "linearity_profile", "linearity_score", "model_profile", "pair_stats",
-    "probe_groups", "profile_from_states", "read_probe_dataset", "read_probe_text", "sample_chunks",
-    "tokenize_chunks",
+    "anisotropy", "build_probe", "heldout_linearity", "intrinsic_dimension", "linearity_profile", "linearity_score",
+    "logit_lens", "model_profile", "pair_stats", "probe_groups", "profile_from_states", "read_probe_dataset",
+    "read_probe_text", "sample_chunks", "tokenize_chunks",
 ]
