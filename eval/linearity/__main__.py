@@ -23,10 +23,11 @@ from core.cli import command, run_cli
 from core.errors import ConfigError, DataError
 from core.rundir import RunDir
 from eval.linearity.heldout import FoldPlan, HeldoutConfig
-from eval.linearity.plots import plot_history, plot_profiles
+from eval.linearity.plots import plot_history, plot_profiles, plot_states
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_dataset, read_probe_text
 from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES, model_profile, probe_groups
 from eval.linearity.score import check_sizes
+from eval.linearity.state_measures import STATE_KEYS, ToolkitConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--folds", type=int, default=HeldoutConfig.folds, help="document folds of --heldout")
     ap.add_argument("--bootstrap", type=int, default=HeldoutConfig.bootstrap,
                     help="document resamples of the --heldout intervals")
+    ap.add_argument("--toolkit", action="store_true",
+                    help="also anisotropy, intrinsic dimension and the logit lens of every state h_0..h_L")
+    ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
+                    help="tokens drawn for the --toolkit intrinsic dimension (0: all)")
     args = ap.parse_args(argv)
     if args.run is None and not (args.model and args.out and (args.text is None) != (args.dataset is None)):
         ap.error("give --model PATH (one or more), --text FILE or --dataset NAME, and --out DIR; or --run RUN_DIR")
@@ -90,6 +95,17 @@ def write_csv(results: list[dict], path: Path) -> None:
                 extra = [repr(pair["heldout"][q]) for q in HELDOUT_COLUMNS] if held and "heldout" in pair else []
                 w.writerow([res["label"], name, depth, *(repr(pair[q]) for q in QUANTITIES), pair["rank_x"],
                             pair["solver"], *extra])
+
+
+def write_states_csv(results: list[dict], path: Path) -> None:
+    """One row per model and state h_i: the toolkit's measurements."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "state", *STATE_KEYS])
+        for res in results:
+            measures = res["profile"]["toolkit"]
+            for i in range(res["profile"]["num_layers"] + 1):
+                w.writerow([res["label"], i, *(repr(measures[k][i]) if k in measures else "" for k in STATE_KEYS)])
 
 
 def probe_for(text: str, source: str, tokenizer, cfg: ProbeConfig, max_len: int | None, model_config,
@@ -128,6 +144,9 @@ def main(argv=None) -> int:
     probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
     probe_cfg.validate("probe")
     heldout = HeldoutConfig(folds=args.folds, bootstrap=args.bootstrap) if args.heldout else None
+    toolkit = ToolkitConfig.all(args.id_tokens or None) if args.toolkit else None
+    if toolkit is not None:
+        toolkit.validate("toolkit")
     if heldout is not None:
         heldout.validate("heldout")
     if args.batch_size < 1:
@@ -145,7 +164,8 @@ def main(argv=None) -> int:
         probe = probe_for(text, source, tokenizer, probe_cfg, max_len, model.config, path, heldout)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prof = model_profile(model, probe, batch_size=args.batch_size, device=device, final_norm=args.final_norm,
-                             pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype), heldout=heldout)
+                             pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype), heldout=heldout,
+                             toolkit=toolkit)
         profiles[label] = prof
         results.append({"label": label, "path": str(Path(path).resolve()),
                         "architecture": type(model).__name__, "dtype": dtype,
@@ -163,11 +183,16 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # only now: a bad model or probe leaves nothing behind
     meta = {"text": source, "probe": vars(probe_cfg), "device": str(device),
-            **({"heldout": vars(heldout)} if heldout is not None else {})}
+            **({"heldout": vars(heldout)} if heldout is not None else {}),
+            **({"toolkit": vars(toolkit)} if toolkit is not None else {})}
     (out / "linearity.json").write_text(json.dumps({**meta, "models": results}, indent=1))
     write_csv(results, out / "linearity.csv")
     plot_profiles(profiles, out / "linearity.png")
     print(f"wrote {out / 'linearity.json'}, {out / 'linearity.csv'}, {out / 'linearity.png'}")
+    if toolkit is not None:
+        write_states_csv(results, out / "linearity_states.csv")
+        plot_states({label: prof.toolkit for label, prof in profiles.items()}, out / "linearity_states.png")
+        print(f"wrote {out / 'linearity_states.csv'}, {out / 'linearity_states.png'}")
     return 0
 
 

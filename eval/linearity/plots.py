@@ -56,6 +56,35 @@ def heldout_lines(ax, x, stats: list, key: str, color, label: str) -> None:
     ax.plot(x, get("chance_heldout"), linestyle="-.", color=color, alpha=0.8, label=f"{label}: chance (held-out)")
 
 
+STATE_TITLES = {
+    "anisotropy": "Anisotropy $\\lambda_1 / \\sum_k \\lambda_k$",
+    "intrinsic_dimension": "Intrinsic dimension (TwoNN)",
+    "loss": "Logit lens: loss of lm_head(final_norm($h_i$))",
+    "loss_no_norm": "Logit lens: loss of lm_head($h_i$)",
+    "neglogp_argmax": "Logit lens: $-\\log p(\\mathrm{argmax})$",
+}
+
+
+def plot_states(curves: dict[str, dict[str, list[float]]], path: str | Path, xlabel: str = "state $h_i$") -> Path:
+    """One panel per per-state measurement, one line per label; ``curves``: label -> {measure: values of
+    h_0..h_L}."""
+    keys = [k for k in STATE_TITLES if any(k in c for c in curves.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, c in curves.items():
+            if key in c:
+                ax.plot(range(len(c[key])), c[key], marker="o", markersize=3, label=label)
+        ax.set_title(STATE_TITLES[key], fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def read_history(jsonl: str | Path) -> list[dict]:
     """Records of a run's linearity.jsonl, one per step (a resumed run may repeat steps: the last one wins)."""
     by_step = {}

@@ -373,7 +373,7 @@ def pair_stats(x: torch.Tensor, y: torch.Tensor, device: torch.device | str | No
 
 def linearity_profile(states: list[torch.Tensor], device: torch.device | str | None = None, *,
                       extra_y: torch.Tensor | None = None, groups: torch.Tensor | None = None,
-                      heldout: HeldoutConfig | None = None) -> list[PairStats]:
+                      heldout: HeldoutConfig | None = None, grams=None) -> list[PairStats]:
     """PairStats of every consecutive pair (states[i], states[i+1]) of [h_0, ..., h_L] (each n x d); with
     ``extra_y``, one more at the end: the pair (h_{L-1}, extra_y), e.g. the final-norm pair, which reuses the
     prepared h_{L-1} of the last block pair.
@@ -387,6 +387,9 @@ def linearity_profile(states: list[torch.Tensor], device: torch.device | str | N
     heldout``, settings ``heldout``, default ``HeldoutConfig()``): the states are laid out in fold order and the
     Gram and cross products are computed per fold, whose sums serve the in-sample scores unchanged. Extra memory:
     2 k + 2 d x d matrices per state and a k-th of an n x 2d product.
+
+    ``grams``: a callable given (i, X_c^T X_c) of every state h_i, e.g. for its anisotropy (the last state's Gram
+    matrix is then computed too).
     """
     if len(states) < 2:
         raise ValueError("need at least two states (h_0 and h_1)")
@@ -403,12 +406,22 @@ def linearity_profile(states: list[torch.Tensor], device: torch.device | str | N
         cfg = heldout or HeldoutConfig()
         held = _Held(FoldPlan(groups, cfg.folds, cfg.seed, shape[1], device), cfg)
     xc, mean_x, _ = _centre_into(_on_device(states[0], device), None, order=held and held.plan.order)
-    design = held.design(xc) if held is not None else _design(xc, symmetric_gram(xc))
+    if held is not None:
+        design = held.design(xc)
+        gram0 = design.gram
+    else:
+        gram0 = symmetric_gram(xc)
+        design = _design(xc, gram0)
+    if grams is not None:
+        grams(0, gram0)
     z, spare, out = torch.empty_like(xc), None, []
     for i, nxt in enumerate(states[1:], start=1):
         more = i < len(states) - 1
-        stats, y, mean_y, gram = _pair(design, mean_x, _on_device(nxt, device), spare, z, gram_y=more, held=held)
+        stats, y, mean_y, gram = _pair(design, mean_x, _on_device(nxt, device), spare, z,
+                                       gram_y=more or grams is not None, held=held)
         out.append(stats)
+        if grams is not None:
+            grams(i, gram if held is None else gram[0])
         if more:  # Y_c becomes X_c; the old X_c buffer takes the next state
             spare, mean_x = design.xc, mean_y
             if held is None:
