@@ -57,6 +57,27 @@ def plot_series(series: dict[str, list[dict]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_series_states(series: dict[str, list[dict]], path: str | Path) -> Path:
+    """Per-state measurements against step: one row of panels per series, one line per state h_i."""
+    from eval.linearity.plots import STATE_TITLES
+
+    keys = [k for k in STATE_TITLES if any(k in recs[-1]["toolkit"] for recs in series.values())]
+    fig, axes = plt.subplots(len(series), len(keys), figsize=(4.2 * len(keys), 3.6 * len(series)), squeeze=False)
+    for row, (label, recs) in zip(axes, series.items()):
+        steps = [r["step"] for r in recs]
+        count = len(recs[-1]["toolkit"][keys[0]])
+        colours = plt.cm.viridis([i / max(count - 1, 1) for i in range(count)])
+        for ax, key in zip(row, keys):
+            for i in range(count):
+                ax.plot(steps, [r["toolkit"][key][i] for r in recs], marker="o", markersize=2, color=colours[i],
+                        label=f"$h_{{{i}}}$")
+            _step_axis(ax, steps)
+            ax.set_title(f"{label}: {STATE_TITLES[key]}", fontsize=8)
+            ax.grid(alpha=0.3, which="both")
+        row[0].legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
 def plot_series_heatmaps(series: dict[str, list[dict]], path: str | Path) -> Path:
     """Block x checkpoint heatmaps, one row per model, one column per quantity (columns are checkpoints in step
     order, labelled with their steps)."""

@@ -17,6 +17,7 @@ from core.errors import DataError
 from eval.linearity.heldout import FoldPlan, HeldoutConfig
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
 from eval.linearity.profile import Profile, model_profile, probe_groups
+from eval.linearity.state_measures import ToolkitConfig
 
 
 @dataclass
@@ -27,11 +28,14 @@ class ProbeSpec:
     precision: str = "auto"
     batch_size: int = 8
     heldout: HeldoutConfig | None = None  # held-out scores, intervals and chance levels too
+    toolkit: ToolkitConfig | None = None  # per-state anisotropy, intrinsic dimension, logit lens too
 
     def to_dict(self) -> dict:
         out = {"text": self.text_source, "probe": asdict(self.probe), "precision": self.precision}
         if self.heldout is not None:
             out["heldout"] = asdict(self.heldout)
+        if self.toolkit is not None:
+            out["toolkit"] = asdict(self.toolkit)
         return out
 
 
@@ -79,4 +83,5 @@ def profile_model(model, tokenizer, text: str, spec: ProbeSpec, device: torch.de
         except ValueError as e:
             raise DataError(f"probe text {spec.text_source}: {e}") from None
     return model_profile(model, probe, batch_size=spec.batch_size, device=device, pad_id=pad,
-                         autocast=lambda: core_precision.autocast(device, dtype), heldout=spec.heldout)
+                         autocast=lambda: core_precision.autocast(device, dtype), heldout=spec.heldout,
+                         toolkit=spec.toolkit)

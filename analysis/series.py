@@ -26,6 +26,9 @@ Outputs: ``series.csv`` (one row per model, checkpoint and block), ``series.json
 ``series_heatmap.png`` (block x checkpoint, per series). ``--heldout [--folds 5 --bootstrap 1000]`` adds the
 held-out scores over folds of documents, 95 % intervals of both scores and the chance levels
 (``eval.linearity.heldout``) to every record, the CSV's columns and series.png (dashed lines, bands, chance).
+``--toolkit [--id-tokens 2048]`` adds anisotropy, intrinsic dimension and the logit lens of every state
+(``eval.linearity.state_measures``): ``series_states.csv`` (one row per checkpoint and state) and
+``series_states.png`` (each measure against step, one line per state).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from core.errors import ConfigError
 from core.rundir import RunDir, step_of
 from eval.linearity.heldout import HeldoutConfig
 from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES
+from eval.linearity.state_measures import STATE_KEYS, ToolkitConfig
 
 HELDOUT_COLUMNS = (*HELDOUT_QUANTITIES, *INTERVALS)
 
@@ -172,6 +176,15 @@ def csv_rows(results: dict[str, list[dict]], heldout: bool = False):
                        rec["solver"][b], *(repr(rec[q][b]) for q in (HELDOUT_COLUMNS if heldout else ()))]
 
 
+def state_rows(results: dict[str, list[dict]]):
+    for label, recs in results.items():
+        for rec in recs:
+            measures = rec["toolkit"]
+            for i in range(len(rec["linearity"]) + 1):
+                yield [label, rec["checkpoint"], rec["step"], i,
+                       *(repr(measures[k][i]) if k in measures else "" for k in STATE_KEYS)]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m analysis.series", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", action="append", default=[], metavar="[LABEL=]RUN_DIR",
@@ -191,11 +204,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--folds", type=int, default=HeldoutConfig.folds, help="document folds of --heldout")
     ap.add_argument("--bootstrap", type=int, default=HeldoutConfig.bootstrap,
                     help="document resamples of the --heldout intervals")
+    ap.add_argument("--toolkit", action="store_true",
+                    help="also anisotropy, intrinsic dimension and the logit lens of every state h_0..h_L")
+    ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
+                    help="tokens drawn for the --toolkit intrinsic dimension (0: all)")
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    from analysis.plots import plot_series, plot_series_heatmaps
+    from analysis.plots import plot_series, plot_series_heatmaps, plot_series_states
     from data.sources import data_root
 
     args = parse_args(argv)
@@ -205,6 +222,9 @@ def main(argv=None) -> int:
     if args.heldout:
         spec.heldout = HeldoutConfig(folds=args.folds, bootstrap=args.bootstrap)
         spec.heldout.validate("heldout")
+    if args.toolkit:
+        spec.toolkit = ToolkitConfig.all(args.id_tokens or None)
+        spec.toolkit.validate("toolkit")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = profile_series(series, text, spec, ResultCache(out / "series.jsonl"), device)
@@ -214,6 +234,11 @@ def main(argv=None) -> int:
     write_json(out / "series.json", {**spec.to_dict(), "device": str(device), "series": results})
     plot_series(results, out / "series.png")
     plot_series_heatmaps(results, out / "series_heatmap.png")
+    if args.toolkit:
+        write_csv(out / "series_states.csv", ["model", "checkpoint", "step", "state", *STATE_KEYS],
+                  state_rows(results))
+        plot_series_states(results, out / "series_states.png")
+        print(f"wrote {out / 'series_states.csv'}, series_states.png")
     for label, recs in results.items():
         print(f"{label}: " + ", ".join(f"{r['step']}: {r['means']['linearity_wo_res']:.3f}" for r in recs)
               + "  (step: mean linearity without residual)")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from core.config import check
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.io import append_jsonl
 from data.sources import load_documents
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
@@ -28,11 +28,13 @@ from eval.linearity.profile import (
     INTERVALS,
     QUANTITIES,
     StateCollector,
+    pool_order,
     probe_batches,
     probe_groups,
     profile_from_states,
 )
 from eval.linearity.score import check_sizes
+from eval.linearity.state_measures import ToolkitConfig, pooled_labels
 
 
 @dataclass
@@ -50,6 +52,7 @@ class LinearityEvalConfig(EvaluatorConfig):
     final_norm: bool = False  # also the pair (h_{L-1}, final_norm(h_L)), logged as <quantity>/final_norm
     plot: bool = True  # PNGs (and TensorBoard figures) at the end of training
     heldout: HeldoutEvalConfig = field(default_factory=HeldoutEvalConfig)  # held-out scores, intervals, chance
+    toolkit: ToolkitConfig = field(default_factory=ToolkitConfig)  # per-state anisotropy, TwoNN ID, logit lens
 
     def validate(self, p: str) -> None:
         super().validate(p)
@@ -67,6 +70,8 @@ def history_record(step: int, profile, seconds: float) -> dict:
         for key in (*HELDOUT_QUANTITIES, *INTERVALS):
             rec[key] = [getattr(p.heldout, key) for p in profile.pairs]
     rec["final_norm"] = profile.final_norm.to_dict() if profile.final_norm is not None else None
+    if profile.toolkit is not None:
+        rec["toolkit"] = profile.toolkit
     return rec
 
 
@@ -81,6 +86,9 @@ def scalars_of(profile) -> dict[str, float]:
         out[f"{key}/mean"] = means[key]
         if profile.final_norm is not None:
             out[f"{key}/final_norm"] = value(profile.final_norm)
+    for key, values in (profile.toolkit or {}).items():
+        for i, v in enumerate(values):
+            out[f"{key}/state_{i:02d}"] = v
     return out
 
 
@@ -101,6 +109,10 @@ class LinearityEvaluator(Evaluator):
         probe = build_probe(text, ctx.tokenizer, cfg.probe, max_len=getattr(model_cfg, "max_seq_len", ctx.seq_len))
         self.num_tokens = sum(len(p) for p in probe)
         check_sizes(self.num_tokens, model_cfg.hidden_size)  # fail at start-up, not at the first evaluation
+        self.labels = pooled_labels(probe, pool_order(probe)) if cfg.toolkit.logit_lens else None
+        if cfg.toolkit.logit_lens and getattr(ctx.config.train, "zero_stage", 0) == 3:
+            raise ConfigError("eval.linearity.toolkit.logit_lens=true: the logit lens reads lm_head whole, which "
+                              "ZeRO-3 partitions (use zero_stage <= 2, or python -m eval.linearity on a checkpoint)")
         self.groups = probe_groups(probe) if cfg.heldout.enabled else None
         if self.groups is not None:
             try:
@@ -120,7 +132,8 @@ class LinearityEvaluator(Evaluator):
                                                 keep=self.ctx.is_main)
         if not self.ctx.is_main:
             return {}
-        profile = profile_from_states(states, normed, self.ctx.device, groups=self.groups, heldout=self.cfg.heldout)
+        profile = profile_from_states(states, normed, self.ctx.device, groups=self.groups, heldout=self.cfg.heldout,
+                                      toolkit=self.cfg.toolkit, model=self.collector.model, labels=self.labels)
         append_jsonl(self.jsonl, history_record(step, profile, time.perf_counter() - t0))
         return scalars_of(profile)
 

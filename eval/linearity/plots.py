@@ -123,7 +123,28 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     heat.tight_layout()
-    return {"linearity_vs_step": curves, "linearity_heatmaps": heat}
+    figures = {"linearity_vs_step": curves, "linearity_heatmaps": heat}
+    if all("toolkit" in r for r in history):
+        figures["linearity_states_vs_step"] = states_figure(steps, [r["toolkit"] for r in history])
+    return figures
+
+
+def states_figure(steps: list[int], measures: list[dict[str, list[float]]]) -> plt.Figure:
+    """One panel per per-state measurement against step, one line per state h_i (colour: depth)."""
+    keys = [k for k in STATE_TITLES if k in measures[-1]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    count = len(measures[-1][keys[0]])
+    colours = plt.cm.viridis([i / max(count - 1, 1) for i in range(count)])
+    for ax, key in zip(axes[0], keys):
+        for i in range(count):
+            ax.plot(steps, [m[key][i] for m in measures], marker="o", markersize=2, color=colours[i],
+                    label=f"$h_{{{i}}}$")
+        ax.set_title(STATE_TITLES[key], fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
 
 
 def save_figures(figures: dict[str, plt.Figure], out_dir: str | Path, close: bool = True) -> list[Path]:
