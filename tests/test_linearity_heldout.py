@@ -1,7 +1,7 @@
 """Held-out linearity against independent references: fold fits by numpy lstsq on explicit document splits, the
 bootstrap interval by scipy.stats.bootstrap, the chance level by a full refit on shuffled targets; the profile's
 in-sample scores unchanged by the held-out layout; the pooled token order of the probe; the CLI's outputs and the
-pruning criterion."""
+pruning criterion; the toolkit's measurements as a profile computes them."""
 import csv
 import json
 
@@ -11,16 +11,25 @@ import pytest
 import scipy.stats
 import torch
 from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+from transformers import AutoModelForCausalLM
 
 from eval.linearity import (
-                            HeldoutConfig,
-                            heldout_linearity,
-                            linearity_profile,
-                            probe_groups,
+    HeldoutConfig,
+    ProbeConfig,
+    anisotropy,
+    build_probe,
+    heldout_linearity,
+    intrinsic_dimension,
+    linearity_profile,
+    model_profile,
+    probe_groups,
+    profile_from_states,
+    read_probe_text,
 )
 from eval.linearity.__main__ import main as cli_main
 from eval.linearity.heldout import FoldPlan
 from eval.linearity.profile import probe_batches
+from eval.linearity.state_measures import ToolkitConfig
 from prune.criteria import CRITERIA
 
 
@@ -185,3 +194,28 @@ def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path):
     assert len(rows) == 2 and all(float(r["heldout"]) < float(r["linearity"]) for r in rows)
     assert {"heldout_wo_res", "heldout_wo_res_lo", "chance", "chance_heldout"} <= rows[0].keys()
     assert matplotlib.image.imread(out / "linearity.png").shape[1] > 600
+
+
+def test_state_measures_match_the_toolkit():
+    x, y, groups = doc_states(1200, 16, 30, seed=13)
+    states = [x, x + y, x + y + torch.tanh(2 * y)]
+    cfg = ToolkitConfig(anisotropy=True, intrinsic_dimension=True, id_tokens=None)
+    for kwargs in ({}, {"groups": groups}):  # the Gram matrices of the plain and of the held-out layout
+        prof = profile_from_states(states, toolkit=cfg, **kwargs)
+        for i, s in enumerate(states):
+            assert abs(prof.toolkit["anisotropy"][i] - anisotropy(s)) < 1e-12
+            assert prof.toolkit["intrinsic_dimension"][i] == intrinsic_dimension(s)
+    drawn = profile_from_states(states, toolkit=ToolkitConfig(intrinsic_dimension=True, id_tokens=500))
+    rows = torch.randperm(1200, generator=torch.Generator().manual_seed(0))[:500].sort().values
+    assert drawn.toolkit["intrinsic_dimension"][1] == intrinsic_dimension(states[1][rows])
+
+
+def test_pooled_logit_lens_ends_at_the_models_loss(tiny_hf_model_dir, tinystories_valid, tiny_tokenizer):
+    """At h_L with the final norm the lens is the model's own next-token loss: HF's loss on the padded batch."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir, torch_dtype=torch.float32)
+    probe = build_probe(read_probe_text(tinystories_valid), tiny_tokenizer, ProbeConfig(num_chunks=6))
+    prof = model_profile(model, probe, toolkit=ToolkitConfig(logit_lens=True), pad_id=0)
+    (ids, mask), = probe_batches(probe, len(probe), pad_id=0)
+    with torch.no_grad():
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    assert len(prof.toolkit["loss"]) == 3 and abs(prof.toolkit["loss"][-1] - float(loss)) < 1e-5
