@@ -16,9 +16,10 @@ on L + 1 states against the recipe's two scores per pair, and checks all 2L scor
 imitate hidden states (anisotropic spectrum, a few "massive activation" features, a mean offset) with Y = X plus
 a small nonlinear update. ``--heldout`` times, in one process and interleaved, the same profile without and with
 held-out statistics (``groups``: 128 contiguous documents, as the paper's 128 probe chunks; 5 folds, 1000 bootstrap
-resamples) and, with ``--baseline``, the ``linearity_profile`` of another checkout's score.py (e.g. the main
-branch), to show that the plain path is not slowed. Prints a markdown table for docs/PERFORMANCE.md. Not a test:
-it takes minutes on CPU.
+resamples), the same with the toolkit's anisotropy and intrinsic dimension (2048 tokens) of every state ("all
+on"; the logit lens needs a model and is left out) and, with ``--baseline``, the ``linearity_profile`` of
+another checkout's score.py (e.g. the main branch), to show that the plain path is not slowed. Prints a markdown
+table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.linearity.profile import profile_from_states  # noqa: E402
 from eval.linearity.score import linearity_profile, linearity_score, pair_stats  # noqa: E402
+from eval.linearity.state_measures import ToolkitConfig  # noqa: E402
 
 
 def hidden_state_like(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,9 +179,11 @@ def load_baseline(path: str):
 def heldout_rows(args) -> None:
     """One row per d: the plain profile, the held-out profile (and a baseline's plain profile), interleaved."""
     base = load_baseline(args.baseline) if args.baseline else None
-    print("| device | d | pairs | plain s/profile | held-out s/profile | held-out / plain | baseline s/profile "
-          "| plain / baseline | max plain - baseline (LS) | max in-sample change with held-out |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| device | d | pairs | plain s/profile | held-out s/profile | held-out / plain | all on s/profile "
+          "| all on / plain | baseline s/profile | plain / baseline | max plain - baseline (LS) "
+          "| max in-sample change with held-out |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    everything = ToolkitConfig(anisotropy=True, intrinsic_dimension=True)  # the logit lens needs a model
     for d in args.dims:
         states = hidden_state_chain(args.n, d, args.layers)
         groups = torch.arange(args.n) * 128 // args.n
@@ -186,7 +191,8 @@ def heldout_rows(args) -> None:
             device = torch.device(name)
             on_dev = [s.to(device) for s in states]
             runs = {"plain": lambda: linearity_profile(on_dev),
-                    "heldout": lambda: linearity_profile(on_dev, groups=groups)}
+                    "heldout": lambda: linearity_profile(on_dev, groups=groups),
+                    "all": lambda: profile_from_states(on_dev, groups=groups, toolkit=everything).pairs}
             if base is not None:
                 runs["base"] = lambda: base.linearity_profile(on_dev)
             best, out = {k: float("inf") for k in runs}, {}
@@ -202,7 +208,8 @@ def heldout_rows(args) -> None:
             else:
                 base_cols = "n/a | n/a | n/a"
             print(f"| {device_name(device)} | {d} | {len(out['plain'])} | {best['plain']:.2f} | "
-                  f"{best['heldout']:.2f} | {best['heldout'] / best['plain']:.2f}x | {base_cols} | {change:.1e} |",
+                  f"{best['heldout']:.2f} | {best['heldout'] / best['plain']:.2f}x | {best['all']:.2f} | "
+                  f"{best['all'] / best['plain']:.2f}x | {base_cols} | {change:.1e} |",
                   flush=True)
 
 
