@@ -37,10 +37,12 @@ from eval.linearity.probe import (
 )
 from eval.linearity.profile import Profile, StateCollector, model_profile, probe_groups, profile_from_states
 from eval.linearity.score import PairStats, heldout_linearity, linearity_profile, linearity_score, pair_stats
+from eval.linearity.state_measures import ToolkitConfig
 from eval.linearity.toolkit import anisotropy, intrinsic_dimension, logit_lens
 
 __all__ = [
     "HeldoutConfig", "HeldoutResult", "HeldoutStats", "PairStats", "ProbeConfig", "Profile", "StateCollector",
+    "ToolkitConfig",
     "anisotropy", "build_probe", "heldout_linearity", "intrinsic_dimension", "linearity_profile", "linearity_score",
     "logit_lens", "model_profile", "pair_stats", "probe_groups", "profile_from_states", "read_probe_dataset",
     "read_probe_text", "sample_chunks", "tokenize_chunks",
