@@ -46,9 +46,8 @@ from analysis.report import ResultCache, default_label, fingerprint, write_csv, 
 from core.cli import run_cli
 from core.errors import ConfigError
 from core.rundir import RunDir, step_of
-from eval.linearity.heldout import HeldoutConfig
 from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES
-from eval.linearity.state_measures import STATE_KEYS, ToolkitConfig
+from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args
 
 HELDOUT_COLUMNS = (*HELDOUT_QUANTITIES, *INTERVALS)
 
@@ -199,15 +198,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data-root", help="data root (default $LINREG_DATA_ROOT)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_probe_arguments(ap)
-    ap.add_argument("--heldout", action="store_true",
-                    help="also the held-out scores over folds of documents, 95%% intervals and chance levels")
-    ap.add_argument("--folds", type=int, default=HeldoutConfig.folds, help="document folds of --heldout")
-    ap.add_argument("--bootstrap", type=int, default=HeldoutConfig.bootstrap,
-                    help="document resamples of the --heldout intervals")
-    ap.add_argument("--toolkit", action="store_true",
-                    help="also anisotropy, intrinsic dimension and the logit lens of every state h_0..h_L")
-    ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
-                    help="tokens drawn for the --toolkit intrinsic dimension (0: all)")
+    add_measure_arguments(ap)
     return ap.parse_args(argv)
 
 
@@ -219,12 +210,7 @@ def main(argv=None) -> int:
     series = collect_series(args)
     device = torch.device(args.device)
     text, spec = probe_from_args(args, data_root(cli=args.data_root), device)
-    if args.heldout:
-        spec.heldout = HeldoutConfig(folds=args.folds, bootstrap=args.bootstrap)
-        spec.heldout.validate("heldout")
-    if args.toolkit:
-        spec.toolkit = ToolkitConfig.all(args.id_tokens or None)
-        spec.toolkit.validate("toolkit")
+    spec.heldout, spec.toolkit = measures_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = profile_series(series, text, spec, ResultCache(out / "series.jsonl"), device)

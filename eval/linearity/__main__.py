@@ -27,7 +27,7 @@ from eval.linearity.plots import plot_history, plot_profiles, plot_states
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_dataset, read_probe_text
 from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES, model_profile, probe_groups
 from eval.linearity.score import check_sizes
-from eval.linearity.state_measures import STATE_KEYS, ToolkitConfig
+from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,15 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "scores are float64 anyway")
     ap.add_argument("--final-norm", action="store_true",
                     help="also score the pair (h_{L-1}, final_norm(h_L)) that HF hidden_states end with")
-    ap.add_argument("--heldout", action="store_true",
-                    help="also the held-out score over folds of documents, 95%% intervals and chance levels")
-    ap.add_argument("--folds", type=int, default=HeldoutConfig.folds, help="document folds of --heldout")
-    ap.add_argument("--bootstrap", type=int, default=HeldoutConfig.bootstrap,
-                    help="document resamples of the --heldout intervals")
-    ap.add_argument("--toolkit", action="store_true",
-                    help="also anisotropy, intrinsic dimension and the logit lens of every state h_0..h_L")
-    ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
-                    help="tokens drawn for the --toolkit intrinsic dimension (0: all)")
+    add_measure_arguments(ap)
     args = ap.parse_args(argv)
     if args.run is None and not (args.model and args.out and (args.text is None) != (args.dataset is None)):
         ap.error("give --model PATH (one or more), --text FILE or --dataset NAME, and --out DIR; or --run RUN_DIR")
@@ -143,12 +135,7 @@ def main(argv=None) -> int:
     autocast_dtype = precision.autocast_dtype(dtype, device)
     probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
     probe_cfg.validate("probe")
-    heldout = HeldoutConfig(folds=args.folds, bootstrap=args.bootstrap) if args.heldout else None
-    toolkit = ToolkitConfig.all(args.id_tokens or None) if args.toolkit else None
-    if toolkit is not None:
-        toolkit.validate("toolkit")
-    if heldout is not None:
-        heldout.validate("heldout")
+    heldout, toolkit = measures_from_args(args)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.text is not None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from core.config import check
+from eval.linearity.heldout import HeldoutConfig
 from eval.linearity.toolkit import ID_FRACTION, intrinsic_dimension, logit_lens
 
 LENS_KEYS = ("loss", "loss_no_norm", "neglogp_argmax")
@@ -44,6 +45,30 @@ class ToolkitConfig:
 
     def enabled(self) -> bool:
         return self.anisotropy or self.intrinsic_dimension or self.logit_lens
+
+
+def add_measure_arguments(ap) -> None:
+    """The options of every command that profiles models and may add held-out scores and the toolkit."""
+    ap.add_argument("--heldout", action="store_true",
+                    help="also held-out scores over folds of documents, 95%% intervals and chance levels")
+    ap.add_argument("--folds", type=int, default=HeldoutConfig.folds, help="document folds of --heldout")
+    ap.add_argument("--bootstrap", type=int, default=HeldoutConfig.bootstrap,
+                    help="document resamples of the --heldout intervals")
+    ap.add_argument("--toolkit", action="store_true",
+                    help="also anisotropy, intrinsic dimension and the logit lens of every state h_0..h_L")
+    ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
+                    help="tokens drawn for the --toolkit intrinsic dimension (0: all)")
+
+
+def measures_from_args(args) -> tuple[HeldoutConfig | None, ToolkitConfig | None]:
+    """(held-out settings, toolkit settings) of ``add_measure_arguments``' options, validated; None when off."""
+    heldout = HeldoutConfig(folds=args.folds, bootstrap=args.bootstrap) if args.heldout else None
+    toolkit = ToolkitConfig.all(args.id_tokens or None) if args.toolkit else None
+    if heldout is not None:
+        heldout.validate("heldout")
+    if toolkit is not None:
+        toolkit.validate("toolkit")
+    return heldout, toolkit
 
 
 def anisotropy_of_gram(gram: torch.Tensor) -> float:
