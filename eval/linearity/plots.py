@@ -49,11 +49,13 @@ def heldout_lines(ax, x, stats: list, key: str, color, label: str) -> None:
         return [st[name] if isinstance(st, dict) else getattr(st, name) for st in stats]
 
     held = key.replace("linearity", "heldout")
+    prefix = f"{label}: " if label else ""
     ax.fill_between(x, get(f"{key}_lo"), get(f"{key}_hi"), color=color, alpha=0.2, linewidth=0)
-    ax.plot(x, get(held), linestyle="--", marker="s", markersize=3, color=color, label=f"{label} (held-out)")
-    ax.fill_between(x, get(f"{held}_lo"), get(f"{held}_hi"), color=color, alpha=0.2, linewidth=0)
-    ax.plot(x, get("chance"), linestyle=":", color=color, alpha=0.8, label=f"{label}: chance (in-sample)")
-    ax.plot(x, get("chance_heldout"), linestyle="-.", color=color, alpha=0.8, label=f"{label}: chance (held-out)")
+    ax.plot(x, get(held), linestyle="--", marker="s", markersize=3, color=color, label=f"{prefix}held-out")
+    ax.fill_between(x, get(f"{held}_lo"), get(f"{held}_hi"), color=color, alpha=0.2, linewidth=0,
+                    label=f"{prefix}95 % intervals")
+    ax.plot(x, get("chance"), linestyle=":", color=color, alpha=0.8, label=f"{prefix}chance (in-sample)")
+    ax.plot(x, get("chance_heldout"), linestyle="-.", color=color, alpha=0.8, label=f"{prefix}chance (held-out)")
 
 
 STATE_TITLES = {
@@ -105,7 +107,7 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
         line, = ax.plot(steps, [r["means"][key] for r in history], marker="o", markersize=3, label="in-sample")
         if key != "norm_ratio" and all("heldout" in r["means"] for r in history):
             means = [r["means"] for r in history]
-            heldout_lines(ax, steps, means, key, line.get_color(), "mean")
+            heldout_lines(ax, steps, means, key, line.get_color(), "")
             ax.legend(fontsize=7)
         ax.set_title(f"mean {TITLES[key]}", fontsize=10)
         ax.set_xlabel("step")
