@@ -1,6 +1,7 @@
 """Held-out linearity on synthetic data with a known population R^2: in-sample bias and interval coverage.
 
-    python bench/heldout_coverage.py [--n 1000] [--dims 10 25 50 100 250 500] [--reps 200] [--out docs/img]
+    python bench/heldout_coverage.py [--n 1000] [--dims 10 25 50 100 250 500] [--reps 200] [--out DIR]
+    python bench/heldout_coverage.py --merge DIR1/heldout_coverage.json DIR2/heldout_coverage.json [--out DIR]
 
 Each replicate draws n tokens in documents of ``--doc-len`` tokens: x = (document effect + token effect) / sqrt(2),
 both N(0, S) with an anisotropic S (eigenvalues 1 .. 1e-2 in a random basis), so tokens of one document are
@@ -14,12 +15,14 @@ the in-sample and held-out scores, their 95 % intervals and the chance levels. T
   ||b_f||^2 + d s^2 and v_f = tr(A^T S A) + d s^2 + ||m_f||^2 (m_f the training mean of y), pooled as
   1 - sum_f n_f e_f / sum_f n_f v_f.
 
-Prints a markdown table (docs/linearity.md) and writes heldout_coverage.png: the mean bias of both scores against
+Prints a markdown table (docs/linearity.md) and writes, in ``--out`` (default docs/linearity_example),
+heldout_coverage.json (the rows, after each d) and heldout_coverage.png: the mean bias of both scores against
 d / n with the (1 - rho) d / (n - 1) line, and the coverage of rho and rho_f by the intervals.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -81,8 +84,14 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--doc-len", type=int, default=10)
     ap.add_argument("--rho", type=float, default=0.8)
-    ap.add_argument("--out", default="docs/img")
+    ap.add_argument("--out", default="docs/linearity_example")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="only draw the plot from the rows of earlier runs' heldout_coverage.json files")
     args = ap.parse_args(argv)
+    if args.merge:
+        rows = sorted((r for f in args.merge for r in json.loads(Path(f).read_text())), key=lambda r: r["d"])
+        plot(rows, args, Path(args.out) / "heldout_coverage.png")
+        return 0
     # one thread: these are small products, and on a shared CPU torch's threads cost 20-70x (measured) in waiting
     torch.set_num_threads(1)
     rows = []
@@ -110,17 +119,20 @@ def main(argv=None) -> int:
         rows.append({"d": d, "ratio": d / args.n, **mean,
                      "predicted": (1 - args.rho) * d / (args.n - 1)})
         print(f"d={d} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    print(f"n = {args.n} tokens in documents of {args.doc_len}, rho = {args.rho}, {args.reps} replicates per row, "
-          f"5 folds, 1000 bootstrap resamples, 95 % percentile intervals\n")
-    print("| d | d/n | in-sample − ρ | (1 − ρ)·d/(n − 1) | held-out − ρ | ρ_f − ρ | in-sample CI covers ρ "
-          "| held-out CI covers ρ | held-out CI covers ρ_f | CI width in / held-out | chance in / held-out "
-          "| d/(n − 1) |")
-    print("|" + "---|" * 12)
-    for r in rows:
+        if len(rows) == 1:
+            print(f"n = {args.n} tokens in documents of {args.doc_len}, rho = {args.rho}, {args.reps} replicates "
+                  f"per row, 5 folds, 1000 bootstrap resamples, 95 % percentile intervals\n")
+            print("| d | d/n | in-sample − ρ | (1 − ρ)·d/(n − 1) | held-out − ρ | ρ_f − ρ | in-sample CI covers ρ "
+                  "| held-out CI covers ρ | held-out CI covers ρ_f | CI width in / held-out | chance in / held-out "
+                  "| d/(n − 1) |")
+            print("|" + "---|" * 12)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "heldout_coverage.json").write_text(json.dumps(rows, indent=1))
+        r = rows[-1]  # each row as soon as it is done: the large d take long
         print(f"| {r['d']} | {r['ratio']:.3f} | {r['ins'] - args.rho:+.4f} | {r['predicted']:+.4f} "
               f"| {r['ho'] - args.rho:+.4f} | {r['truth_f'] - args.rho:+.4f} | {r['ins_cov']:.3f} "
               f"| {r['ho_cov']:.3f} | {r['ho_cov_f']:.3f} | {r['ins_width']:.4f} / {r['ho_width']:.4f} "
-              f"| {r['chance']:.4f} / {r['chance_ho']:+.4f} | {r['d'] / (args.n - 1):.4f} |")
+              f"| {r['chance']:.4f} / {r['chance_ho']:+.4f} | {r['d'] / (args.n - 1):.4f} |", flush=True)
     plot(rows, args, Path(args.out) / "heldout_coverage.png")
     return 0
 
