@@ -16,7 +16,7 @@ on L + 1 states against the recipe's two scores per pair, and checks all 2L scor
 imitate hidden states (anisotropic spectrum, a few "massive activation" features, a mean offset) with Y = X plus
 a small nonlinear update. ``--heldout`` times, in one process and interleaved, the same profile without and with
 held-out statistics (``groups``: 128 contiguous documents, as the paper's 128 probe chunks; 5 folds, 1000 bootstrap
-resamples), the same with the toolkit's anisotropy and intrinsic dimension (2048 tokens) of every state ("all
+resamples), the same with the toolkit's anisotropy and intrinsic dimension (``--id-tokens``, default 2048) of every state ("all
 on"; the logit lens needs a model and is left out) and, with ``--baseline``, the ``linearity_profile`` of
 another checkout's score.py (e.g. the main branch), to show that the plain path is not slowed. Prints a markdown
 table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
@@ -183,7 +183,8 @@ def heldout_rows(args) -> None:
           "| all on / plain | baseline s/profile | plain / baseline | max plain - baseline (LS) "
           "| max in-sample change with held-out |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    everything = ToolkitConfig(anisotropy=True, intrinsic_dimension=True)  # the logit lens needs a model
+    # the logit lens needs a model
+    everything = ToolkitConfig(anisotropy=True, intrinsic_dimension=True, id_tokens=args.id_tokens)
     for d in args.dims:
         states = hidden_state_chain(args.n, d, args.layers)
         groups = torch.arange(args.n) * 128 // args.n
@@ -242,6 +243,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="--profile: fastest of this many interleaved runs")
     ap.add_argument("--heldout", action="store_true", help="time a profile without and with held-out statistics")
     ap.add_argument("--baseline", help="--heldout: also time this score.py's linearity_profile (another checkout)")
+    ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
+                    help="--heldout: tokens of the all-on profile's intrinsic dimension")
     args = ap.parse_args(argv)
 
     print(f"# {datetime.date.today()} torch {torch.__version__}, n = {args.n} tokens"
