@@ -154,7 +154,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
     left.axhline(0, color="black", linewidth=0.6)
     left.set_xlabel(r"$d\,/\,n$")
     left.set_ylabel(r"mean bias against the population $R^2$ $\rho$")
-    left.set_title(f"bias (n = {args.n}, ρ = {args.rho}, {args.reps} replicates)", fontsize=10)
+    left.set_title(f"bias (n = {args.n}, ρ = {args.rho})", fontsize=10)
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
     right.plot(ratio, [r["ins_cov"] for r in rows], marker="o", label=r"in-sample CI covers $\rho$")
