@@ -16,7 +16,7 @@ on L + 1 states against the recipe's two scores per pair, and checks all 2L scor
 imitate hidden states (anisotropic spectrum, a few "massive activation" features, a mean offset) with Y = X plus
 a small nonlinear update. ``--heldout`` times, in one process and interleaved, the same profile without and with
 held-out statistics (``groups``: 128 contiguous documents, as the paper's 128 probe chunks; 5 folds, 1000 bootstrap
-resamples), the same with the toolkit's anisotropy and intrinsic dimension (``--id-tokens``, default 2048) of
+resamples), the same with the toolkit's anisotropy and intrinsic dimension (``--id-tokens``, default 1024) of
 every state ("all on"; the logit lens needs a model and is left out) and, with ``--baseline``, the
 ``linearity_profile`` of another checkout's score.py (e.g. the main branch), to show that the plain path is not
 slowed. Prints a markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.

@@ -5,7 +5,8 @@
 - ``intrinsic_dimension``: the toolkit's TwoNN estimate (regression fraction ``id_fraction``, the authors' 1/5)
   on ``id_tokens`` tokens drawn once per profile (seeded; the same tokens for every state). Its nearest-neighbour
   search costs O(n^2 d) per state against the profile's O(n d^2) per pair, so at the paper's probe size (n ~ 15k)
-  all tokens would cost several profiles; 2048 tokens keep it to a fraction of one. ``id_tokens: null`` uses all.
+  all tokens would cost several profiles; 1024 tokens keep a profile with everything on within 3x of a plain one
+  (docs/PERFORMANCE.md; 2048 cost 3.45x there). ``id_tokens: null`` uses all.
 - ``logit_lens``: the toolkit's per-layer losses ("loss", "loss_no_norm", "neglogp_argmax") of the model's own
   unembedding on the pooled states, each probe sequence's first token unpredicted.
 
@@ -30,7 +31,7 @@ class ToolkitConfig:
     anisotropy: bool = False
     intrinsic_dimension: bool = False
     logit_lens: bool = False
-    id_tokens: int | None = 2048  # tokens drawn for the intrinsic dimension; null = all
+    id_tokens: int | None = 1024  # tokens drawn for the intrinsic dimension; null = all
     id_fraction: float = ID_FRACTION
     seed: int = 0
 
@@ -40,7 +41,7 @@ class ToolkitConfig:
         check(0 < self.id_fraction <= 1, f"{p}.id_fraction", self.id_fraction, "must be in (0, 1]")
 
     @classmethod
-    def all(cls, id_tokens: int | None = 2048) -> ToolkitConfig:
+    def all(cls, id_tokens: int | None = 1024) -> ToolkitConfig:
         return cls(anisotropy=True, intrinsic_dimension=True, logit_lens=True, id_tokens=id_tokens)
 
     def enabled(self) -> bool:
