@@ -219,3 +219,19 @@ def test_pooled_logit_lens_ends_at_the_models_loss(tiny_hf_model_dir, tinystorie
     with torch.no_grad():
         loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
     assert len(prof.toolkit["loss"]) == 3 and abs(prof.toolkit["loss"][-1] - float(loss)) < 1e-5
+
+
+def test_series_heldout_and_toolkit_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path):
+    from analysis.series import main as series_main
+
+    out = tmp_path / "series"
+    assert series_main(["--paths", f"tiny={tiny_hf_model_dir}", "--out", str(out), "--text", str(tinystories_valid),
+                        "--num-chunks", "24", "--heldout", "--bootstrap", "200", "--toolkit", "--id-tokens", "500",
+                        "--device", "cpu"]) == 0
+    rows = list(csv.DictReader((out / "series.csv").open()))
+    assert len(rows) == 2 and all(float(r["heldout_lo"]) <= float(r["heldout"]) <= float(r["heldout_hi"])
+                                  for r in rows)
+    states = list(csv.DictReader((out / "series_states.csv").open()))
+    assert [int(r["state"]) for r in states] == [0, 1, 2] and all(float(r["anisotropy"]) > 0 for r in states)
+    for name in ("series.png", "series_states.png"):
+        assert matplotlib.image.imread(out / name).shape[1] > 600
