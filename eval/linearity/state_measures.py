@@ -5,8 +5,8 @@
 - ``intrinsic_dimension``: the toolkit's TwoNN estimate (regression fraction ``id_fraction``, the authors' 1/5)
   on ``id_tokens`` tokens drawn once per profile (seeded; the same tokens for every state). Its nearest-neighbour
   search costs O(n^2 d) per state against the profile's O(n d^2) per pair, so at the paper's probe size (n ~ 15k)
-  all tokens would cost several profiles; 1024 tokens keep a profile with everything on within 3x of a plain one
-  (docs/PERFORMANCE.md; 2048 cost 3.45x there). ``id_tokens: null`` uses all.
+  all tokens would cost several profiles; 1024 tokens add a fraction of one (docs/PERFORMANCE.md).
+  ``id_tokens: null`` uses all.
 - ``logit_lens``: the toolkit's per-layer losses ("loss", "loss_no_norm", "neglogp_argmax") of the model's own
   unembedding on the pooled states, each probe sequence's first token unpredicted.
 
