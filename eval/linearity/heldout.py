@@ -23,11 +23,13 @@ held-out score removes it:
   whole, since tokens within one are not independent), of the ratio of summed per-document residual and total
   energies, with the fitted maps held fixed. They are intervals for the score of *these* fits on new documents of
   the same kind; refitting variability is not in them (docs/linearity.md measures their coverage).
-- Chance level, measured: the same fits with the targets shuffled by documents (Y's documents paired with X's in a
-  seeded random order, so X and Y share no document while each keeps its own token structure). To keep it cheap
+- Chance level, measured: the same fits with the targets shuffled by documents (Y's documents laid end to end in a
+  seeded random order against X's rows, so the rows of X and Y come from different documents almost everywhere
+  while each keeps its own token structure). To keep it cheap
   the shuffled target is projected on ``chance_columns`` random Gaussian directions; a pooled R^2 is a ratio of sums
   over target columns, and the projection leaves both sums' expectations proportional, so the estimate is
-  unbiased up to a small ratio bias. In-sample chance is ~d / (n - 1); held-out chance is ~ -d / n_train.
+  unbiased up to a small ratio bias. In-sample chance is ~d / (n - 1) for independent tokens, more when the
+  tokens of a document are correlated; held-out chance is negative.
 
 What the held-out score estimates: the R^2 on new documents of a map fitted on (k - 1) / k of the probe. For a
 linear population it sits *below* the population R^2 by about (1 - R^2) d / (n_train - d), as the in-sample
