@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from eval.linearity.plots import TITLES  # noqa: E402
+from eval.linearity.plots import TITLES, heldout_lines  # noqa: E402
 
 SERIES_KEYS = ("linearity", "linearity_wo_res")
 
@@ -45,13 +45,36 @@ def plot_series(series: dict[str, list[dict]], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key in zip(axes, SERIES_KEYS):
         for label, recs in series.items():
-            ax.plot([r["step"] for r in recs], [r["means"][key] for r in recs], marker="o", markersize=3,
-                    label=label)
+            steps = [r["step"] for r in recs]
+            line, = ax.plot(steps, [r["means"][key] for r in recs], marker="o", markersize=3, label=label)
+            if all("heldout" in r["means"] for r in recs):  # held-out mean, intervals of both means, chance
+                heldout_lines(ax, steps, [r["means"] for r in recs], key, line.get_color(), label)
         _step_axis(ax, [r["step"] for recs in series.values() for r in recs])
         ax.set_title(f"mean {TITLES[key]}", fontsize=10)
         ax.set_ylabel("score (mean over blocks)")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_series_states(series: dict[str, list[dict]], path: str | Path) -> Path:
+    """Per-state measurements against step: one row of panels per series, one line per state h_i."""
+    from eval.linearity.plots import STATE_TITLES
+
+    keys = [k for k in STATE_TITLES if any(k in recs[-1]["toolkit"] for recs in series.values())]
+    fig, axes = plt.subplots(len(series), len(keys), figsize=(4.2 * len(keys), 3.6 * len(series)), squeeze=False)
+    for row, (label, recs) in zip(axes, series.items()):
+        steps = [r["step"] for r in recs]
+        count = len(recs[-1]["toolkit"][keys[0]])
+        colours = plt.cm.viridis([i / max(count - 1, 1) for i in range(count)])
+        for ax, key in zip(row, keys):
+            for i in range(count):
+                ax.plot(steps, [r["toolkit"][key][i] for r in recs], marker="o", markersize=2, color=colours[i],
+                        label=f"$h_{{{i}}}$")
+            _step_axis(ax, steps)
+            ax.set_title(f"{label}: {STATE_TITLES[key]}", fontsize=8)
+            ax.grid(alpha=0.3, which="both")
+        row[0].legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 

@@ -14,8 +14,10 @@ import torch
 
 from core import precision as core_precision
 from core.errors import DataError
+from eval.linearity.heldout import FoldPlan, HeldoutConfig
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
-from eval.linearity.profile import Profile, model_profile
+from eval.linearity.profile import Profile, model_profile, probe_groups
+from eval.linearity.state_measures import ToolkitConfig
 
 
 @dataclass
@@ -25,9 +27,16 @@ class ProbeSpec:
     probe: ProbeConfig
     precision: str = "auto"
     batch_size: int = 8
+    heldout: HeldoutConfig | None = None  # held-out scores, intervals and chance levels too
+    toolkit: ToolkitConfig | None = None  # per-state anisotropy, intrinsic dimension, logit lens too
 
     def to_dict(self) -> dict:
-        return {"text": self.text_source, "probe": asdict(self.probe), "precision": self.precision}
+        out = {"text": self.text_source, "probe": asdict(self.probe), "precision": self.precision}
+        if self.heldout is not None:
+            out["heldout"] = asdict(self.heldout)
+        if self.toolkit is not None:
+            out["toolkit"] = asdict(self.toolkit)
+        return out
 
 
 def probe_text(path: str | None, root: Path | None, text_field: str = "text") -> tuple[str, str]:
@@ -68,5 +77,11 @@ def profile_model(model, tokenizer, text: str, spec: ProbeSpec, device: torch.de
     dtype = core_precision.autocast_dtype(spec.precision, device)
     probe = build_probe(text, tokenizer, spec.probe, max_len=getattr(model.config, "max_position_embeddings", None))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if spec.heldout is not None:  # refused before the forwards
+        try:
+            FoldPlan(probe_groups(probe), spec.heldout.folds, spec.heldout.seed, model.config.hidden_size)
+        except ValueError as e:
+            raise DataError(f"probe text {spec.text_source}: {e}") from None
     return model_profile(model, probe, batch_size=spec.batch_size, device=device, pad_id=pad,
-                         autocast=lambda: core_precision.autocast(device, dtype))
+                         autocast=lambda: core_precision.autocast(device, dtype), heldout=spec.heldout,
+                         toolkit=spec.toolkit)

@@ -23,7 +23,12 @@ missing, so a growing run or a longer revision list costs only the new checkpoin
 
 Outputs: ``series.csv`` (one row per model, checkpoint and block), ``series.json`` (settings + records),
 ``series.png`` (mean linearity with and without residual against step, log x-axis, one line per series) and
-``series_heatmap.png`` (block x checkpoint, per series).
+``series_heatmap.png`` (block x checkpoint, per series). ``--heldout [--folds 5 --bootstrap 1000]`` adds the
+held-out scores over folds of documents, 95 % intervals of both scores and the chance levels
+(``eval.linearity.heldout``) to every record, the CSV's columns and series.png (dashed lines, bands, chance).
+``--toolkit [--id-tokens 1024]`` adds anisotropy, intrinsic dimension and the logit lens of every state
+(``eval.linearity.state_measures``): ``series_states.csv`` (one row per checkpoint and state) and
+``series_states.png`` (each measure against step, one line per state).
 """
 from __future__ import annotations
 
@@ -41,7 +46,10 @@ from analysis.report import ResultCache, default_label, fingerprint, write_csv, 
 from core.cli import run_cli
 from core.errors import ConfigError
 from core.rundir import RunDir, step_of
-from eval.linearity.profile import QUANTITIES
+from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES
+from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args
+
+HELDOUT_COLUMNS = (*HELDOUT_QUANTITIES, *INTERVALS)
 
 
 @dataclass(frozen=True)
@@ -146,8 +154,12 @@ def profile_series(series: dict[str, list[Checkpoint]], text: str, spec: ProbeSp
                 prof = profile_model(model, tokenizer, text, spec, device)
                 rec = cache.add({"key": key, "checkpoint": ck.name, "path": ck.path, "revision": ck.revision,
                                  **history_record(ck.step, prof, time.perf_counter() - t0)})
-                print(f"{label} {ck.name} (step {ck.step}): mean linearity {rec['means']['linearity']:.4f}, "
-                      f"without residual {rec['means']['linearity_wo_res']:.4f} ({rec['seconds']:.1f} s)", flush=True)
+                means = rec["means"]
+                held = (f", held-out {means['heldout']:.4f} / {means['heldout_wo_res']:.4f} (chance "
+                        f"{means['chance']:.4f} in-sample, {means['chance_heldout']:.4f} held-out)"
+                        if "heldout" in means else "")
+                print(f"{label} {ck.name} (step {ck.step}): mean linearity {means['linearity']:.4f}, "
+                      f"without residual {means['linearity_wo_res']:.4f}{held} ({rec['seconds']:.1f} s)", flush=True)
                 del model
                 gc.collect()
             # the step and name are the series' (a cached record may have been written under another name)
@@ -155,12 +167,21 @@ def profile_series(series: dict[str, list[Checkpoint]], text: str, spec: ProbeSp
     return out
 
 
-def csv_rows(results: dict[str, list[dict]]):
+def csv_rows(results: dict[str, list[dict]], heldout: bool = False):
     for label, recs in results.items():
         for rec in recs:
             for b in range(len(rec["linearity"])):
                 yield [label, rec["checkpoint"], rec["step"], b, *(repr(rec[q][b]) for q in QUANTITIES),
-                       rec["solver"][b]]
+                       rec["solver"][b], *(repr(rec[q][b]) for q in (HELDOUT_COLUMNS if heldout else ()))]
+
+
+def state_rows(results: dict[str, list[dict]]):
+    for label, recs in results.items():
+        for rec in recs:
+            measures = rec["toolkit"]
+            for i in range(len(rec["linearity"]) + 1):
+                yield [label, rec["checkpoint"], rec["step"], i,
+                       *(repr(measures[k][i]) if k in measures else "" for k in STATE_KEYS)]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -177,24 +198,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data-root", help="data root (default $LINREG_DATA_ROOT)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_probe_arguments(ap)
+    add_measure_arguments(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    from analysis.plots import plot_series, plot_series_heatmaps
+    from analysis.plots import plot_series, plot_series_heatmaps, plot_series_states
     from data.sources import data_root
 
     args = parse_args(argv)
     series = collect_series(args)
     device = torch.device(args.device)
     text, spec = probe_from_args(args, data_root(cli=args.data_root), device)
+    spec.heldout, spec.toolkit = measures_from_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = profile_series(series, text, spec, ResultCache(out / "series.jsonl"), device)
-    write_csv(out / "series.csv", ["model", "checkpoint", "step", "block", *QUANTITIES, "solver"], csv_rows(results))
+    extra = HELDOUT_COLUMNS if args.heldout else ()
+    write_csv(out / "series.csv", ["model", "checkpoint", "step", "block", *QUANTITIES, "solver", *extra],
+              csv_rows(results, args.heldout))
     write_json(out / "series.json", {**spec.to_dict(), "device": str(device), "series": results})
     plot_series(results, out / "series.png")
     plot_series_heatmaps(results, out / "series_heatmap.png")
+    if args.toolkit:
+        write_csv(out / "series_states.csv", ["model", "checkpoint", "step", "state", *STATE_KEYS],
+                  state_rows(results))
+        plot_series_states(results, out / "series_states.png")
+        print(f"wrote {out / 'series_states.csv'}, series_states.png")
     for label, recs in results.items():
         print(f"{label}: " + ", ".join(f"{r['step']}: {r['means']['linearity_wo_res']:.3f}" for r in recs)
               + "  (step: mean linearity without residual)")

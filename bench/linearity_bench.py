@@ -2,6 +2,7 @@
 
     python bench/linearity_bench.py [--n 15000] [--dims 768 2048 4096] [--devices cpu cuda] [--no-lstsq]
     python bench/linearity_bench.py --profile [--layers 12] [--dims 768] [--repeats 1]
+    python bench/linearity_bench.py --heldout [--baseline OTHER/eval/linearity/score.py] [--dims 768] [--repeats 3]
 
 Per hidden size d it times, on each device:
   svd32   the notebook's recipe: float32 thin SVD of X, A = V diag(1/S) U^T Y, LS = 1 - ||X A - Y||^2
@@ -13,12 +14,18 @@ times the rank-deficient path (R-SVD) instead, on an X like h_0 of a probe with 
 (its n rows drawn from d/2 distinct vectors). ``--profile`` times a whole profile instead: ``linearity_profile``
 on L + 1 states against the recipe's two scores per pair, and checks all 2L scores against lstsq. The data
 imitate hidden states (anisotropic spectrum, a few "massive activation" features, a mean offset) with Y = X plus
-a small nonlinear update. Prints a markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
+a small nonlinear update. ``--heldout`` times, in one process and interleaved, the same profile without and with
+held-out statistics (``groups``: 128 contiguous documents, as the paper's 128 probe chunks; 5 folds, 1000 bootstrap
+resamples), the same with the toolkit's anisotropy and intrinsic dimension (``--id-tokens``, default 1024) of
+every state ("all on"; the logit lens needs a model and is left out) and, with ``--baseline``, the
+``linearity_profile`` of another checkout's score.py (e.g. the main branch), to show that the plain path is not
+slowed. Prints a markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import platform
 import sys
 import time
@@ -29,7 +36,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.linearity.profile import profile_from_states  # noqa: E402
 from eval.linearity.score import linearity_profile, linearity_score, pair_stats  # noqa: E402
+from eval.linearity.state_measures import ToolkitConfig  # noqa: E402
 
 
 def hidden_state_like(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +167,53 @@ def profile_rows(args) -> None:
                   f"| {mem} | {solvers} | {err_ours} | {err_svd} |", flush=True)
 
 
+def load_baseline(path: str):
+    """Another checkout's eval/linearity/score.py as a module of its own (it imports only torch)."""
+    spec = importlib.util.spec_from_file_location("baseline_score", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def heldout_rows(args) -> None:
+    """One row per d: the plain profile, the held-out profile (and a baseline's plain profile), interleaved."""
+    base = load_baseline(args.baseline) if args.baseline else None
+    print("| device | d | pairs | plain s/profile | held-out s/profile | held-out / plain | all on s/profile "
+          "| all on / plain | baseline s/profile | plain / baseline | max plain - baseline (LS) "
+          "| max in-sample change with held-out |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    # the logit lens needs a model
+    everything = ToolkitConfig(anisotropy=True, intrinsic_dimension=True, id_tokens=args.id_tokens)
+    for d in args.dims:
+        states = hidden_state_chain(args.n, d, args.layers)
+        groups = torch.arange(args.n) * 128 // args.n
+        for name in args.devices:
+            device = torch.device(name)
+            on_dev = [s.to(device) for s in states]
+            runs = {"plain": lambda: linearity_profile(on_dev),
+                    "heldout": lambda: linearity_profile(on_dev, groups=groups),
+                    "all": lambda: profile_from_states(on_dev, groups=groups, toolkit=everything).pairs}
+            if base is not None:
+                runs["base"] = lambda: base.linearity_profile(on_dev)
+            best, out = {k: float("inf") for k in runs}, {}
+            for _ in range(args.repeats):  # interleaved, fastest of each: a shared machine's load drifts
+                for key, fn in runs.items():
+                    out[key], t = timed(fn, device)
+                    best[key] = min(best[key], t)
+            change = max(max(abs(p.linearity - q.linearity), abs(p.linearity_wo_res - q.linearity_wo_res))
+                         for p, q in zip(out["plain"], out["heldout"]))
+            if base is not None:
+                diff = max(abs(p.linearity - q.linearity) for p, q in zip(out["plain"], out["base"]))
+                base_cols = f"{best['base']:.2f} | {best['plain'] / best['base']:.2f} | {diff:.1e}"
+            else:
+                base_cols = "n/a | n/a | n/a"
+            print(f"| {device_name(device)} | {d} | {len(out['plain'])} | {best['plain']:.2f} | "
+                  f"{best['heldout']:.2f} | {best['heldout'] / best['plain']:.2f}x | {best['all']:.2f} | "
+                  f"{best['all'] / best['plain']:.2f}x | {base_cols} | {change:.1e} |",
+                  flush=True)
+
+
 def cases(args, rank_deficient: bool = False):
     """(d, device, x, y, err) per size and device; err(v) = |v - float64 lstsq| as text ("n/a" with --no-lstsq).
     With ``rank_deficient``, X is like h_0 of a probe with d/2 distinct tokens: its rows repeat d/2 vectors."""
@@ -185,11 +241,18 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="time a whole profile of --layers + 1 states instead")
     ap.add_argument("--layers", type=int, default=12, help="blocks L of the --profile chain (L + 1 states)")
     ap.add_argument("--repeats", type=int, default=1, help="--profile: fastest of this many interleaved runs")
+    ap.add_argument("--heldout", action="store_true", help="time a profile without and with held-out statistics")
+    ap.add_argument("--baseline", help="--heldout: also time this score.py's linearity_profile (another checkout)")
+    ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
+                    help="--heldout: tokens of the all-on profile's intrinsic dimension")
     args = ap.parse_args(argv)
 
     print(f"# {datetime.date.today()} torch {torch.__version__}, n = {args.n} tokens"
           + (", X of d/2 distinct rows" if args.fallback else "")
-          + (f", {args.layers + 1} states" if args.profile else ""))
+          + (f", {args.layers + 1} states" if args.profile or args.heldout else ""))
+    if args.heldout:
+        heldout_rows(args)
+        return 0
     if args.profile:
         profile_rows(args)
         return 0

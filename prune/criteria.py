@@ -6,6 +6,7 @@ every state before the final norm), pooled over the probe tokens (n x d each):
 - ``linearity``         LS(h_i, h_{i+1}), the paper's linearity score (``eval.linearity``'s float64 solver);
                          the most linear block goes first.
 - ``linearity_wo_res``  LS(h_i, h_{i+1} - h_i), the score without the residual; highest first.
+- ``linearity_heldout`` the held-out LS of each block (``prune/linearity_heldout.py``); highest first.
 - ``cosine``            ShortGPT's block influence BI_i = 1 - mean_t cos(h_i[t], h_{i+1}[t]); lowest first (the
                          block that changes its input's direction least).
 - ``angular``           Gromov et al.'s angular distance of a span of n contiguous blocks starting at i,
@@ -28,6 +29,7 @@ import torch
 from eval.linearity.score import linearity_profile
 from prune.errors import PruneError
 from prune.fit import to64
+from prune.linearity_heldout import linearity_heldout
 
 
 def linearity(states: list[torch.Tensor], device=None) -> list[float]:
@@ -74,6 +76,7 @@ class Criterion:
 CRITERIA: dict[str, Criterion] = {
     "linearity": Criterion(linearity, "highest"),
     "linearity_wo_res": Criterion(linearity_wo_res, "highest"),
+    "linearity_heldout": Criterion(linearity_heldout, "highest"),
     "cosine": Criterion(cosine, "lowest"),
     "angular": Criterion(angular, "lowest", spans=True),
 }

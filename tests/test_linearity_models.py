@@ -101,6 +101,9 @@ def tiny_run(tmp_path_factory, shared_data):
             "tokenizer.train_max_bytes=200000", "train.max_steps=3", "train.global_batch_size=2",
             "train.micro_batch_size=2",
             "eval.linearity.every=2", "eval.linearity.probe.num_chunks=16", "eval.linearity.final_norm=true",
+            "eval.linearity.heldout.enabled=true", "eval.linearity.heldout.bootstrap=100",
+            "eval.linearity.toolkit.anisotropy=true", "eval.linearity.toolkit.intrinsic_dimension=true",
+            "eval.linearity.toolkit.logit_lens=true",
             f"eval.linearity.text_file={shared_data / 'tinystories' / 'valid.txt'}",
             "checkpoint.every=0", "checkpoint.export_at_end=false", "logging.progress_bar=false",
             "eval.benchmarks.enabled=false"]
@@ -117,12 +120,17 @@ def test_evaluator_logs_profiles_through_training(tiny_run):
         assert len(rec["linearity"]) == len(rec["linearity_wo_res"]) == len(rec["norm_ratio"]) == 2
         assert rec["final_norm"] is not None and rec["num_tokens"] > 33
         assert abs(rec["means"]["linearity"] - sum(rec["linearity"]) / 2) < 1e-12
+        assert len(rec["heldout"]) == 2 and rec["heldout_lo"][0] <= rec["heldout"][0] <= rec["heldout_hi"][0]
+        assert rec["final_norm"]["heldout"]["chance"] > 0
+        assert {k: len(v) for k, v in rec["toolkit"].items()} == {
+            "anisotropy": 3, "intrinsic_dimension": 3, "loss": 3, "loss_no_norm": 3, "neglogp_argmax": 3}
     metrics = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     logged = {k for m in metrics for k in m}
     for key in ("linearity/block_00", "linearity/block_01", "linearity/mean", "linearity_wo_res/mean",
-                "norm_ratio/block_01", "linearity/final_norm", "time/eval_linearity"):
+                "norm_ratio/block_01", "linearity/final_norm", "time/eval_linearity", "heldout/mean",
+                "chance_heldout/block_01", "anisotropy/state_02", "loss/state_02"):
         assert key in logged, key
-    for name in ("linearity_vs_step.png", "linearity_heatmaps.png"):
+    for name in ("linearity_vs_step.png", "linearity_heatmaps.png", "linearity_states_vs_step.png"):
         assert matplotlib.image.imread(tiny_run / "plots" / name).shape[0] > 200
     assert any((tiny_run / "tb").iterdir())
 

@@ -17,11 +17,16 @@ Definitions (implemented exactly):
 - The authors' other measurements of the same states (``toolkit``): anisotropy (largest covariance eigenvalue over
   their sum), their TwoNN intrinsic dimension, and the logit lens (per-layer next-token loss of ``lm_head`` on
   each h_i, with and without the final norm, and their -log p(argmax)).
+- Held-out linearity (``heldout``): the score of maps fitted on k - 1 folds of documents and scored on the
+  left-out fold, pooled; percentile-bootstrap intervals over documents of both scores; chance levels from
+  document-shuffled targets. ``heldout_linearity(x, y, groups)`` on plain tensors; ``linearity_profile(...,
+  groups=...)`` for every pair of a profile.
 
 Everything is computed in float64 (inputs of any float dtype are upcast exactly), on CPU or GPU.
 Probe sets follow the paper's recipe (``probe``); ``python -m eval.linearity`` profiles models and plots them;
 ``evaluator.LinearityEvaluator`` tracks the profile through training. See docs/linearity.md.
 """
+from eval.linearity.heldout import HeldoutConfig, HeldoutResult, HeldoutStats
 from eval.linearity.probe import (
                                   ProbeConfig,
                                   build_probe,
@@ -30,13 +35,15 @@ from eval.linearity.probe import (
                                   sample_chunks,
                                   tokenize_chunks,
 )
-from eval.linearity.profile import Profile, StateCollector, model_profile, profile_from_states
-from eval.linearity.score import PairStats, linearity_profile, linearity_score, pair_stats
+from eval.linearity.profile import Profile, StateCollector, model_profile, probe_groups, profile_from_states
+from eval.linearity.score import PairStats, heldout_linearity, linearity_profile, linearity_score, pair_stats
+from eval.linearity.state_measures import ToolkitConfig
 from eval.linearity.toolkit import anisotropy, intrinsic_dimension, logit_lens
 
 __all__ = [
-    "PairStats", "ProbeConfig", "Profile", "StateCollector", "build_probe", "linearity_profile", "linearity_score",
-    "model_profile", "pair_stats", "profile_from_states", "read_probe_dataset", "read_probe_text", "sample_chunks",
-    "tokenize_chunks",
-    "anisotropy", "intrinsic_dimension", "logit_lens",
+    "HeldoutConfig", "HeldoutResult", "HeldoutStats", "PairStats", "ProbeConfig", "Profile", "StateCollector",
+    "ToolkitConfig",
+    "anisotropy", "build_probe", "heldout_linearity", "intrinsic_dimension", "linearity_profile", "linearity_score",
+    "logit_lens", "model_profile", "pair_stats", "probe_groups", "profile_from_states", "read_probe_dataset",
+    "read_probe_text", "sample_chunks", "tokenize_chunks",
 ]

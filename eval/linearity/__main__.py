@@ -22,10 +22,12 @@ from core import precision
 from core.cli import command, run_cli
 from core.errors import ConfigError, DataError
 from core.rundir import RunDir
-from eval.linearity.plots import plot_history, plot_profiles
+from eval.linearity.heldout import FoldPlan, HeldoutConfig
+from eval.linearity.plots import plot_history, plot_profiles, plot_states
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_dataset, read_probe_text
-from eval.linearity.profile import QUANTITIES, model_profile
+from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES, model_profile, probe_groups
 from eval.linearity.score import check_sizes
+from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "scores are float64 anyway")
     ap.add_argument("--final-norm", action="store_true",
                     help="also score the pair (h_{L-1}, final_norm(h_L)) that HF hidden_states end with")
+    add_measure_arguments(ap)
     args = ap.parse_args(argv)
     if args.run is None and not (args.model and args.out and (args.text is None) != (args.dataset is None)):
         ap.error("give --model PATH (one or more), --text FILE or --dataset NAME, and --out DIR; or --run RUN_DIR")
@@ -67,22 +70,38 @@ def default_labels(paths: list[str]) -> list[str]:
     return [f"{Path(p).resolve().parent.name}/{lab}" if labels.count(lab) > 1 else lab for p, lab in zip(paths, labels)]
 
 
+HELDOUT_COLUMNS = (*HELDOUT_QUANTITIES, *INTERVALS)
+
+
 def write_csv(results: list[dict], path: Path) -> None:
+    held = any("heldout" in res["profile"]["pairs"][0] for res in results)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["model", "pair", "depth", *QUANTITIES, "rank_x", "solver"])
+        w.writerow(["model", "pair", "depth", *QUANTITIES, "rank_x", "solver", *(HELDOUT_COLUMNS if held else ())])
         for res in results:
             prof = res["profile"]
             rows = [(f"block_{i}", f"{d:.6f}", pair) for i, (d, pair) in enumerate(zip(prof["depths"], prof["pairs"]))]
             if prof["final_norm"] is not None:
                 rows.append(("final_norm", "", prof["final_norm"]))
             for name, depth, pair in rows:
+                extra = [repr(pair["heldout"][q]) for q in HELDOUT_COLUMNS] if held and "heldout" in pair else []
                 w.writerow([res["label"], name, depth, *(repr(pair[q]) for q in QUANTITIES), pair["rank_x"],
-                            pair["solver"]])
+                            pair["solver"], *extra])
+
+
+def write_states_csv(results: list[dict], path: Path) -> None:
+    """One row per model and state h_i: the toolkit's measurements."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "state", *STATE_KEYS])
+        for res in results:
+            measures = res["profile"]["toolkit"]
+            for i in range(res["profile"]["num_layers"] + 1):
+                w.writerow([res["label"], i, *(repr(measures[k][i]) if k in measures else "" for k in STATE_KEYS)])
 
 
 def probe_for(text: str, source: str, tokenizer, cfg: ProbeConfig, max_len: int | None, model_config,
-              model_path: str) -> list[list[int]]:
+              model_path: str, heldout: HeldoutConfig | None = None) -> list[list[int]]:
     """The probe of one model; a text too short for the recipe or for the model's width is the user's to fix."""
     try:
         probe = build_probe(text, tokenizer, cfg, max_len=max_len)
@@ -94,6 +113,11 @@ def probe_for(text: str, source: str, tokenizer, cfg: ProbeConfig, max_len: int 
             check_sizes(sum(len(ids) for ids in probe), width)
         except ValueError as e:
             raise DataError(f"probe text {source} is too short for {model_path}: {e}") from None
+        if heldout is not None:
+            try:
+                FoldPlan(probe_groups(probe), heldout.folds, heldout.seed, width)
+            except ValueError as e:
+                raise DataError(f"probe text {source} for {model_path}: {e}") from None
     return probe
 
 
@@ -111,6 +135,7 @@ def main(argv=None) -> int:
     autocast_dtype = precision.autocast_dtype(dtype, device)
     probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
     probe_cfg.validate("probe")
+    heldout, toolkit = measures_from_args(args)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.text is not None:
@@ -123,10 +148,11 @@ def main(argv=None) -> int:
         model, tokenizer = load_model(path)
         model.to(device)
         max_len = getattr(model.config, "max_position_embeddings", None)
-        probe = probe_for(text, source, tokenizer, probe_cfg, max_len, model.config, path)
+        probe = probe_for(text, source, tokenizer, probe_cfg, max_len, model.config, path, heldout)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prof = model_profile(model, probe, batch_size=args.batch_size, device=device, final_norm=args.final_norm,
-                             pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype))
+                             pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype), heldout=heldout,
+                             toolkit=toolkit)
         profiles[label] = prof
         results.append({"label": label, "path": str(Path(path).resolve()),
                         "architecture": type(model).__name__, "dtype": dtype,
@@ -134,19 +160,26 @@ def main(argv=None) -> int:
         if args.final_norm and prof.final_norm is None:
             print(f"{label}: no final norm module (post-LN blocks?): no final_norm pair", flush=True)
         means = prof.means()
+        shown = (*QUANTITIES, *(HELDOUT_QUANTITIES if heldout is not None else ()))
         print(f"{label}: {prof.num_layers} blocks, d={prof.hidden_size}, {prof.num_tokens} tokens: "
-              + ", ".join(f"mean {q} {means[q]:.4f}" for q in QUANTITIES), flush=True)
+              + ", ".join(f"mean {q} {means[q]:.4f}" for q in shown), flush=True)
         del model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)  # only now: a bad model or probe leaves nothing behind
-    meta = {"text": source, "probe": vars(probe_cfg), "device": str(device)}
+    meta = {"text": source, "probe": vars(probe_cfg), "device": str(device),
+            **({"heldout": vars(heldout)} if heldout is not None else {}),
+            **({"toolkit": vars(toolkit)} if toolkit is not None else {})}
     (out / "linearity.json").write_text(json.dumps({**meta, "models": results}, indent=1))
     write_csv(results, out / "linearity.csv")
     plot_profiles(profiles, out / "linearity.png")
     print(f"wrote {out / 'linearity.json'}, {out / 'linearity.csv'}, {out / 'linearity.png'}")
+    if toolkit is not None:
+        write_states_csv(results, out / "linearity_states.csv")
+        plot_states({label: prof.toolkit for label, prof in profiles.items()}, out / "linearity_states.png")
+        print(f"wrote {out / 'linearity_states.csv'}, {out / 'linearity_states.png'}")
     return 0
 
 

@@ -16,14 +16,31 @@ from dataclasses import dataclass, field
 import torch
 
 from core.config import check
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.io import append_jsonl
 from data.sources import load_documents
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
+from eval.linearity.heldout import FoldPlan, HeldoutConfig
 from eval.linearity.plots import read_history, save_figures, training_figures
 from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
-from eval.linearity.profile import QUANTITIES, StateCollector, probe_batches, profile_from_states
+from eval.linearity.profile import (
+    HELDOUT_QUANTITIES,
+    INTERVALS,
+    QUANTITIES,
+    StateCollector,
+    pool_order,
+    probe_batches,
+    probe_groups,
+    profile_from_states,
+)
 from eval.linearity.score import check_sizes
+from eval.linearity.state_measures import ToolkitConfig, pooled_labels
+
+
+@dataclass
+class HeldoutEvalConfig(HeldoutConfig):
+    # off by default: ~3x the float64 work of a profile (docs/PERFORMANCE.md), over the 2x an in-loop default may cost
+    enabled: bool = False
 
 
 @dataclass
@@ -34,6 +51,8 @@ class LinearityEvalConfig(EvaluatorConfig):
     batch_size: int = 32  # probe sequences per forward (their L+1 states are held until moved to the CPU)
     final_norm: bool = False  # also the pair (h_{L-1}, final_norm(h_L)), logged as <quantity>/final_norm
     plot: bool = True  # PNGs (and TensorBoard figures) at the end of training
+    heldout: HeldoutEvalConfig = field(default_factory=HeldoutEvalConfig)  # held-out scores, intervals, chance
+    toolkit: ToolkitConfig = field(default_factory=ToolkitConfig)  # per-state anisotropy, TwoNN ID, logit lens
 
     def validate(self, p: str) -> None:
         super().validate(p)
@@ -47,18 +66,29 @@ def history_record(step: int, profile, seconds: float) -> dict:
     rec = {"step": step, "num_tokens": profile.num_tokens, "seconds": round(seconds, 4), "means": profile.means()}
     for key in (*QUANTITIES, "rank_x", "solver"):
         rec[key] = [getattr(p, key) for p in profile.pairs]
+    if profile.pairs[0].heldout is not None:
+        for key in (*HELDOUT_QUANTITIES, *INTERVALS):
+            rec[key] = [getattr(p.heldout, key) for p in profile.pairs]
     rec["final_norm"] = profile.final_norm.to_dict() if profile.final_norm is not None else None
+    if profile.toolkit is not None:
+        rec["toolkit"] = profile.toolkit
     return rec
 
 
 def scalars_of(profile) -> dict[str, float]:
-    out = {}
-    for key in QUANTITIES:
+    out, means = {}, profile.means()
+    held = profile.pairs[0].heldout is not None
+    for key in (*QUANTITIES, *(HELDOUT_QUANTITIES if held else ())):
+        def value(pair, key=key):
+            return getattr(pair, key) if key in QUANTITIES else getattr(pair.heldout, key)
         for i, pair in enumerate(profile.pairs):
-            out[f"{key}/block_{i:02d}"] = getattr(pair, key)
-        out[f"{key}/mean"] = profile.means()[key]
+            out[f"{key}/block_{i:02d}"] = value(pair)
+        out[f"{key}/mean"] = means[key]
         if profile.final_norm is not None:
-            out[f"{key}/final_norm"] = getattr(profile.final_norm, key)
+            out[f"{key}/final_norm"] = value(profile.final_norm)
+    for key, values in (profile.toolkit or {}).items():
+        for i, v in enumerate(values):
+            out[f"{key}/state_{i:02d}"] = v
     return out
 
 
@@ -79,6 +109,16 @@ class LinearityEvaluator(Evaluator):
         probe = build_probe(text, ctx.tokenizer, cfg.probe, max_len=getattr(model_cfg, "max_seq_len", ctx.seq_len))
         self.num_tokens = sum(len(p) for p in probe)
         check_sizes(self.num_tokens, model_cfg.hidden_size)  # fail at start-up, not at the first evaluation
+        self.labels = pooled_labels(probe, pool_order(probe)) if cfg.toolkit.logit_lens else None
+        if cfg.toolkit.logit_lens and getattr(ctx.config.train, "zero_stage", 0) == 3:
+            raise ConfigError("eval.linearity.toolkit.logit_lens=true: the logit lens reads lm_head whole, which "
+                              "ZeRO-3 partitions (use zero_stage <= 2, or python -m eval.linearity on a checkpoint)")
+        self.groups = probe_groups(probe) if cfg.heldout.enabled else None
+        if self.groups is not None:
+            try:
+                FoldPlan(self.groups, cfg.heldout.folds, cfg.heldout.seed, model_cfg.hidden_size)
+            except ValueError as e:
+                raise DataError(f"eval.linearity.heldout: {e}") from None
         pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
         self.batches = probe_batches(probe, cfg.batch_size, pad)
         self.collector: StateCollector | None = None  # hooks go on at the first evaluation (the engine's module)
@@ -92,7 +132,8 @@ class LinearityEvaluator(Evaluator):
                                                 keep=self.ctx.is_main)
         if not self.ctx.is_main:
             return {}
-        profile = profile_from_states(states, normed, self.ctx.device)
+        profile = profile_from_states(states, normed, self.ctx.device, groups=self.groups, heldout=self.cfg.heldout,
+                                      toolkit=self.cfg.toolkit, model=self.collector.model, labels=self.labels)
         append_jsonl(self.jsonl, history_record(step, profile, time.perf_counter() - t0))
         return scalars_of(profile)
 

@@ -20,18 +20,67 @@ TITLES = {
 
 
 def plot_profiles(profiles: dict, path: str | Path) -> Path:
-    """Two panels (LS; LS without residual) against normalised depth, one line per model.
+    """Two panels (LS; LS without residual) against normalised depth, one line per model. Profiles with held-out
+    statistics add the held-out score (dashed), both scores' intervals (bands) and the chance levels (dotted:
+    in-sample chance; dash-dotted: held-out chance).
 
     ``profiles``: label -> ``Profile``."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key in zip(axes, ("linearity", "linearity_wo_res")):
         for label, prof in profiles.items():
-            ax.plot(prof.depths(), [getattr(p, key) for p in prof.pairs], marker="o", markersize=3, label=label)
+            x = prof.depths()
+            line, = ax.plot(x, [getattr(p, key) for p in prof.pairs], marker="o", markersize=3, label=label)
+            if prof.pairs[0].heldout is not None:
+                heldout_lines(ax, x, [p.heldout for p in prof.pairs], key, line.get_color(), label)
         ax.set_title(TITLES[key])
         ax.set_xlabel("normalised depth (block index / (L - 1))")
         ax.set_ylabel("score")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def heldout_lines(ax, x, stats: list, key: str, color, label: str) -> None:
+    """Intervals, held-out score and chance levels of one model's pairs (``HeldoutStats`` or their dicts)."""
+    def get(name):
+        return [st[name] if isinstance(st, dict) else getattr(st, name) for st in stats]
+
+    held = key.replace("linearity", "heldout")
+    prefix = f"{label}: " if label else ""
+    ax.fill_between(x, get(f"{key}_lo"), get(f"{key}_hi"), color=color, alpha=0.2, linewidth=0)
+    ax.plot(x, get(held), linestyle="--", marker="s", markersize=3, color=color, label=f"{prefix}held-out")
+    ax.fill_between(x, get(f"{held}_lo"), get(f"{held}_hi"), color=color, alpha=0.2, linewidth=0,
+                    label=f"{prefix}95 % intervals")
+    ax.plot(x, get("chance"), linestyle=":", color=color, alpha=0.8, label=f"{prefix}chance (in-sample)")
+    ax.plot(x, get("chance_heldout"), linestyle="-.", color=color, alpha=0.8, label=f"{prefix}chance (held-out)")
+
+
+STATE_TITLES = {
+    "anisotropy": "Anisotropy $\\lambda_1 / \\sum_k \\lambda_k$",
+    "intrinsic_dimension": "Intrinsic dimension (TwoNN)",
+    "loss": "Logit lens: loss of lm_head(final_norm($h_i$))",
+    "loss_no_norm": "Logit lens: loss of lm_head($h_i$)",
+    "neglogp_argmax": "Logit lens: $-\\log p(\\mathrm{argmax})$",
+}
+
+
+def plot_states(curves: dict[str, dict[str, list[float]]], path: str | Path, xlabel: str = "state $h_i$") -> Path:
+    """One panel per per-state measurement, one line per label; ``curves``: label -> {measure: values of
+    h_0..h_L}."""
+    keys = [k for k in STATE_TITLES if any(k in c for c in curves.values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, c in curves.items():
+            if key in c:
+                ax.plot(range(len(c[key])), c[key], marker="o", markersize=3, label=label)
+        ax.set_title(STATE_TITLES[key], fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -55,9 +104,14 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
     steps = [r["step"] for r in history]
     curves, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, key in zip(axes, TITLES):
-        ax.plot(steps, [r["means"][key] for r in history], marker="o", markersize=3)
+        line, = ax.plot(steps, [r["means"][key] for r in history], marker="o", markersize=3, label="in-sample")
+        if key != "norm_ratio" and all("heldout" in r["means"] for r in history):
+            means = [r["means"] for r in history]
+            heldout_lines(ax, steps, means, key, line.get_color(), "")
+            ax.legend(fontsize=7)
         ax.set_title(f"mean {TITLES[key]}", fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel("mean over blocks")
         ax.grid(alpha=0.3)
     curves.tight_layout()
     heat, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -71,7 +125,28 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     heat.tight_layout()
-    return {"linearity_vs_step": curves, "linearity_heatmaps": heat}
+    figures = {"linearity_vs_step": curves, "linearity_heatmaps": heat}
+    if all("toolkit" in r for r in history):
+        figures["linearity_states_vs_step"] = states_figure(steps, [r["toolkit"] for r in history])
+    return figures
+
+
+def states_figure(steps: list[int], measures: list[dict[str, list[float]]]) -> plt.Figure:
+    """One panel per per-state measurement against step, one line per state h_i (colour: depth)."""
+    keys = [k for k in STATE_TITLES if k in measures[-1]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    count = len(measures[-1][keys[0]])
+    colours = plt.cm.viridis([i / max(count - 1, 1) for i in range(count)])
+    for ax, key in zip(axes[0], keys):
+        for i in range(count):
+            ax.plot(steps, [m[key][i] for m in measures], marker="o", markersize=2, color=colours[i],
+                    label=f"$h_{{{i}}}$")
+        ax.set_title(STATE_TITLES[key], fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
 
 
 def save_figures(figures: dict[str, plt.Figure], out_dir: str | Path, close: bool = True) -> list[Path]:

@@ -12,14 +12,21 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from eval.linearity.heldout import SCORES, HeldoutConfig, mean_interval
 from eval.linearity.score import PairStats, check_sizes, linearity_profile
 from model.capture import ResidualStream
 
+if TYPE_CHECKING:  # state_measures imports the toolkit, which imports this module
+    from eval.linearity.state_measures import ToolkitConfig
+
 QUANTITIES = ("linearity", "linearity_wo_res", "norm_ratio")
+HELDOUT_QUANTITIES = ("heldout", "heldout_wo_res", "chance", "chance_heldout")  # means and scalars of held-out runs
+INTERVALS = tuple(f"{q}_{end}" for q in SCORES for end in ("lo", "hi"))
 
 # Where common decoder families keep the norm applied after the last block (checked in order).
 _FINAL_NORM_PATHS = (
@@ -47,10 +54,18 @@ class Profile:
     num_tokens: int
     pairs: list[PairStats]  # pair i = (h_i, h_{i+1}) = block i
     final_norm: PairStats | None = None  # (h_{L-1}, final_norm(h_L)), when asked for
+    toolkit: dict[str, list[float]] | None = None  # per state h_0..h_L (``state_measures``), when asked for
 
     def means(self) -> dict[str, float]:
-        """Per-model summary: the mean over the L block pairs (the final-norm pair is not included)."""
-        return {q: sum(getattr(p, q) for p in self.pairs) / len(self.pairs) for q in QUANTITIES}
+        """Per-model summary: the mean over the L block pairs (the final-norm pair is not included); with
+        held-out statistics also the means of the held-out scores and chance levels."""
+        out = {q: sum(getattr(p, q) for p in self.pairs) / len(self.pairs) for q in QUANTITIES}
+        if self.pairs and self.pairs[0].heldout is not None:
+            for q in HELDOUT_QUANTITIES:
+                out[q] = sum(getattr(p.heldout, q) for p in self.pairs) / len(self.pairs)
+            if all(p.heldout.draws is not None for p in self.pairs):
+                out.update(mean_interval([p.heldout for p in self.pairs]))
+        return out
 
     def depths(self) -> list[float]:
         """Normalised depth of each pair, 0 (first block) .. 1 (last block), to compare models of any depth."""
@@ -59,8 +74,24 @@ class Profile:
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out["pairs"] = [p.to_dict() for p in self.pairs]  # without a "heldout" key when there is none
+        out["final_norm"] = self.final_norm.to_dict() if self.final_norm is not None else None
         out["means"] = self.means()
+        if self.toolkit is None:
+            del out["toolkit"]
         return out
+
+
+def pool_order(probe: list[list[int]]) -> list[int]:
+    """Indices of the probe's sequences in the order their tokens are pooled: longest first (a stable sort)."""
+    return sorted(range(len(probe)), key=lambda i: len(probe[i]), reverse=True)
+
+
+def probe_groups(probe: list[list[int]]) -> torch.Tensor:
+    """The document (probe sequence) index of every pooled token, in the order ``StateCollector`` pools them."""
+    order = pool_order(probe)
+    return torch.repeat_interleave(torch.tensor(order, dtype=torch.long),
+                                   torch.tensor([len(probe[i]) for i in order], dtype=torch.long))
 
 
 def probe_batches(probe: list[list[int]], batch_size: int, pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -68,7 +99,7 @@ def probe_batches(probe: list[list[int]], batch_size: int, pad_id: int) -> list[
 
     Right padding is exact for causal LMs: real tokens never attend to the pads after them and keep positions
     0..len-1. The order of tokens in the pool does not matter (LS is invariant to permuting rows)."""
-    seqs = sorted(probe, key=len, reverse=True)
+    seqs = [probe[i] for i in pool_order(probe)]
     batches = []
     for start in range(0, len(seqs), batch_size):
         group = seqs[start:start + batch_size]
@@ -138,17 +169,37 @@ class StateCollector:
 
 
 def profile_from_states(states: list[torch.Tensor], normed: torch.Tensor | None = None,
-                        device: torch.device | str | None = None) -> Profile:
+                        device: torch.device | str | None = None, *, groups: torch.Tensor | None = None,
+                        heldout: HeldoutConfig | None = None, toolkit: ToolkitConfig | None = None, model=None,
+                        labels: torch.Tensor | None = None) -> Profile:
+    """The profile of pooled states; with ``groups`` (``probe_groups``) every pair also gets held-out statistics,
+    with ``toolkit`` every state its enabled measurements (the logit lens needs ``model`` and ``labels``)."""
     n, d = states[0].shape
-    pairs = linearity_profile(states, device, extra_y=normed)  # the final-norm pair shares h_{L-1}'s solve
+    aniso: list[float] = []
+    on_gram = None
+    if toolkit is not None and toolkit.anisotropy:
+        from eval.linearity.state_measures import anisotropy_of_gram
+
+        def on_gram(i, gram):
+            aniso.append(anisotropy_of_gram(gram))
+    # the final-norm pair shares h_{L-1}'s solve
+    pairs = linearity_profile(states, device, extra_y=normed, groups=groups, heldout=heldout, grams=on_gram)
     final = pairs.pop() if normed is not None else None
-    return Profile(num_layers=len(states) - 1, hidden_size=d, num_tokens=n, pairs=pairs, final_norm=final)
+    measures = None
+    if toolkit is not None and toolkit.enabled():
+        from eval.linearity.state_measures import state_measures
+
+        measures = state_measures(states, toolkit, aniso, model, labels)
+    return Profile(num_layers=len(states) - 1, hidden_size=d, num_tokens=n, pairs=pairs, final_norm=final,
+                   toolkit=measures)
 
 
 @torch.no_grad()
 def model_profile(model: nn.Module, probe: list[list[int]], *, batch_size: int = 8, device=None, autocast=None,
-                  final_norm: bool = False, pad_id: int = 0) -> Profile:
-    """The linearity profile of ``model`` on ``probe`` (token id lists, e.g. from ``probe.build_probe``)."""
+                  final_norm: bool = False, pad_id: int = 0, heldout: HeldoutConfig | None = None,
+                  toolkit: ToolkitConfig | None = None) -> Profile:
+    """The linearity profile of ``model`` on ``probe`` (token id lists, e.g. from ``probe.build_probe``); with
+    ``heldout``, held-out scores too, each probe sequence a document; with ``toolkit``, per-state measurements."""
     device = device or next(model.parameters()).device
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     if hidden is not None:  # refuse before the forwards, not after
@@ -160,4 +211,16 @@ def model_profile(model: nn.Module, probe: list[list[int]], *, batch_size: int =
     finally:
         collector.remove()
         model.train(was_training)
-    return profile_from_states(states, normed, device)
+    groups = probe_groups(probe) if heldout is not None else None
+    labels = None
+    if toolkit is not None and toolkit.logit_lens:
+        from eval.linearity.state_measures import pooled_labels
+
+        labels = pooled_labels(probe, pool_order(probe))
+    was_training = model.training
+    model.eval()
+    try:
+        return profile_from_states(states, normed, device, groups=groups, heldout=heldout, toolkit=toolkit,
+                                   model=model, labels=labels)
+    finally:
+        model.train(was_training)

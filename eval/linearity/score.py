@@ -42,6 +42,22 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from eval.linearity.heldout import (
+                                    FoldPlan,
+                                    HeldoutConfig,
+                                    HeldoutResult,
+                                    HeldoutStats,
+                                    bootstrap_draws,
+                                    chance_target,
+                                    doc_sums,
+                                    fold_cross,
+                                    fold_fits,
+                                    fold_grams,
+                                    heldout_energy,
+                                    pair_heldout,
+                                    percentile_interval,
+)
+
 _EPS = torch.finfo(torch.float64).eps
 _PIVOT_TOL = math.sqrt(_EPS)  # below this Cholesky pivot the fast path hands over to the R-SVD
 _RSS_TOL = 1e-10  # the Gram formula's estimated error may use this fraction of the smaller score denominator
@@ -58,9 +74,15 @@ class PairStats:
     norm_ratio: float  # mean over tokens of ||y - x|| / ||y||
     rank_x: int  # numerical rank of the centred X
     solver: str  # "gram", "cholesky", "rsvd", "constant" (X has no variance) or "nonfinite"
+    heldout: HeldoutStats | None = None  # when the profile was asked for held-out scores
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.heldout is None:
+            del out["heldout"]
+        else:
+            out["heldout"] = self.heldout.to_dict()  # without the bootstrap draws
+        return out
 
 
 def check_sizes(n: int, d: int) -> None:
@@ -77,14 +99,18 @@ def _on_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.detach().to(device)
 
 
-def _centre_into(t: torch.Tensor, out: torch.Tensor | None,
-                 rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _centre_into(t: torch.Tensor, out: torch.Tensor | None, rows: bool = False,
+                 order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(t - mean, mean, row norms of t if ``rows``) in float64, written into ``out`` (a reused buffer: warm memory
     spares the page faults of a fresh n x d array) or a new array; ``t`` itself is left alone. The upcast is a
-    copy of its own: torch's mixed-dtype kernels (a float32 tensor minus a float64 one) run ~6x slower on a CPU."""
+    copy of its own: torch's mixed-dtype kernels (a float32 tensor minus a float64 one) run ~6x slower on a CPU.
+    With ``order``, row i of the result is row order[i] of t (the held-out folds' contiguous layout)."""
     if out is None:  # column-major: the products X_c^T T then read both operands in BLAS's fastest layout
         out = torch.empty(t.shape[::-1], dtype=torch.float64, device=t.device).T
-    if out.device.type == "cpu" and out.stride(0) < out.stride(1) and t.stride(0) > t.stride(1):
+    if order is not None:
+        for lo in range(0, t.shape[0], _COPY_ROWS):
+            out[lo:lo + _COPY_ROWS].copy_(t.index_select(0, order[lo:lo + _COPY_ROWS]))
+    elif out.device.type == "cpu" and out.stride(0) < out.stride(1) and t.stride(0) > t.stride(1):
         for lo in range(0, t.shape[0], _COPY_ROWS):  # a transposing copy, in cache-sized bands (2.6x faster)
             out[lo:lo + _COPY_ROWS].copy_(t[lo:lo + _COPY_ROWS])
     else:
@@ -122,6 +148,8 @@ class _Design:
     inv: torch.Tensor  # 1 / ||x_k|| of the kept columns (the Jacobi scaling)
     chol: torch.Tensor | None
     finite: bool
+    gram: torch.Tensor | None = None  # X_c^T X_c and its per-fold parts, kept for held-out fits only
+    gram_parts: list[torch.Tensor] | None = None
 
 
 def _design(xc: torch.Tensor, gram: torch.Tensor) -> _Design:
@@ -216,12 +244,27 @@ def _solve_rsvd(design: _Design, t: torch.Tensor, n: int) -> tuple[float, int, s
     return float(torch.linalg.vector_norm(resid)) ** 2, rank, "rsvd"
 
 
+@dataclass
+class _Held:
+    """What a held-out profile adds to every pair: the folds (rows of every state in fold order) and settings."""
+    plan: FoldPlan
+    cfg: HeldoutConfig
+
+    def design(self, xc: torch.Tensor) -> _Design:
+        gram, parts = fold_grams(xc, self.plan, symmetric_gram)
+        design = _design(xc, gram)
+        design.gram, design.gram_parts = gram, parts
+        return design
+
+
 def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: torch.Tensor | None, z: torch.Tensor,
-          gram_y: bool) -> tuple[PairStats, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+          gram_y: bool, held: _Held | None = None) -> tuple[PairStats, torch.Tensor, torch.Tensor, object]:
     """The pair (X, Y) with X prepared as ``design``. y_raw: the state Y on the device in its own dtype; y_buf: a
     float64 buffer for Y_c (or None); z: an n x d float64 buffer. Returns the stats, Y_c, its column means and,
-    with ``gram_y``, Y_c^T Y_c: the pieces of the next pair, whose X is this Y."""
-    y, mean_y, y_norm = _centre_into(y_raw, y_buf, rows=True)
+    with ``gram_y``, Y_c^T Y_c: the pieces of the next pair, whose X is this Y (with ``held``: the pair
+    (Y_c^T Y_c, its per-fold parts), and rows in fold order)."""
+    order = held.plan.order if held is not None else None
+    y, mean_y, y_norm = _centre_into(y_raw, y_buf, rows=True, order=order)
     torch.sub(y, design.xc, out=z)  # Z = Y_c - X_c
     # Norm ratio of the raw states: y_i - x_i = z_i + delta with delta = mean_y - mean_x, so its squared norm is
     # ||z_i||^2 + 2 z_i.delta + ||delta||^2, from two passes over Z instead of a raw difference of its own. Rows
@@ -231,17 +274,20 @@ def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: tor
     diff_sq = z_rows + 2 * (z @ delta) + delta @ delta
     cancels = (diff_sq < 1e-2 * (z_rows + delta @ delta)).nonzero().squeeze(1)
     if cancels.numel():
-        raw = y_raw.index_select(0, cancels).to(torch.float64) - design.xc.index_select(0, cancels) - mean_x
+        src = cancels if order is None else order.index_select(0, cancels)
+        raw = y_raw.index_select(0, src).to(torch.float64) - design.xc.index_select(0, cancels) - mean_x
         diff_sq[cancels] = torch.linalg.vector_norm(raw, dim=1) ** 2
     ratio = float((diff_sq.sqrt() / y_norm).mean())
-    gram = symmetric_gram(y) if gram_y else None
+    gram, gram_parts = None, None
+    if gram_y:
+        gram, gram_parts = fold_grams(y, held.plan, symmetric_gram) if held is not None else (symmetric_gram(y), None)
     y_energy = float(gram.diagonal().sum()) if gram_y else float(torch.linalg.vector_norm(y)) ** 2
     z_energy = float(z_rows.sum())
     # RSS(Y_c | X_c) = RSS(Z | X_c); the Gram formula's cancellation is relative to ||T||^2, so regress the smaller
     # of the two (Z for a residual block: its ||Z||^2 is the denominator of LS without residual anyway).
     use_z = z_energy <= y_energy
     t, t_energy = (z, z_energy) if use_z else (y, y_energy)
-    cross = design.xc.T @ t
+    cross, cross_parts = fold_cross(design.xc, t, held.plan) if held is not None else (design.xc.T @ t, None)
     if gram is None:
         t_col_sq = torch.linalg.vector_norm(t, dim=0) ** 2
     elif use_z:  # ||z_k||^2 = ||y_k||^2 - ||x_k||^2 - 2 x_k.z_k, from diagonals at hand (only the estimate uses it)
@@ -254,7 +300,7 @@ def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: tor
     rss, rank, solver = _solve(design, t, cross, t_energy, t_col_sq, budget)
     if solver == "nonfinite":
         warnings.warn("non-finite hidden states: the linearity statistics of this pair are NaN", stacklevel=3)
-        return PairStats(math.nan, math.nan, math.nan, 0, solver), y, mean_y, gram
+        return PairStats(math.nan, math.nan, math.nan, 0, solver), y, mean_y, (gram, gram_parts)
     stats = PairStats(
         linearity=1.0 - rss / y_energy if y_energy > 0 else math.nan,
         linearity_wo_res=1.0 - rss / z_energy if z_energy > 0 else math.nan,
@@ -262,7 +308,11 @@ def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: tor
         rank_x=rank,
         solver=solver,
     )
-    return stats, y, mean_y, gram
+    if held is None:
+        return stats, y, mean_y, gram
+    stats.heldout = pair_heldout(held.plan, held.cfg, design.xc, design.gram, design.gram_parts, t, cross,
+                                 cross_parts, y, z, use_z, z_rows)
+    return stats, y, mean_y, (gram, gram_parts)
 
 
 def linearity_score(x: torch.Tensor, y: torch.Tensor, device: torch.device | str | None = None) -> float:
@@ -281,6 +331,35 @@ def linearity_score(x: torch.Tensor, y: torch.Tensor, device: torch.device | str
     return 1.0 - rss / y_energy
 
 
+def heldout_linearity(x: torch.Tensor, y: torch.Tensor, groups, folds: int = 5, *,
+                      config: HeldoutConfig | None = None,
+                      device: torch.device | str | None = None) -> HeldoutResult:
+    """In-sample and held-out LS(x, y) with their intervals over documents and the chance levels
+    (``eval.linearity.heldout``). x: n x d, y: n x d' of the same tokens; ``groups``: each token's document id.
+    ``config`` sets the bootstrap and chance settings (its ``folds`` is replaced by ``folds``)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same tokens: {x.shape[0]} vs {y.shape[0]} rows")
+    if len(groups) != x.shape[0]:
+        raise ValueError(f"groups has {len(groups)} document ids for {x.shape[0]} tokens")
+    check_sizes(*x.shape)
+    cfg = HeldoutConfig(**{**asdict(config or HeldoutConfig()), "folds": folds})
+    cfg.validate("heldout")
+    device = device or x.device
+    plan = FoldPlan(groups, cfg.folds, cfg.seed, x.shape[1], device)
+    xc, yc = (_centre_into(_on_device(t, device), None, order=plan.order)[0] for t in (x, y))
+    gram, gram_parts = fold_grams(xc, plan, symmetric_gram)
+    cross, cross_parts = fold_cross(xc, yc, plan)
+    fits = fold_fits(xc, gram, gram_parts, yc, cross, cross_parts, chance_target(yc, plan, cfg), plan)
+    rows = torch.linalg.vector_norm(yc, dim=1) ** 2
+    total, held = doc_sums(rows, plan), heldout_energy(yc, rows, fits.t_means, plan)
+    draws = bootstrap_draws([(fits.rss_in, total), (fits.rss_ho, held)], cfg, plan.num_docs)
+    ci_in, ci_ho = (percentile_interval(d, cfg.level) for d in draws)
+    return HeldoutResult(linearity=1.0 - float(fits.rss_in.sum() / total.sum()),
+                         heldout=1.0 - float(fits.rss_ho.sum() / held.sum()), linearity_ci=ci_in, heldout_ci=ci_ho,
+                         chance=fits.chance, chance_heldout=fits.chance_heldout, folds=cfg.folds,
+                         documents=plan.num_docs)
+
+
 def pair_stats(x: torch.Tensor, y: torch.Tensor, device: torch.device | str | None = None) -> PairStats:
     """LS, LS without residual and norm ratio of one pair x -> y (same shape), from a single solve."""
     if x.shape != y.shape:
@@ -293,7 +372,8 @@ def pair_stats(x: torch.Tensor, y: torch.Tensor, device: torch.device | str | No
 
 
 def linearity_profile(states: list[torch.Tensor], device: torch.device | str | None = None, *,
-                      extra_y: torch.Tensor | None = None) -> list[PairStats]:
+                      extra_y: torch.Tensor | None = None, groups: torch.Tensor | None = None,
+                      heldout: HeldoutConfig | None = None, grams=None) -> list[PairStats]:
     """PairStats of every consecutive pair (states[i], states[i+1]) of [h_0, ..., h_L] (each n x d); with
     ``extra_y``, one more at the end: the pair (h_{L-1}, extra_y), e.g. the final-norm pair, which reuses the
     prepared h_{L-1} of the last block pair.
@@ -302,6 +382,14 @@ def linearity_profile(states: list[torch.Tensor], device: torch.device | str | N
     first state's), upcast and centred once into one of three reused float64 buffers (X_c, Y_c, Z), and its Gram
     matrix is computed once: it serves as Y of one pair and X of the next. Peak memory beyond the inputs: those
     three n x d float64 buffers and O(d^2), plus what a pair's fallback solver allocates.
+
+    With ``groups`` (each token's document id), every pair also gets ``heldout`` statistics (``eval.linearity.
+    heldout``, settings ``heldout``, default ``HeldoutConfig()``): the states are laid out in fold order and the
+    Gram and cross products are computed per fold, whose sums serve the in-sample scores unchanged. Extra memory:
+    2 k + 2 d x d matrices per state and a k-th of an n x 2d product.
+
+    ``grams``: a callable given (i, X_c^T X_c) of every state h_i, e.g. for its anisotropy (the last state's Gram
+    matrix is then computed too).
     """
     if len(states) < 2:
         raise ValueError("need at least two states (h_0 and h_1)")
@@ -311,15 +399,36 @@ def linearity_profile(states: list[torch.Tensor], device: torch.device | str | N
                          + ("" if extra_y is None else f" and {tuple(extra_y.shape)}"))
     check_sizes(*shape)
     device = device or states[0].device
-    xc, mean_x, _ = _centre_into(_on_device(states[0], device), None)
-    design = _design(xc, symmetric_gram(xc))
+    held = None
+    if groups is not None:
+        if len(groups) != shape[0]:
+            raise ValueError(f"groups has {len(groups)} document ids for {shape[0]} tokens")
+        cfg = heldout or HeldoutConfig()
+        held = _Held(FoldPlan(groups, cfg.folds, cfg.seed, shape[1], device), cfg)
+    xc, mean_x, _ = _centre_into(_on_device(states[0], device), None, order=held and held.plan.order)
+    if held is not None:
+        design = held.design(xc)
+        gram0 = design.gram
+    else:
+        gram0 = symmetric_gram(xc)
+        design = _design(xc, gram0)
+    if grams is not None:
+        grams(0, gram0)
     z, spare, out = torch.empty_like(xc), None, []
     for i, nxt in enumerate(states[1:], start=1):
         more = i < len(states) - 1
-        stats, y, mean_y, gram = _pair(design, mean_x, _on_device(nxt, device), spare, z, gram_y=more)
+        stats, y, mean_y, gram = _pair(design, mean_x, _on_device(nxt, device), spare, z,
+                                       gram_y=more or grams is not None, held=held)
         out.append(stats)
+        if grams is not None:
+            grams(i, gram if held is None else gram[0])
         if more:  # Y_c becomes X_c; the old X_c buffer takes the next state
-            spare, design, mean_x = design.xc, _design(y, gram), mean_y
+            spare, mean_x = design.xc, mean_y
+            if held is None:
+                design = _design(y, gram)
+            else:
+                design = _design(y, gram[0])
+                design.gram, design.gram_parts = gram
     if extra_y is not None:  # same X as the last pair; h_L's buffer is free again
-        out.append(_pair(design, mean_x, _on_device(extra_y, device), y, z, gram_y=False)[0])
+        out.append(_pair(design, mean_x, _on_device(extra_y, device), y, z, gram_y=False, held=held)[0])
     return out

@@ -1,0 +1,317 @@
+"""Held-out linearity: the score of a map fitted on other documents, with intervals over documents and a chance
+level measured on the data.
+
+The in-sample score LS(X, Y) fits A on the n tokens it then scores, so even unrelated X and Y score about
+d / (n - 1): at the paper's probe size for a 7B model (n ~ 15k, d = 4096) that is ~0.27 of pure fitting. The
+held-out score removes it:
+
+- Folds of documents. Each document (a probe chunk; ``groups`` gives every token's document id) goes whole to
+  one of k folds: the documents in a seeded random order, cut into k runs of about n / k tokens. Tokens of one
+  document are strongly correlated, so a token-level split would leak a document's own tokens into its fit.
+- For each fold f, A_f and the intercept are the least-squares fit of Y on X over the other k - 1 folds (centred
+  with those folds' means). The held-out score pools the k left-out folds:
+
+      LS_ho = 1 - sum_f ||Y_f - m_f(Y) - (X_f - m_f(X)) A_f||^2 / sum_f ||Y_f - m_f(Y)||^2,
+
+  m_f the training folds' column means (predictive R^2, "Q^2"). Without residual the target is Z = Y - X; its
+  fits are A_f - I, so the residuals are the same and only the denominator changes (as in-sample).
+- Computed from per-fold sums, in float64: G_f = X_f^T X_f and C_f = X_f^T T_f. Their sums over folds are the
+  in-sample Gram and cross products (so the in-sample score costs nothing extra), and the training products are
+  G - G_f and C - C_f, corrected for the training means (exact). Each fold then costs one d x d solve; the
+  residuals are explicit (one product X_f [A | A_f] per fold), which the intervals need per document anyway.
+- 95 % intervals (``level``): percentile bootstrap over documents (the cluster bootstrap: documents are resampled
+  whole, since tokens within one are not independent), of the ratio of summed per-document residual and total
+  energies, with the fitted maps held fixed. They are intervals for the score of *these* fits on new documents of
+  the same kind; refitting variability is not in them (docs/linearity.md measures their coverage).
+- Chance level, measured: the same fits with the targets shuffled by documents (Y's documents laid end to end in a
+  seeded random order against X's rows, so the rows of X and Y come from different documents almost everywhere
+  while each keeps its own token structure). To keep it cheap
+  the shuffled target is projected on ``chance_columns`` random Gaussian directions; a pooled R^2 is a ratio of sums
+  over target columns, and the projection leaves both sums' expectations proportional, so the estimate is
+  unbiased up to a small ratio bias. In-sample chance is ~d / (n - 1) for independent tokens, more when the
+  tokens of a document are correlated; held-out chance is negative.
+
+What the held-out score estimates: the R^2 on new documents of a map fitted on (k - 1) / k of the probe. For a
+linear population it sits *below* the population R^2 by about (1 - R^2) d / (n_train - d), as the in-sample
+score sits above it by about (1 - R^2) d / n: the two bracket it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from core.config import check
+
+_EPS = torch.finfo(torch.float64).eps
+_PIVOT_TOL = math.sqrt(_EPS)
+
+SCORES = ("linearity", "linearity_wo_res", "heldout", "heldout_wo_res")  # each gets a (lo, hi) interval
+
+
+@dataclass
+class HeldoutConfig:
+    folds: int = 5  # k-fold over documents; 5 or 10 are the usual bias/variance compromise (Hastie et al. 7.10)
+    bootstrap: int = 1000  # document resamples for the percentile intervals
+    level: float = 0.95
+    chance_columns: int = 64  # random projections of the shuffled target for the chance level
+    seed: int = 0
+
+    def validate(self, p: str) -> None:
+        check(self.folds >= 2, f"{p}.folds", self.folds, "must be >= 2")
+        check(self.bootstrap >= 10, f"{p}.bootstrap", self.bootstrap, "must be >= 10")
+        check(0.5 < self.level < 1, f"{p}.level", self.level, "must be in (0.5, 1)")
+        check(self.chance_columns >= 1, f"{p}.chance_columns", self.chance_columns, "must be >= 1")
+
+
+@dataclass
+class HeldoutStats:
+    """Held-out scores, intervals of the in-sample and held-out scores, and the chance levels of one pair."""
+    heldout: float
+    heldout_wo_res: float
+    linearity_lo: float
+    linearity_hi: float
+    linearity_wo_res_lo: float
+    linearity_wo_res_hi: float
+    heldout_lo: float
+    heldout_hi: float
+    heldout_wo_res_lo: float
+    heldout_wo_res_hi: float
+    chance: float  # in-sample score of document-shuffled targets
+    chance_heldout: float  # held-out score of document-shuffled targets
+    level: float = 0.95
+    # bootstrap replicates of the four SCORES (4 x resamples); the resamples are the same for every pair of a
+    # profile, so a mean over pairs has its own interval (``mean_interval``)
+    draws: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "draws"}
+
+
+def percentile_interval(draws: torch.Tensor, level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(draws, torch.tensor([tail, 1 - tail], dtype=draws.dtype)).tolist()
+    return lo, hi
+
+
+def mean_interval(stats: list[HeldoutStats]) -> dict[str, float]:
+    """Intervals of the mean over pairs of each of SCORES (``<score>_lo``, ``<score>_hi``), from the pairs'
+    shared bootstrap resamples."""
+    draws = torch.stack([s.draws for s in stats]).mean(0)
+    out = {}
+    for i, q in enumerate(SCORES):
+        out[f"{q}_lo"], out[f"{q}_hi"] = percentile_interval(draws[i], stats[0].level)
+    return out
+
+
+@dataclass
+class HeldoutResult:
+    """``heldout_linearity``: in-sample and held-out score of y on x, their intervals and chance levels."""
+    linearity: float
+    heldout: float
+    linearity_ci: tuple[float, float]
+    heldout_ci: tuple[float, float]
+    chance: float
+    chance_heldout: float
+    folds: int
+    documents: int
+
+
+class FoldPlan:
+    """Which fold each document goes to, and the token order that makes every fold a contiguous run of rows.
+
+    ``order``: row indices of the pooled tokens sorted by fold (documents stay contiguous and in pool order);
+    ``edges``: fold f is rows edges[f]:edges[f+1] of the reordered tokens; ``doc``: the document index
+    (0..documents-1) of every reordered row; ``shuffle``: the reordered rows of Y that the chance level pairs
+    with each reordered row of X (Y's documents in a random order)."""
+
+    def __init__(self, groups: torch.Tensor, folds: int, seed: int, d: int, device=None):
+        groups = torch.as_tensor(groups).reshape(-1).to("cpu")
+        n = groups.numel()
+        _, doc = torch.unique(groups, return_inverse=True)
+        num_docs = int(doc.max()) + 1 if n else 0
+        if num_docs < folds:
+            raise ValueError(f"held-out linearity needs at least {folds} documents (one per fold), got {num_docs}")
+        g = torch.Generator().manual_seed(seed)
+        sizes = torch.bincount(doc, minlength=num_docs)
+        perm = torch.randperm(num_docs, generator=g)
+        ends = torch.cumsum(sizes[perm], 0)
+        # a document goes to the fold its middle token falls in, so folds hold ~n / k tokens each
+        fold_of_doc = torch.empty(num_docs, dtype=torch.long)
+        fold_of_doc[perm] = ((ends - sizes[perm] / 2) * folds / n).long().clamp(max=folds - 1)
+        if torch.bincount(fold_of_doc, minlength=folds).min() == 0:  # a few huge documents: deal them out instead
+            fold_of_doc[perm] = torch.arange(num_docs) % folds
+        fold = fold_of_doc[doc]
+        order = torch.sort(fold * num_docs + doc, stable=True).indices  # fold, then document, then pool order
+        counts = torch.bincount(fold, minlength=folds)
+        self.edges = [0, *torch.cumsum(counts, 0).tolist()]
+        small = int((n - counts.max()).item())
+        if small <= d + 1:
+            raise ValueError(f"held-out linearity: a fold's training set has {small} tokens for d={d}; it needs "
+                             f"more than d + 1 (a longer probe or more folds)")
+        self.folds, self.num_docs, self.n = folds, num_docs, n
+        self.doc = doc[order]
+        # chance pairing: Y's documents in a random order, laid end to end against X's reordered rows
+        doc_perm = torch.randperm(num_docs, generator=g)
+        starts = torch.full((num_docs,), n, dtype=torch.long).scatter_reduce_(0, self.doc, torch.arange(n), "amin")
+        self.shuffle = torch.cat([torch.arange(int(starts[j]), int(starts[j]) + int(sizes[j])) for j in doc_perm])
+        self.order = order
+        self.generator_seed = seed
+        self.to(device)
+
+    def to(self, device) -> FoldPlan:
+        if device is not None:
+            self.order, self.doc, self.shuffle = (t.to(device) for t in (self.order, self.doc, self.shuffle))
+        return self
+
+    def spans(self) -> list[tuple[int, int]]:
+        return list(zip(self.edges, self.edges[1:]))
+
+
+def fold_grams(x: torch.Tensor, plan: FoldPlan, gram) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(X^T X, [X_f^T X_f per fold]) with ``gram`` the symmetric product of one fold's rows."""
+    parts = [gram(x[lo:hi]) for lo, hi in plan.spans()]
+    total = parts[0].clone()
+    for p in parts[1:]:
+        total += p
+    return total, parts
+
+
+def fold_cross(x: torch.Tensor, t: torch.Tensor, plan: FoldPlan) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(X^T T, [X_f^T T_f per fold])."""
+    parts = [x[lo:hi].T @ t[lo:hi] for lo, hi in plan.spans()]
+    total = parts[0].clone()
+    for p in parts[1:]:
+        total += p
+    return total, parts
+
+
+def fit(gram: torch.Tensor, cross: torch.Tensor, n: int) -> torch.Tensor:
+    """argmin_A ||X A - T||^2 from X^T X and X^T T (centred). Columns are scaled to unit norm first (the
+    correlation matrix is immune to massive-activation features); Cholesky when every pivot exceeds sqrt(eps),
+    else an eigendecomposition with eigenvalues below max(n, d) eps lambda_max dropped (constant columns, and
+    columns constant on the training folds, get zero coefficients)."""
+    diag = gram.diagonal()
+    live = diag > 0
+    s = torch.where(live, diag.clamp(min=torch.finfo(torch.float64).tiny).rsqrt(), torch.zeros_like(diag))
+    gs = gram * s[:, None] * s[None, :]
+    gs.diagonal().masked_fill_(~live, 1.0)  # a dead column: unit pivot, zero right-hand side, zero coefficient
+    cs = cross * s[:, None]
+    factor, info = torch.linalg.cholesky_ex(gs)
+    if int(info) == 0 and float(factor.diagonal().min()) ** 2 > _PIVOT_TOL:
+        return torch.cholesky_solve(cs, factor) * s[:, None]
+    w, v = torch.linalg.eigh(gs)
+    keep = w > w[-1] * max(n, gs.shape[0]) * _EPS
+    v = v[:, keep]
+    return (v @ ((v.T @ cs) / w[keep, None])) * s[:, None]
+
+
+def train_means(v: torch.Tensor, plan: FoldPlan) -> torch.Tensor:
+    """Column means of the training folds of each fold (k x d), for a column-centred v: -(fold sum) / n_train."""
+    return torch.stack([v[lo:hi].sum(0) / -(plan.n - (hi - lo)) for lo, hi in plan.spans()])
+
+
+def doc_sums(rows: torch.Tensor, plan: FoldPlan) -> torch.Tensor:
+    return torch.zeros(plan.num_docs, dtype=rows.dtype, device=rows.device).index_add_(0, plan.doc, rows)
+
+
+def heldout_energy(v: torch.Tensor, row_sq: torch.Tensor, means: torch.Tensor, plan: FoldPlan) -> torch.Tensor:
+    """Per document, sum over its tokens of ||v_i - m_f||^2 = ||v_i||^2 - 2 v_i.m_f + ||m_f||^2 (m_f: the training
+    mean of the token's fold; ``row_sq``: the ||v_i||^2). v is centred, so m_f is small against the rows and the
+    expansion does not cancel; it spares an n x d difference."""
+    rows = torch.empty_like(row_sq)
+    for f, (lo, hi) in enumerate(plan.spans()):
+        m = means[f]
+        rows[lo:hi] = row_sq[lo:hi] - 2 * (v[lo:hi] @ m) + m @ m
+    return doc_sums(rows, plan)
+
+
+@dataclass
+class Fits:
+    """Per-document residual energies of the in-sample and held-out fits of one target, and the chance levels."""
+    rss_in: torch.Tensor  # (documents,)
+    rss_ho: torch.Tensor
+    t_means: torch.Tensor  # training means of the target (k x d_t)
+    chance: float
+    chance_heldout: float
+
+
+def chance_target(y: torch.Tensor, plan: FoldPlan, cfg: HeldoutConfig) -> torch.Tensor:
+    """Y (centred, reordered) projected on ``chance_columns`` seeded Gaussian directions, rows document-shuffled."""
+    m = min(cfg.chance_columns, y.shape[1])
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    omega = torch.randn(y.shape[1], m, generator=g, dtype=torch.float64).to(y.device)
+    return (y @ omega).index_select(0, plan.shuffle)
+
+
+def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor], t: torch.Tensor,
+              cross: torch.Tensor, cross_parts: list[torch.Tensor], chance_y: torch.Tensor, plan: FoldPlan) -> Fits:
+    """In-sample and fold fits of the centred, fold-ordered target t (and of the chance target) on x.
+
+    x, t: column-centred over all n tokens, rows in fold order; gram, cross: X^T X and X^T T with their per-fold
+    parts. One solve per fold with [C_train | C_chance_train] as right-hand side; per fold one product
+    X_f [A | A_f] gives the in-sample and held-out predictions of T at once (the chance target's are thin)."""
+    n, dt = x.shape[0], t.shape[1]
+    p_cross, p_parts = fold_cross(x, chance_y, plan)
+    coef = fit(gram, torch.cat([cross, p_cross], 1), n)  # in-sample maps of T and of the chance target
+    x_means, t_means, p_means = (train_means(v, plan) for v in (x, t, chance_y))
+    rows_in = torch.empty(n, dtype=x.dtype, device=x.device)
+    rows_ho = torch.empty_like(rows_in)
+    chance_rss = [0.0, 0.0]
+    chance_tot = [float(torch.linalg.vector_norm(chance_y)) ** 2, 0.0]
+    for f, (lo, hi) in enumerate(plan.spans()):
+        n_tr, mx = n - (hi - lo), x_means[f]
+        g_tr = gram - gram_parts[f] - n_tr * torch.outer(mx, mx)
+        rhs = torch.cat([cross - cross_parts[f] - n_tr * torch.outer(mx, t_means[f]),
+                         p_cross - p_parts[f] - n_tr * torch.outer(mx, p_means[f])], 1)
+        coef_f = fit(g_tr, rhs, n_tr)
+        # intercepts: the in-sample fit has none (everything centred); fold f's is m_f(T) - m_f(X) A_f
+        intercept = torch.cat([t_means[f], p_means[f]]) - mx @ coef_f
+        xf, tf, pf = x[lo:hi], t[lo:hi], chance_y[lo:hi]
+        pred = xf @ torch.cat([coef[:, :dt], coef_f[:, :dt]], 1)  # n_f x 2 d_t, turned into residuals in place
+        rows_in[lo:hi] = torch.linalg.vector_norm(pred[:, :dt].sub_(tf), dim=1) ** 2
+        rows_ho[lo:hi] = torch.linalg.vector_norm(pred[:, dt:].sub_(tf).add_(intercept[:dt]), dim=1) ** 2
+        del pred
+        chance = xf @ torch.cat([coef[:, dt:], coef_f[:, dt:]], 1)
+        m = pf.shape[1]
+        chance_rss[0] += float(torch.linalg.vector_norm(chance[:, :m] - pf)) ** 2
+        chance_rss[1] += float(torch.linalg.vector_norm(chance[:, m:] - pf + intercept[dt:])) ** 2
+        chance_tot[1] += float(torch.linalg.vector_norm(pf - p_means[f])) ** 2
+    return Fits(doc_sums(rows_in, plan), doc_sums(rows_ho, plan), t_means,
+                1.0 - chance_rss[0] / chance_tot[0], 1.0 - chance_rss[1] / chance_tot[1])
+
+
+def bootstrap_draws(pairs: list[tuple[torch.Tensor, torch.Tensor]], cfg: HeldoutConfig,
+                    num_docs: int) -> torch.Tensor:
+    """1 - sum(rss) / sum(tot) for each (rss, tot) per-document pair (rows) over ``bootstrap`` resamples of the
+    documents (columns; the same seeded resamples for every pair and every call with as many documents)."""
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    picks = torch.randint(num_docs, (cfg.bootstrap, num_docs), generator=g)
+    weights = torch.zeros(cfg.bootstrap, num_docs, dtype=torch.float64).scatter_add_(
+        1, picks, torch.ones(cfg.bootstrap, num_docs, dtype=torch.float64))
+    return torch.stack([1.0 - (weights @ rss.cpu()) / (weights @ tot.cpu()) for rss, tot in pairs])
+
+
+def pair_heldout(plan: FoldPlan, cfg: HeldoutConfig, x: torch.Tensor, gram: torch.Tensor,
+                 gram_parts: list[torch.Tensor], t: torch.Tensor, cross: torch.Tensor,
+                 cross_parts: list[torch.Tensor], y: torch.Tensor, z: torch.Tensor, use_z: bool,
+                 z_rows: torch.Tensor) -> HeldoutStats:
+    """HeldoutStats of the pair (X, Y) of a profile, whose regressed target t is Z = Y - X (``use_z``) or Y."""
+    fits = fold_fits(x, gram, gram_parts, t, cross, cross_parts, chance_target(y, plan, cfg), plan)
+    t_means = fits.t_means
+    other = y if use_z else z
+    other_means = train_means(other, plan)
+    y_means, z_means = (other_means, t_means) if use_z else (t_means, other_means)
+    y_rows = torch.linalg.vector_norm(y, dim=1) ** 2
+    tot_y, tot_z = doc_sums(y_rows, plan), doc_sums(z_rows, plan)
+    ho_y, ho_z = heldout_energy(y, y_rows, y_means, plan), heldout_energy(z, z_rows, z_means, plan)
+    draws = bootstrap_draws([(fits.rss_in, tot_y), (fits.rss_in, tot_z), (fits.rss_ho, ho_y), (fits.rss_ho, ho_z)],
+                            cfg, plan.num_docs)
+    ci = [percentile_interval(d, cfg.level) for d in draws]
+    rss_ho = float(fits.rss_ho.sum())
+    return HeldoutStats(
+        heldout=1.0 - rss_ho / float(ho_y.sum()), heldout_wo_res=1.0 - rss_ho / float(ho_z.sum()),
+        linearity_lo=ci[0][0], linearity_hi=ci[0][1], linearity_wo_res_lo=ci[1][0], linearity_wo_res_hi=ci[1][1],
+        heldout_lo=ci[2][0], heldout_hi=ci[2][1], heldout_wo_res_lo=ci[3][0], heldout_wo_res_hi=ci[3][1],
+        chance=fits.chance, chance_heldout=fits.chance_heldout, level=cfg.level, draws=draws)

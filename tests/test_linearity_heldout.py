@@ -1,0 +1,237 @@
+"""Held-out linearity against independent references: fold fits by numpy lstsq on explicit document splits, the
+bootstrap interval by scipy.stats.bootstrap, the chance level by a full refit on shuffled targets; the profile's
+in-sample scores unchanged by the held-out layout; the pooled token order of the probe; the CLI's outputs and the
+pruning criterion; the toolkit's measurements as a profile computes them."""
+import csv
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+from transformers import AutoModelForCausalLM
+
+from eval.linearity import (
+    HeldoutConfig,
+    ProbeConfig,
+    anisotropy,
+    build_probe,
+    heldout_linearity,
+    intrinsic_dimension,
+    linearity_profile,
+    model_profile,
+    probe_groups,
+    profile_from_states,
+    read_probe_text,
+)
+from eval.linearity.__main__ import main as cli_main
+from eval.linearity.heldout import FoldPlan
+from eval.linearity.profile import probe_batches
+from eval.linearity.state_measures import ToolkitConfig
+from prune.criteria import CRITERIA
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def documents(n, num_docs, seed=0):
+    """Document ids of n pooled tokens: contiguous runs of uneven length, as a probe pools its sequences."""
+    cuts = torch.sort(torch.randperm(n - 1, generator=torch.Generator().manual_seed(seed))[: num_docs - 1] + 1).values
+    return torch.bucketize(torch.arange(n), cuts, right=True)
+
+
+def doc_states(n, d, num_docs, seed=0):
+    """x with a per-document offset (tokens of a document are correlated), y a nonlinear map of x plus noise."""
+    groups = documents(n, num_docs, seed)
+    offsets = 2 * randn(num_docs, d, seed=seed + 1)
+    x = randn(n, d, seed=seed) * torch.logspace(0, 2, d, dtype=torch.float64) + offsets[groups]
+    y = torch.tanh(x @ randn(d, d, seed=seed + 2) / (10 * d**0.5)) + 0.3 * randn(n, d, seed=seed + 3)
+    return x, y, groups
+
+
+def fold_of_tokens(groups, folds=5, seed=0):
+    plan = FoldPlan(groups, folds, seed, d=1)
+    fold = torch.empty(len(groups), dtype=torch.long)
+    for f, (lo, hi) in enumerate(plan.spans()):
+        fold[plan.order[lo:hi]] = f
+    return fold.numpy()
+
+
+@threadpool_limits.wrap(limits=1)  # small solves: OpenBLAS threads cost 100x on a busy 2-core machine
+def reference(x, y, fold):
+    """In-sample and pooled held-out R^2 by numpy lstsq with an intercept column, per explicit fold split."""
+    x, y = np.asarray(x), np.asarray(y)
+    ones = np.ones((len(x), 1))
+    design = np.hstack([ones, x])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    insample = 1 - ((design @ coef - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    rss = tot = 0.0
+    for f in np.unique(fold):
+        tr, te = fold != f, fold == f
+        c, *_ = np.linalg.lstsq(design[tr], y[tr], rcond=None)
+        rss += ((design[te] @ c - y[te]) ** 2).sum()
+        tot += ((y[te] - y[tr].mean(0)) ** 2).sum()
+    return insample, 1 - rss / tot
+
+
+def test_folds_hold_whole_documents_of_balanced_size():
+    groups = documents(3000, 40)
+    fold = fold_of_tokens(groups)
+    for doc in range(40):
+        assert len(set(fold[groups.numpy() == doc])) == 1  # no document on both sides of a fit
+    sizes = np.bincount(fold)
+    assert len(sizes) == 5 and sizes.min() > 0.5 * 3000 / 5
+
+
+def test_heldout_linearity_matches_lstsq_on_explicit_folds():
+    x, y, groups = doc_states(2400, 30, 48)
+    res = heldout_linearity(x, y[:, :20], groups)  # y may be narrower than x
+    insample, heldout = reference(x, y[:, :20], fold_of_tokens(groups))
+    assert abs(res.linearity - insample) < 1e-12 and abs(res.heldout - heldout) < 1e-12
+    assert res.heldout < res.linearity  # fitted on other documents: lower
+    assert res.linearity_ci[0] < res.linearity < res.linearity_ci[1]
+    assert res.heldout_ci[0] < res.heldout < res.heldout_ci[1]
+    assert res.folds == 5 and res.documents == 48
+
+
+@threadpool_limits.wrap(limits=1)
+def test_bootstrap_interval_agrees_with_scipy():
+    """The same cluster bootstrap by scipy (its own resamples): endpoints agree within Monte Carlo error."""
+    x, y, groups = doc_states(2000, 20, 60, seed=3)
+    res = heldout_linearity(x, y, groups, config=HeldoutConfig(bootstrap=4000))
+    fold = fold_of_tokens(groups)
+    xn, yn, g = x.numpy(), y.numpy(), groups.numpy()
+    rss, tot = np.zeros(60), np.zeros(60)
+    for f in range(5):  # per-document held-out residual and total energies from numpy fits
+        tr, te = fold != f, fold == f
+        design = np.hstack([np.ones((tr.sum(), 1)), xn[tr]])
+        c, *_ = np.linalg.lstsq(design, yn[tr], rcond=None)
+        r = ((np.hstack([np.ones((te.sum(), 1)), xn[te]]) @ c - yn[te]) ** 2).sum(1)
+        t = ((yn[te] - yn[tr].mean(0)) ** 2).sum(1)
+        np.add.at(rss, g[te], r)
+        np.add.at(tot, g[te], t)
+    boot = scipy.stats.bootstrap((np.arange(60),), lambda i, axis=-1: 1 - rss[i].sum(axis) / tot[i].sum(axis),
+                                 n_resamples=4000, method="percentile", random_state=0, vectorized=True)
+    lo, hi = boot.confidence_interval
+    width = hi - lo
+    assert abs(res.heldout_ci[0] - lo) < 0.1 * width and abs(res.heldout_ci[1] - hi) < 0.1 * width
+
+
+def test_chance_level_matches_a_full_shuffled_refit():
+    """The projected shuffled target estimates what a refit on every shuffled column gives; both near d / (n - 1)."""
+    n, d = 3000, 60
+    x, y, groups = doc_states(n, d, 50, seed=5)
+    res = heldout_linearity(x, y, groups)
+    plan = FoldPlan(groups, 5, 0, d)
+    y_fold = y.index_select(0, plan.order)  # rows as the plan lays them out; shuffled the same way
+    insample, heldout = reference(x.index_select(0, plan.order), y_fold.index_select(0, plan.shuffle),
+                                  np.repeat(np.arange(5), np.diff(plan.edges)))
+    assert abs(res.chance - insample) < 0.2 * insample and abs(res.chance - d / (n - 1)) < 0.2 * d / (n - 1)
+    assert abs(res.chance_heldout - heldout) < 0.2 * abs(heldout) and res.chance_heldout < 0
+
+
+def test_profile_heldout_keeps_in_sample_scores_and_matches_lstsq():
+    x, y, groups = doc_states(2000, 24, 40, seed=7)
+    h2 = y + 0.5 * torch.tanh(y) + 0.1 * randn(*y.shape, seed=9)
+    h2[:, 3] = 1.0  # a constant feature: zero coefficient in every fold
+    states = [x, x + y, h2]
+    plain = linearity_profile(states)
+    held = linearity_profile(states, groups=groups, extra_y=h2 * 2 + 1)
+    fold = fold_of_tokens(groups)
+    for i, (a, b) in enumerate(zip(plain, held)):
+        assert abs(a.linearity - b.linearity) < 1e-12 and abs(a.linearity_wo_res - b.linearity_wo_res) < 1e-12
+        assert a.heldout is None and a.to_dict().keys() == {"linearity", "linearity_wo_res", "norm_ratio",
+                                                             "rank_x", "solver"}
+        assert abs(a.norm_ratio - b.norm_ratio) < 1e-12
+        _, ho = reference(states[i], states[i + 1], fold)
+        _, ho_wo = reference(states[i], states[i + 1] - states[i], fold)
+        assert abs(b.heldout.heldout - ho) < 1e-10 and abs(b.heldout.heldout_wo_res - ho_wo) < 1e-10
+        assert b.heldout.linearity_wo_res_lo < b.linearity_wo_res < b.heldout.linearity_wo_res_hi
+    _, ho = reference(states[1], h2 * 2 + 1, fold)
+    assert abs(held[-1].heldout.heldout - ho) < 1e-10  # the extra (final-norm) pair
+
+
+def test_probe_groups_follow_the_pooled_token_order():
+    probe = [[7] * 5, [1, 2, 3], [4] * 9, [5, 6, 8], [9]]
+    pooled = torch.cat([ids[mask.bool()] for ids, mask in probe_batches(probe, 2, pad_id=0)])
+    groups = probe_groups(probe)
+    assert groups.tolist() == [2] * 9 + [0] * 5 + [1] * 3 + [3] * 3 + [4]
+    for g, token in zip(groups.tolist(), pooled.tolist()):
+        assert token in probe[g]
+
+
+def test_refuses_too_few_documents():
+    with pytest.raises(ValueError, match="at least 5 documents"):
+        heldout_linearity(randn(200, 4), randn(200, 4), torch.arange(200) % 3)
+
+
+def test_pruning_criterion_linearity_heldout():
+    x, y, groups = doc_states(1500, 16, 30, seed=11)
+    states = [x, x + y, x + y + torch.tanh(3 * y)]
+    scores = CRITERIA["linearity_heldout"].fn(states)
+    assert CRITERIA["linearity_heldout"].first == "highest" and len(scores) == 2
+    contiguous = torch.arange(1500) * 5 // 1500
+    for i, s in enumerate(scores):
+        assert abs(s - heldout_linearity(states[i], states[i + 1], contiguous).heldout) < 1e-12
+
+
+def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path):
+    out = tmp_path / "out"
+    assert cli_main(["--model", str(tiny_hf_model_dir), "--text", str(tinystories_valid), "--out", str(out),
+                     "--num-chunks", "24", "--heldout", "--bootstrap", "200"]) == 0
+    result = json.loads((out / "linearity.json").read_text())
+    assert result["heldout"]["folds"] == 5
+    prof = result["models"][0]["profile"]
+    for pair in prof["pairs"]:
+        h = pair["heldout"]
+        assert h["heldout"] < pair["linearity"] and h["linearity_lo"] <= pair["linearity"] <= h["linearity_hi"]
+        assert h["chance"] > 0 > h["chance_heldout"]
+    assert prof["means"]["heldout_lo"] <= prof["means"]["heldout"] <= prof["means"]["heldout_hi"]
+    rows = list(csv.DictReader((out / "linearity.csv").open()))
+    assert len(rows) == 2 and all(float(r["heldout"]) < float(r["linearity"]) for r in rows)
+    assert {"heldout_wo_res", "heldout_wo_res_lo", "chance", "chance_heldout"} <= rows[0].keys()
+    assert matplotlib.image.imread(out / "linearity.png").shape[1] > 600
+
+
+def test_state_measures_match_the_toolkit():
+    x, y, groups = doc_states(1200, 16, 30, seed=13)
+    states = [x, x + y, x + y + torch.tanh(2 * y)]
+    cfg = ToolkitConfig(anisotropy=True, intrinsic_dimension=True, id_tokens=None)
+    for kwargs in ({}, {"groups": groups}):  # the Gram matrices of the plain and of the held-out layout
+        prof = profile_from_states(states, toolkit=cfg, **kwargs)
+        for i, s in enumerate(states):
+            assert abs(prof.toolkit["anisotropy"][i] - anisotropy(s)) < 1e-12
+            assert prof.toolkit["intrinsic_dimension"][i] == intrinsic_dimension(s)
+    drawn = profile_from_states(states, toolkit=ToolkitConfig(intrinsic_dimension=True, id_tokens=500))
+    rows = torch.randperm(1200, generator=torch.Generator().manual_seed(0))[:500].sort().values
+    assert drawn.toolkit["intrinsic_dimension"][1] == intrinsic_dimension(states[1][rows])
+
+
+def test_pooled_logit_lens_ends_at_the_models_loss(tiny_hf_model_dir, tinystories_valid, tiny_tokenizer):
+    """At h_L with the final norm the lens is the model's own next-token loss: HF's loss on the padded batch."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir, torch_dtype=torch.float32)
+    probe = build_probe(read_probe_text(tinystories_valid), tiny_tokenizer, ProbeConfig(num_chunks=6))
+    prof = model_profile(model, probe, toolkit=ToolkitConfig(logit_lens=True), pad_id=0)
+    (ids, mask), = probe_batches(probe, len(probe), pad_id=0)
+    with torch.no_grad():
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    assert len(prof.toolkit["loss"]) == 3 and abs(prof.toolkit["loss"][-1] - float(loss)) < 1e-5
+
+
+def test_series_heldout_and_toolkit_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path):
+    from analysis.series import main as series_main
+
+    out = tmp_path / "series"
+    assert series_main(["--paths", f"tiny={tiny_hf_model_dir}", "--out", str(out), "--text", str(tinystories_valid),
+                        "--num-chunks", "24", "--heldout", "--bootstrap", "200", "--toolkit", "--id-tokens", "500",
+                        "--device", "cpu"]) == 0
+    rows = list(csv.DictReader((out / "series.csv").open()))
+    assert len(rows) == 2 and all(float(r["heldout_lo"]) <= float(r["heldout"]) <= float(r["heldout_hi"])
+                                  for r in rows)
+    states = list(csv.DictReader((out / "series_states.csv").open()))
+    assert [int(r["state"]) for r in states] == [0, 1, 2] and all(float(r["anisotropy"]) > 0 for r in states)
+    for name in ("series.png", "series_states.png"):
+        assert matplotlib.image.imread(out / name).shape[1] > 600
