@@ -49,6 +49,7 @@ def init_distributed() -> torch.device:
     import deepspeed
 
     on_gpu = torch.cuda.is_available()
+    dist.skip_inference_comm_op()
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
     device = torch.device("cuda", dist.local_rank()) if on_gpu else torch.device("cpu")
     if on_gpu:
