@@ -55,6 +55,28 @@ def test_encoding_matches_lme_reference(tokenizer, instances):
     assert ctx == [bos] and tokenizer.decode(cont) == "Once upon"
 
 
+def test_token_cache_returns_the_encoding(tmp_path, tokenizer, instances):
+    from data.tokenizer import tokenizer_fingerprint
+    from eval.benchmarks.token_cache import cached_encode
+
+    pairs = pairs_of(instances["boolq"]) + pairs_of(instances["record"])
+    fp, cache = tokenizer_fingerprint(tokenizer), tmp_path / "bench"
+    reference = encode_pairs(tokenizer, pairs)
+    assert cached_encode(cache, fp, pairs, lambda p: encode_pairs(tokenizer, p)) == reference
+    (entry,) = cache.glob("*.npz")
+
+    def must_not_run(_):
+        raise AssertionError("a cached entry was encoded again")
+
+    assert cached_encode(cache, fp, pairs, must_not_run) == reference  # read back, as another run of a sweep would
+    assert cached_encode(cache, fp + "x", pairs, lambda p: encode_pairs(tokenizer, p)) == reference  # new key
+    assert cached_encode(cache, fp, pairs[1:], lambda p: encode_pairs(tokenizer, p)) == reference[1:]
+    assert len(list(cache.glob("*.npz"))) == 3 and not list(cache.glob("*.tmp"))
+    entry.write_bytes(entry.read_bytes()[:100])  # damaged: recomputed and replaced
+    assert cached_encode(cache, fp, pairs, lambda p: encode_pairs(tokenizer, p)) == reference
+    assert cached_encode(cache, fp, pairs, must_not_run) == reference
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_batched_equals_naive(name, model64, tokenizer, instances):
     insts = instances[name]
