@@ -122,6 +122,24 @@ def test_packed_rows_share_the_context(model64, tokenizer, instances):
     assert greedy.tolist() == [r[1] for r in ref]
 
 
+def test_questions_on_one_passage_share_it(model64, tokenizer, instances):
+    # MultiRC asks several questions about one paragraph: the paragraph runs once, each question's tail and each
+    # answer below it (a three-level tree), plus a context equal to the shared prefix itself
+    ctx = instances["multirc"][0].context.split("\nQuestion:")[0]
+    pairs = [(ctx + q, k) for q in ("\nQuestion: Who?\nAnswer:", "\nQuestion: Why did it happen?\nAnswer:", "")
+             for k in (" they were there\nIs the answer correct? yes", " they were there\nIs the answer correct? no")]
+    reqs = encode_pairs(tokenizer, pairs)
+    scorer = Scorer(model64, tokenizer, max_length=2048)
+    plan = scorer.plan(reqs)
+    (row,) = plan.rows
+    assert any(row.parents[p] > 0 for p in row.parents) and row.needs_mask  # answers under a question's tail
+    assert plan.num_tokens < Scorer(model64, tokenizer, max_length=2048, share_context=False).plan(reqs).num_tokens / 2
+    lls, greedy = scorer.score_tokens(reqs, plan)
+    ref = naive_loglikelihood(model64, reqs, 2048)
+    np.testing.assert_allclose(lls, [r[0] for r in ref], rtol=0, atol=1e-5)
+    assert greedy.tolist() == [r[1] for r in ref]
+
+
 def test_shared_rows_and_length_sorting(model64, tokenizer, instances):
     reqs = encode_pairs(tokenizer, pairs_of(instances["boolq"]))
     plan = Scorer(model64, tokenizer, share_context=False).plan(reqs)
