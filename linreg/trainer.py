@@ -191,6 +191,10 @@ class Trainer:
         self._own_grad_norm = (self.ds_cfg.get("zero_optimization", {}).get("stage", 0) == 0
                                and not self.ds_cfg.get("bf16", {}).get("enabled")
                                and not self.ds_cfg.get("fp16", {}).get("enabled"))
+        if self._own_grad_norm and self.world == 1:
+            # One rank holds the whole gradient: DeepSpeed's all-reduce would flatten, "average" over one rank and
+            # copy back every gradient each step. Its own switch for this (set when it has no process group).
+            self.engine.enable_backward_allreduce = False
         self._grad_norm: torch.Tensor | None = None
 
     def _checkpoint_meta(self) -> dict:
