@@ -11,9 +11,11 @@ Semantics (lme ``HFLM`` for causal models):
   whether every continuation token is the argmax.
 
 Engine (``Scorer``): requests are turned into model input rows, sharing work where the numbers stay the same:
-- choices with the same (untruncated) context share one copy of it: a *packed* row holds the context once, then
-  each continuation's tokens (all but the last), with position ids that continue the context's and a 4D mask
-  that lets each continuation see the context and itself only (SDPA models without a shorter sliding window);
+- untruncated contexts share one copy of what they have in common: a *packed* row is a tree that holds a shared
+  prefix once, then each context's tail, then each continuation's tokens (all but the last), with position ids
+  that continue their parent's and a 4D mask that lets each segment see itself and its ancestors only (SDPA
+  models without a shorter sliding window). The choices of a document share their context; MultiRC's questions
+  about one paragraph share the paragraph;
 - a request whose input row is a prefix of another's (e.g. one-token choices like " yes"/" no") is read off that
   longer row.
 Rows are sorted by length (longest first) and packed into batches under a token budget (right padding; plain rows
