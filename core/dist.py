@@ -40,6 +40,23 @@ def setup_env(local_rank: int | None = None) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # silences DeepSpeed's accelerator probe on CPU machines
 
 
+def skip_inference_comm_op() -> None:
+    """On CPU, mark DeepSpeed's shared-memory communication op unbuildable, so no C++ is compiled at run time.
+
+    DeepSpeed's ``TorchBackend`` JIT-builds ``deepspeed_shm_comm`` (a minute of g++ on a small CPU, once per
+    ``TORCH_EXTENSIONS_DIR``) on the first ``init_distributed`` whenever its compatibility table allows it. The op
+    serves only ``inference_all_reduce`` (tensor-parallel inference); training collectives go through
+    ``torch.distributed`` (gloo) either way, so runs are unchanged with it marked incompatible, in one process or
+    many. On GPU the CPU accelerator's builder does not exist and nothing needs doing.
+    """
+    if torch.cuda.is_available():
+        return
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
 

@@ -33,6 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-samples", action="store_true", help="write samples_<task>.jsonl, one line per document")
     p.add_argument("--data-root", default=None,
                    help="local data in the shared/data layout (default $LINREG_DATA_ROOT; none: the HF hub)")
+    p.add_argument("--cache-dir", default=".cache/linreg",
+                   help="tokenised task requests are kept in DIR/benchmarks between runs (default %(default)s, "
+                        "training's data.cache_dir)")
+    p.add_argument("--no-cache", action="store_true", help="tokenise the tasks without reading or writing the cache")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=precision.CHOICES, default="auto",
                    help="bf16 autocast or fp32; auto: bf16 on GPU, fp32 on CPU")
@@ -88,7 +92,8 @@ def main(argv=None) -> int:
     model, tokenizer = load_model(args.model)
     model.to(device).eval()
     suite = BenchmarkSuite(args.tasks, tokenizer, data_root=args.data_root, num_fewshot=args.num_fewshot,
-                           limit=args.limit, fewshot_seed=args.fewshot_seed)
+                           limit=args.limit, fewshot_seed=args.fewshot_seed,
+                           cache_dir=None if args.no_cache else Path(args.cache_dir) / "benchmarks")
     t_prep = time.perf_counter() - t0
     with torch.no_grad():
         results = suite.run(model, device=device, autocast_dtype=autocast_dtype, max_length=args.max_length,

@@ -49,6 +49,7 @@ def init_distributed() -> torch.device:
     import deepspeed
 
     on_gpu = torch.cuda.is_available()
+    dist.skip_inference_comm_op()
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
     device = torch.device("cuda", dist.local_rank()) if on_gpu else torch.device("cpu")
     if on_gpu:
@@ -207,6 +208,10 @@ class Trainer:
         self._own_grad_norm = (self.ds_cfg.get("zero_optimization", {}).get("stage", 0) == 0
                                and not self.ds_cfg.get("bf16", {}).get("enabled")
                                and not self.ds_cfg.get("fp16", {}).get("enabled"))
+        if self._own_grad_norm and self.world == 1:
+            # One rank holds the whole gradient: DeepSpeed's all-reduce would flatten, "average" over one rank and
+            # copy back every gradient each step. Its own switch for this (set when it has no process group).
+            self.engine.enable_backward_allreduce = False
         self._grad_norm: torch.Tensor | None = None
 
     def _checkpoint_meta(self) -> dict:

@@ -55,6 +55,28 @@ def test_encoding_matches_lme_reference(tokenizer, instances):
     assert ctx == [bos] and tokenizer.decode(cont) == "Once upon"
 
 
+def test_token_cache_returns_the_encoding(tmp_path, tokenizer, instances):
+    from data.tokenizer import tokenizer_fingerprint
+    from eval.benchmarks.token_cache import cached_encode
+
+    pairs = pairs_of(instances["boolq"]) + pairs_of(instances["record"])
+    fp, cache = tokenizer_fingerprint(tokenizer), tmp_path / "bench"
+    reference = encode_pairs(tokenizer, pairs)
+    assert cached_encode(cache, fp, pairs, lambda p: encode_pairs(tokenizer, p)) == reference
+    (entry,) = cache.glob("*.npz")
+
+    def must_not_run(_):
+        raise AssertionError("a cached entry was encoded again")
+
+    assert cached_encode(cache, fp, pairs, must_not_run) == reference  # read back, as another run of a sweep would
+    assert cached_encode(cache, fp + "x", pairs, lambda p: encode_pairs(tokenizer, p)) == reference  # new key
+    assert cached_encode(cache, fp, pairs[1:], lambda p: encode_pairs(tokenizer, p)) == reference[1:]
+    assert len(list(cache.glob("*.npz"))) == 3 and not list(cache.glob("*.tmp"))
+    entry.write_bytes(entry.read_bytes()[:100])  # damaged: recomputed and replaced
+    assert cached_encode(cache, fp, pairs, lambda p: encode_pairs(tokenizer, p)) == reference
+    assert cached_encode(cache, fp, pairs, must_not_run) == reference
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_batched_equals_naive(name, model64, tokenizer, instances):
     insts = instances[name]
@@ -95,6 +117,24 @@ def test_packed_rows_share_the_context(model64, tokenizer, instances):
     assert plan.num_tokens < plain.num_tokens / 4
     assert len({plan.req_pos[i][0] for i in range(len(reqs))}) == 1  # the context's last position, shared
     lls, greedy = Scorer(model64, tokenizer, max_length=2048).score_tokens(reqs, plan)
+    ref = naive_loglikelihood(model64, reqs, 2048)
+    np.testing.assert_allclose(lls, [r[0] for r in ref], rtol=0, atol=1e-5)
+    assert greedy.tolist() == [r[1] for r in ref]
+
+
+def test_questions_on_one_passage_share_it(model64, tokenizer, instances):
+    # MultiRC asks several questions about one paragraph: the paragraph runs once, each question's tail and each
+    # answer below it (a three-level tree), plus a context equal to the shared prefix itself
+    ctx = instances["multirc"][0].context.split("\nQuestion:")[0]
+    pairs = [(ctx + q, k) for q in ("\nQuestion: Who?\nAnswer:", "\nQuestion: Why did it happen?\nAnswer:", "")
+             for k in (" they were there\nIs the answer correct? yes", " they were there\nIs the answer correct? no")]
+    reqs = encode_pairs(tokenizer, pairs)
+    scorer = Scorer(model64, tokenizer, max_length=2048)
+    plan = scorer.plan(reqs)
+    (row,) = plan.rows
+    assert any(row.parents[p] > 0 for p in row.parents) and row.needs_mask  # answers under a question's tail
+    assert plan.num_tokens < Scorer(model64, tokenizer, max_length=2048, share_context=False).plan(reqs).num_tokens / 2
+    lls, greedy = scorer.score_tokens(reqs, plan)
     ref = naive_loglikelihood(model64, reqs, 2048)
     np.testing.assert_allclose(lls, [r[0] for r in ref], rtol=0, atol=1e-5)
     assert greedy.tolist() == [r[1] for r in ref]

@@ -5,11 +5,13 @@
 
 Every rank runs ``evaluate`` (ZeRO-3 needs all ranks in every forward). Scalars ``eval/<task>/<metric>`` go to
 TensorBoard and metrics.jsonl through the trainer; rank 0 also writes ``<run_dir>/benchmarks/step_<step>/``
-(results.json, results.md, meta.json), the same files ``python -m eval`` writes.
+(results.json, results.md, meta.json), the same files ``python -m eval`` writes. Tokenised requests are cached in
+``<data.cache_dir>/benchmarks`` (``token_cache``), so the runs of a sweep tokenise the tasks once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -56,7 +58,8 @@ class BenchmarksEvaluator(Evaluator):
     def __init__(self, cfg: BenchmarksEvalConfig, ctx: EvalContext):
         super().__init__(cfg, ctx)
         self.suite = BenchmarkSuite(cfg.tasks, ctx.tokenizer, data_root=data_root(ctx.config.data.root),
-                                    num_fewshot=cfg.num_fewshot, limit=cfg.limit, fewshot_seed=cfg.fewshot_seed)
+                                    num_fewshot=cfg.num_fewshot, limit=cfg.limit, fewshot_seed=cfg.fewshot_seed,
+                                    cache_dir=Path(ctx.config.data.cache_dir) / "benchmarks")
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         cfg, ctx = self.cfg, self.ctx

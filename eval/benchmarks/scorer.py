@@ -11,9 +11,11 @@ Semantics (lme ``HFLM`` for causal models):
   whether every continuation token is the argmax.
 
 Engine (``Scorer``): requests are turned into model input rows, sharing work where the numbers stay the same:
-- choices with the same (untruncated) context share one copy of it: a *packed* row holds the context once, then
-  each continuation's tokens (all but the last), with position ids that continue the context's and a 4D mask
-  that lets each continuation see the context and itself only (SDPA models without a shorter sliding window);
+- untruncated contexts share one copy of what they have in common: a *packed* row is a tree that holds a shared
+  prefix once, then each context's tail, then each continuation's tokens (all but the last), with position ids
+  that continue their parent's and a 4D mask that lets each segment see itself and its ancestors only (SDPA
+  models without a shorter sliding window). The choices of a document share their context; MultiRC's questions
+  about one paragraph share the paragraph;
 - a request whose input row is a prefix of another's (e.g. one-token choices like " yes"/" no") is read off that
   longer row.
 Rows are sorted by length (longest first) and packed into batches under a token budget (right padding; plain rows
@@ -140,16 +142,30 @@ def model_input(ctx: list[int], cont: list[int], max_length: int) -> tuple[tuple
 
 @dataclass
 class Row:
-    """One model input row. A packed row holds a shared context (segment 0) followed by several continuations
-    (segments 1, 2, ...): each continuation attends to the context and to itself only, at the positions it would
-    have after the context alone."""
+    """One model input row. A packed row is a tree of segments laid out one after another: segment 0 is a shared
+    context prefix, then context tails and continuations, each placed at the positions it would have after its
+    parent segments alone. A token sees the tokens of its own segment and of its ancestors only."""
     tokens: tuple[int, ...]
     segments: tuple[int, ...] | None = None  # None: a plain causal row
     positions: tuple[int, ...] | None = None  # None: 0 .. len - 1
+    parents: tuple[int, ...] | None = None  # parent segment of each segment (-1 for 0); None: every one is 0's
 
     @property
-    def needs_mask(self) -> bool:  # two continuation segments that must not see each other
+    def needs_mask(self) -> bool:  # two segments that must not see each other
         return self.segments is not None and len(set(self.segments)) > 2
+
+    def ancestry(self) -> torch.Tensor:
+        """[segments + 1, segments + 1] bool: ``a[q, k]`` when segment k is q or an ancestor of q; the last index
+        stands for padding (segment -1), which sees only padding."""
+        n = max(self.segments) + 1 if self.segments else 1
+        parents = self.parents if self.parents is not None else (-1, *[0] * (n - 1))
+        a = torch.eye(n + 1, dtype=torch.bool)
+        for q in range(1, n):
+            k = parents[q]
+            while k >= 0:
+                a[q, k] = True
+                k = parents[k]
+        return a
 
 
 @dataclass
@@ -165,34 +181,91 @@ class Plan:
         return sum(len(r.tokens) for r in self.rows)
 
 
-def _packed_rows(requests: Sequence[TokenPair], max_length: int, limit: int) -> list[tuple[Row, list[int]]]:
-    """Rows that share one copy of a context among requests with that same context (none truncated): the
-    continuation ``k`` is scored from the context's last position and from ``k[:-1]`` placed after the context."""
+MIN_SHARED_PREFIX = 32  # tokens: contexts that share fewer than this are not worth a common row
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _prefix_clusters(contexts: list[tuple[int, ...]]) -> list[tuple[int, list[tuple[int, ...]]]]:
+    """Sorted contexts in runs that share a prefix (its length, the run): a run grows while the tokens it saves
+    (its prefix once instead of once per context) do not shrink. Passages asked several questions share a run."""
+    runs: list[tuple[int, list[tuple[int, ...]]]] = []
+    for ctx in sorted(contexts):
+        if runs:
+            p, members = runs[-1]
+            q = min(p, _common_prefix(members[-1], ctx)) if len(members) > 1 else _common_prefix(members[-1], ctx)
+            if q >= MIN_SHARED_PREFIX and len(members) * q >= (len(members) - 1) * p:
+                runs[-1] = (q, [*members, ctx])
+                continue
+        runs.append((len(ctx), [ctx]))
+    return runs
+
+
+def _packed_rows(requests: Sequence[TokenPair], max_length: int,
+                 limit: int) -> list[tuple[Row, list[int], list[list[int]]]]:
+    """Rows that compute each shared context prefix once, for requests whose input is not truncated: the
+    prefix (segment 0), then per context its tail (a segment under 0) and per continuation ``k`` the tokens
+    ``k[:-1]`` (a segment under the context's tail); ``k`` is scored from the context's last position and from
+    ``k[:-1]``. Contexts equal for every choice of a document, and passages shared by several questions, run once.
+    Returns (row, the requests it hosts, each one's positions whose logits predict its continuation)."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx, cont) in enumerate(requests):
         if len(ctx) + len(cont) <= max_length + 1:
             groups.setdefault(tuple(ctx), []).append(i)
     out = []
-    for ctx, members in groups.items():
-        if sum(len(requests[i][1]) > 1 for i in members) < 2:
+    for p, contexts in _prefix_clusters(list(groups)):
+        if len(contexts) == 1 and sum(len(requests[i][1]) > 1 for i in groups[contexts[0]]) < 2:
             continue  # at most one continuation needs tokens of its own: prefix sharing does as well
-        chunks, cur, size = [], [], len(ctx)
-        for i in members:  # rows of at most ``limit`` tokens
-            extra = len(requests[i][1]) - 1
+        prefix = contexts[0][:p]
+        units = []  # (context, members) pieces that fit in a row after the prefix
+        for ctx in contexts:
+            cur, size = [], len(ctx)
+            for i in groups[ctx]:
+                extra = len(requests[i][1]) - 1
+                if cur and size + extra > limit:
+                    units.append((ctx, cur))
+                    cur, size = [], len(ctx)
+                cur.append(i)
+                size += extra
+            units.append((ctx, cur))
+        rows, cur, size = [], [], p
+        for ctx, members in units:
+            extra = len(ctx) - p + sum(len(requests[i][1]) - 1 for i in members)
             if cur and size + extra > limit:
-                chunks.append(cur)
-                cur, size = [], len(ctx)
-            cur.append(i)
+                rows.append(cur)
+                cur, size = [], p
+            cur.append((ctx, members))
             size += extra
-        chunks.append(cur)
-        for chunk in chunks:
-            tokens, segs, pos = list(ctx), [0] * len(ctx), list(range(len(ctx)))
-            for j, i in enumerate(chunk, 1):
-                tail = requests[i][1][:-1]
-                tokens += tail
-                segs += [j] * len(tail)
-                pos += range(len(ctx), len(ctx) + len(tail))
-            out.append((Row(tuple(tokens), tuple(segs), tuple(pos)), chunk))
+        rows.append(cur)
+        for pieces in rows:
+            tokens, segs, pos, parents = list(prefix), [0] * p, list(range(p)), [-1]
+            hosted, starts = [], []
+            for ctx, members in pieces:
+                tail = ctx[p:]
+                owner = 0
+                if tail:
+                    owner = len(parents)
+                    parents.append(0)
+                    tokens += tail
+                    segs += [owner] * len(tail)
+                    pos += range(p, len(ctx))
+                last = len(tokens) - 1 if tail else p - 1  # the context's last position predicts the first token
+                for i in members:
+                    cont_tail = requests[i][1][:-1]
+                    hosted.append(i)
+                    starts.append([last, *range(len(tokens), len(tokens) + len(cont_tail))])
+                    if cont_tail:
+                        parents.append(owner)
+                        segs += [len(parents) - 1] * len(cont_tail)
+                        tokens += cont_tail
+                        pos += range(len(ctx), len(ctx) + len(cont_tail))
+            out.append((Row(tuple(tokens), tuple(segs), tuple(pos), tuple(parents)), hosted, starts))
     return out
 
 
@@ -203,14 +276,9 @@ def plan_requests(requests: Sequence[TokenPair], max_length: int, batch_tokens: 
     rows: list[Row] = []
     done = set()
     if share_context:
-        for row, members in _packed_rows(requests, max_length, max(2 * max_length, 1024)):
-            c = row.segments.count(0)
-            offset = c  # the members' segments follow the context in member order
-            for i in members:
-                tail = len(requests[i][1]) - 1
-                req_row[i], req_cont[i] = len(rows), list(requests[i][1])
-                req_pos[i] = [c - 1] + list(range(offset, offset + tail))
-                offset += tail
+        for row, members, positions in _packed_rows(requests, max_length, max(2 * max_length, 1024)):
+            for i, at in zip(members, positions):
+                req_row[i], req_cont[i], req_pos[i] = len(rows), list(requests[i][1]), at
                 done.add(i)
             rows.append(row)
     rest = [i for i in range(n) if i not in done]
@@ -367,8 +435,8 @@ class Scorer:
 
 def _packed_inputs(rows: list[Row], width: int, device) -> dict[str, torch.Tensor]:
     """position_ids, and a [batch, 1, query, key] boolean attention mask when a row holds several continuations:
-    causal, and a key is visible if it is in the shared context (segment 0) or in the query's own segment. Padding
-    (segment -1) is never visible to a real token; a padding query sees itself, so no mask row is empty."""
+    causal, and a key is visible if its segment is the query's own or one of its ancestors (``Row.ancestry``).
+    Padding (segment -1) is never visible to a real token; a padding query sees itself, so no mask row is empty."""
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     seg = torch.full((len(rows), width), -1, dtype=torch.long)
     for b, row in enumerate(rows):
@@ -378,7 +446,7 @@ def _packed_inputs(rows: list[Row], width: int, device) -> dict[str, torch.Tenso
     out = {"position_ids": pos.to(device)}
     if any(row.needs_mask for row in rows):
         causal = torch.ones((width, width), dtype=torch.bool).tril()
-        visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+        visible = torch.stack([row.ancestry()[seg[b][:, None], seg[b][None, :]] for b, row in enumerate(rows)])
         out["attention_mask"] = (causal & visible)[:, None].to(device)
     return out
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from data.tokenizer import tokenizer_fingerprint
 from eval.benchmarks.report import paper_mean, render_report
 from eval.benchmarks.scorer import Plan, Scorer, encode_pairs
 from eval.benchmarks.tasks import (
@@ -31,6 +33,7 @@ from eval.benchmarks.tasks import (
     get_task,
 )
 from eval.benchmarks.tinystories import LossData, evaluate_loss
+from eval.benchmarks.token_cache import cached_encode
 
 DEFAULT_TASKS = ("superglue", "xstorycloze_en", "tinystories")
 MAX_LOSS_WINDOW = 2048  # TinyStories window cap when it is taken from the model's max length
@@ -55,18 +58,21 @@ class BenchmarkSuite:
     """Tasks prepared for repeated scoring: data loading, prompts and tokenisation happen here, once."""
 
     def __init__(self, tasks: str | list[str] | tuple[str, ...], tokenizer, *, data_root=None, num_fewshot: int = 0,
-                 limit: int | None = None, fewshot_seed: int = 1234):
+                 limit: int | None = None, fewshot_seed: int = 1234, cache_dir=None):
+        """``cache_dir``: where tokenised requests are kept between runs (``token_cache``); None: no cache."""
         self.tokenizer = tokenizer
         self.data = data_root if isinstance(data_root, DataSource) else DataSource.resolve(data_root)
         self.num_fewshot, self.limit, self.fewshot_seed = num_fewshot, limit, fewshot_seed
         self.task_names = expand_task_names(tasks)
         self.items: list[_Prepared] = []
+        fingerprint = tokenizer_fingerprint(tokenizer) if cache_dir is not None else ""
         for name in self.task_names:
             task = get_task(name, self.data)
             item = _Prepared(task, "")
             if isinstance(task, MultipleChoiceTask):
                 item.instances = task.build_instances(limit, num_fewshot, fewshot_seed)
-                item.requests = encode_pairs(tokenizer, [r for inst in item.instances for r in inst.requests])
+                pairs = [r for inst in item.instances for r in inst.requests]
+                item.requests = cached_encode(cache_dir, fingerprint, pairs, partial(encode_pairs, tokenizer))
             item.logged_name = task.logged_name(limit)  # after loading: a fallback split changes the name
             self.items.append(item)
 
