@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.config import check
+from data.icl_regression import ICLRegressionConfig
 
 
 @dataclass
@@ -27,13 +28,14 @@ class DataConfig:
     seq_len: int = 1024
     val_batches: int = 20  # micro-batches per rank in each validation-loss pass
     cache_dir: str = ".cache/linreg"  # token cache (memmap), keyed by a hash of source + tokenizer
+    icl: ICLRegressionConfig | None = None  # in-context regression prompts instead of text (linear_attention)
 
     def validate(self, p: str) -> None:
         check(self.seq_len >= 2, f"{p}.seq_len", self.seq_len, "must be >= 2")
         check(0.0 <= self.valid_fraction < 1.0, f"{p}.valid_fraction", self.valid_fraction, "must be in [0, 1)")
         check(self.val_batches >= 1, f"{p}.val_batches", self.val_batches, "must be >= 1")
-        check(bool(self.train_files) or self.dataset is not None, f"{p}.train_files", self.train_files,
-              "no training data: set data.train_files (local) or data.dataset (HF hub)")
+        check(self.icl is not None or bool(self.train_files) or self.dataset is not None, f"{p}.train_files",
+              self.train_files, "no training data: set data.train_files (local) or data.dataset (HF hub)")
 
 
 @dataclass
