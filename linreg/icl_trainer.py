@@ -26,6 +26,10 @@ def build_testbed(cfg, rank: int, world: int):
 
     if cfg.data.icl is None:
         raise ConfigError("model.arch=linear_attention needs data.icl (the in-context regression prompts)")
+    for name in ("val_loss", "linearity", "benchmarks"):  # text evaluators: they need a tokenizer
+        if getattr(cfg.eval, name).enabled:
+            raise ConfigError(f"eval.{name}.enabled=true: the text evaluators do not apply to "
+                              f"model.arch=linear_attention (set eval.{name}.enabled=false)")
     model = build_linear_attention(cfg.data.icl.dim, cfg.model.num_layers, cfg.model.init_std, seed=cfg.train.seed)
     stream = ICLRegressionStream(cfg.data.icl, cfg.train.micro_batch_size, rank, world, cfg.train.seed)
     return model, stream

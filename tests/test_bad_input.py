@@ -126,6 +126,10 @@ CASES: dict[str, Case] = {
     "train-unknown-regularizer": Case("train", [*TINY_CFG, "regularizer.name=l7"], ["l7"]),
     "train-seq-len": Case("train", [*TINY_CFG, "data.seq_len=1000"], ["data.seq_len", "1000"]),
     "train-unknown-task": Case("train", [*TINY_CFG, "eval.benchmarks.tasks=[nosuch]"], ["nosuch"]),
+    "train-linear-attention-no-prompts": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r",
+                                                        "model.arch=linear_attention", "eval.linearity.enabled=false",
+                                                        "eval.val_loss.enabled=false"], ["data.icl"]),
+    "train-icl-bad-df": Case("train", [*TINY_CFG, "data.icl.df=0"], ["data.icl.df"]),
     "train-global-batch": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "train.global_batch_size=5"],
                                ["train.global_batch_size=5"]),
     # -- train.py: the DeepSpeed block and file -----------------------------------------------------------------

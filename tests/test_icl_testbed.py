@@ -136,3 +136,25 @@ def test_sgd_is_selectable():
     opt = build_optimizer(build_linear_attention(5, 2, 0.02), cfg.optim, "cpu")
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
     assert replace(cfg.optim, name="adamw").name == "adamw"
+
+
+def test_linearity_profile_and_regularizers_apply_to_the_testbed():
+    from analysis.linear_attention import testbed_profile
+    from model.capture import ResidualStream
+    from regularizers import RegularizerConfig, build_regularizer
+
+    cfg = ICLRegressionConfig(dim=5, num_examples=20)
+    prompts, _ = sample_prompts(cfg, np.random.default_rng(4), 64)
+    model = build_linear_attention(5, 3, init_std=0.3, seed=1)
+    profile = testbed_profile(model, prompts)
+    assert len(profile) == 3 and all(0.0 <= p["linearity"] <= 1.0 for p in profile)
+    # One block with P = Q = 0 is the identity: perfectly linear, with a zero update (LS_wo undefined).
+    identity = build_linear_attention(5, 1, init_std=0.0)
+    assert testbed_profile(identity, prompts)[0]["linearity"] == pytest.approx(1.0)
+
+    stream = ResidualStream(model)
+    reg = build_regularizer(RegularizerConfig(name="cosine", weight=1.0))
+    with stream:
+        model(prompts)
+    reg(stream.take(), step=0).backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in model.parameters())
