@@ -60,19 +60,37 @@ def _welch(a: list[float], b: list[float]) -> dict:
             "p": float(sps.ttest_ind(a, b, equal_var=False).pvalue) if va + vb > 0 else float("nan")}
 
 
-def summarize(sweep_dir: Path) -> dict:
-    from sweep.runs import find_runs
+def _runs(sweep_dir: Path):
+    """(variant match, {key: {step: value}}) of every run <sweep>/<variant>/seed<k> with a metrics.jsonl."""
+    from linreg.metrics import read_metrics
 
+    for metrics in sorted(sweep_dir.glob("*/seed*/metrics.jsonl")):
+        m = _VARIANT.match(metrics.parent.parent.name)
+        if m is None:
+            continue
+        curves: dict[str, dict[int, float]] = {}
+        for row in read_metrics(metrics):
+            for k, v in row.items():
+                if k != "step":
+                    curves.setdefault(k, {})[row["step"]] = v
+        yield m, curves
+
+
+def _final(curves: dict, key: str) -> float | None:
+    curve = curves.get(key)
+    return curve[max(curve)] if curve else None
+
+
+def summarize(sweep_dir: Path) -> dict:
     cells: dict[tuple[int, str], dict[str, list]] = {}
-    for run in find_runs([sweep_dir]).runs:
-        m = _VARIANT.match(run.path.parent.name)
-        if m is None or run.final("train/loss") is None:
+    for m, curves in _runs(sweep_dir):
+        if _final(curves, "train/loss") is None:
             continue
         opt, depth, tails = m.group(1), int(m.group(2)), m.group(3)
         cell = cells.setdefault((depth, tails), {})
-        cell.setdefault(opt, []).append(run.final("train/loss"))
+        cell.setdefault(opt, []).append(_final(curves, "train/loss"))
         for key in MEASURES:
-            value = run.final(key)
+            value = _final(curves, key)
             if value is not None:
                 cell.setdefault(f"{opt}:{key}", []).append(value)
     if not cells:
@@ -112,8 +130,6 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sweep.runs import find_runs
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, tails in zip(axes, ("gauss", "heavy")):
         for opt, colour in (("adam", "C0"), ("sgd", "C3")):
@@ -131,10 +147,9 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for run in find_runs([sweep_dir]).runs:
-        m = _VARIANT.match(run.path.parent.name)
-        gn, ls = run.curves.get("opt/grad_norm", {}), run.curves.get("opt/local_smoothness", {})
-        if m is None or not gn:
+    for m, curves in _runs(sweep_dir):
+        gn, ls = curves.get("opt/grad_norm", {}), curves.get("opt/local_smoothness", {})
+        if not gn:
             continue
         steps = sorted(set(gn) & set(ls))
         ax.scatter([gn[s] for s in steps], [ls[s] for s in steps], s=14,
