@@ -158,3 +158,20 @@ def test_linearity_profile_and_regularizers_apply_to_the_testbed():
         model(prompts)
     reg(stream.take(), step=0).backward()
     assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_a_block_is_linear_within_a_prompt_and_not_across_prompts():
+    """Row k of a block's update is (1/n) Σ_j (h_k^T Q^T h_j) P h_j = P S Q h_k with S = (1/n) Σ_j h_j h_j^T over the
+    prompt's example rows: one linear map per prompt, so the linearity score is 1 on one prompt's rows and
+    below 1 pooled over prompts (the map changes with S)."""
+    from eval.linearity.score import linearity_score
+    from model.capture import ResidualStream
+
+    prompts, _ = sample_prompts(ICLRegressionConfig(dim=5, num_examples=40), np.random.default_rng(5), 32)
+    model = build_linear_attention(5, 2, init_std=0.3, seed=2).double()
+    stream = ResidualStream(model)
+    with torch.no_grad(), stream:
+        model(prompts.double())
+    h0, h1, _ = stream.take()
+    assert linearity_score(h0[0], h1[0]) == pytest.approx(1.0, abs=1e-9)
+    assert linearity_score(h0.reshape(-1, 6), h1.reshape(-1, 6)) < 0.99
