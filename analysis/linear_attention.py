@@ -4,9 +4,10 @@ measurements, and the linearity profile of the trained models (docs/linear_atten
     python -m analysis.linear_attention runs/la_adam_vs_sgd --out docs/linear_attention_example
 
 Reads a sweep of ``configs/linear_attention/adam_vs_sgd.yaml`` (variants named ``<adam|sgd>_L<k>_<gauss|heavy>``).
-Per (L, data): the final training loss of each optimizer (the mean of the last logged row over its interval),
-mean over seeds with a 95 % t interval, and the SGD − Adam difference with Welch's 95 % interval; the last
-measured tail index, sharpness, local smoothness and gradient norm. Writes summary.json, summary.md and figures.
+Per (L, data): the late training loss of each optimizer (the median of its last 5 logged rows, each a mean over
+its logging interval), mean over seeds with a 95 % t interval, and the SGD − Adam difference with Welch's 95 %
+interval; the last measured tail index, sharpness, local smoothness and gradient norm. Writes summary.json,
+summary.md and figures.
 
 The linearity profile of a trained model (``testbed_profile``) is the ordinary one (eval/linearity/score.py) on
 the residual stream h_0..h_L captured by model/capture.py: every row of every prompt is a "token".
@@ -81,14 +82,21 @@ def _final(curves: dict, key: str) -> float | None:
     return curve[max(curve)] if curve else None
 
 
+def _late_loss(curves: dict, rows: int = 5) -> float | None:
+    """Median of the last ``rows`` logged training losses: a single loss spike (10^5 at some steps of the deeper
+    models) would otherwise decide the comparison."""
+    curve = curves.get("train/loss")
+    return float(np.median([curve[s] for s in sorted(curve)[-rows:]])) if curve else None
+
+
 def summarize(sweep_dir: Path) -> dict:
     cells: dict[tuple[int, str], dict[str, list]] = {}
     for m, curves in _runs(sweep_dir):
-        if _final(curves, "train/loss") is None:
+        if _late_loss(curves) is None:
             continue
         opt, depth, tails = m.group(1), int(m.group(2)), m.group(3)
         cell = cells.setdefault((depth, tails), {})
-        cell.setdefault(opt, []).append(_final(curves, "train/loss"))
+        cell.setdefault(opt, []).append(_late_loss(curves))
         for key in MEASURES:
             value = _final(curves, key)
             if value is not None:
@@ -138,10 +146,11 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
                         yerr=[r[opt]["ci95"] for r in rows], marker="o", capsize=3, color=colour,
                         label="Adam" if opt == "adam" else "SGD (momentum 0.9)")
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_xlabel("layers $L$")
         ax.set_title("Gaussian $x$" if tails == "gauss" else "Student-$t_3$ $x$")
         ax.legend()
-    axes[0].set_ylabel("final training loss $(\\hat y - y_q)^2$")
+    axes[0].set_ylabel("late training loss $(\\hat y - y_q)^2$ (median of last 5 rows)")
     fig.tight_layout()
     fig.savefig(out / "adam_vs_sgd.png", dpi=120)
     plt.close(fig)
