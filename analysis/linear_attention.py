@@ -62,18 +62,23 @@ def _welch(a: list[float], b: list[float]) -> dict:
 
 
 def _runs(sweep_dir: Path):
-    """(variant match, {key: {step: value}}) of every run <sweep>/<variant>/seed<k> with a metrics.jsonl."""
+    """(variant match, {key: {step: value}}) of every run <sweep>/<variant>/seed<k> with a metrics.jsonl; a run
+    that stopped before train.max_steps (a non-finite loss) has ``curves["diverged"]`` set."""
+    from core.config import yaml_load
     from linreg.metrics import read_metrics
 
     for metrics in sorted(sweep_dir.glob("*/seed*/metrics.jsonl")):
         m = _VARIANT.match(metrics.parent.parent.name)
         if m is None:
             continue
+        max_steps = yaml_load((metrics.parent / "config.yaml").read_text())["train"]["max_steps"]
         curves: dict[str, dict[int, float]] = {}
         for row in read_metrics(metrics):
             for k, v in row.items():
                 if k != "step":
                     curves.setdefault(k, {})[row["step"]] = v
+        if max(curves.get("train/loss", {0: 0})) < max_steps:
+            curves["diverged"] = {}
         yield m, curves
 
 
@@ -96,6 +101,9 @@ def summarize(sweep_dir: Path) -> dict:
             continue
         opt, depth, tails = m.group(1), int(m.group(2)), m.group(3)
         cell = cells.setdefault((depth, tails), {})
+        if "diverged" in curves:
+            cell.setdefault(f"{opt}:diverged", []).append(1)
+            continue
         cell.setdefault(opt, []).append(_late_loss(curves))
         for key in MEASURES:
             value = _final(curves, key)
@@ -109,6 +117,7 @@ def summarize(sweep_dir: Path) -> dict:
         for opt in ("adam", "sgd"):
             if opt in cell:
                 row[opt] = _interval(cell[opt])
+            row[f"{opt}:diverged"] = len(cell.get(f"{opt}:diverged", []))
             for key in MEASURES:
                 if f"{opt}:{key}" in cell:
                     row[f"{opt}:{key}"] = float(np.mean(cell[f"{opt}:{key}"]))
@@ -119,16 +128,17 @@ def summarize(sweep_dir: Path) -> dict:
 
 
 def to_markdown(summary: dict) -> str:
-    lines = ["| L | data | Adam loss | SGD loss | SGD − Adam [95 % CI] (p) | tail index Adam / SGD "
-             "| sharpness Adam / SGD |", "|---|---|---|---|---|---|---|"]
-    fmt = lambda c: f"{c['mean']:.3f} ± {c['ci95']:.3f}" if c else "–"  # noqa: E731
+    lines = ["| L | data | Adam loss | SGD loss | SGD − Adam [95 % CI] (p) | diverged Adam / SGD "
+             "| tail index Adam / SGD | sharpness Adam / SGD |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda c: f"{c['mean']:.3f} ± {c['ci95']:.3f} (n={c['n']})" if c else "–"  # noqa: E731
     for r in summary["cells"]:
         gap = r.get("sgd_minus_adam")
         gap_s = f"{gap['diff']:+.3f} [±{gap['ci95']:.3f}] ({gap['p']:.2g})" if gap else "–"
         ti = " / ".join(f"{r.get(f'{o}:opt/tail_index', float('nan')):.2f}" for o in ("adam", "sgd"))
         sh = " / ".join(f"{r.get(f'{o}:opt/sharpness', float('nan')):.3g}" for o in ("adam", "sgd"))
-        lines.append(f"| {r['L']} | {r['data']} | {fmt(r.get('adam'))} | {fmt(r.get('sgd'))} | {gap_s} | {ti} "
-                     f"| {sh} |")
+        div = f"{r['adam:diverged']} / {r['sgd:diverged']}"
+        lines.append(f"| {r['L']} | {r['data']} | {fmt(r.get('adam'))} | {fmt(r.get('sgd'))} | {gap_s} | {div} "
+                     f"| {ti} | {sh} |")
     return "\n".join(lines) + "\n"
 
 

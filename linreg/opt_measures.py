@@ -53,6 +53,9 @@ def tail_index(samples: np.ndarray) -> float:
     block sums Y_i = Σ_{j=1..K1} X_{(i−1)K1+j},  1/α̂ = (mean log|Y_i| − mean log|X_k|) / log K1,  K1 = ⌊√K⌋.
     Its error shrinks as K grows (tests/test_icl_testbed.py states the error it meets); clipped to (0, 2]."""
     x = np.asarray(samples, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size < 4:
+        return math.nan  # no noise to speak of (e.g. a diverged run's NaN gradients)
     k1 = int(math.isqrt(x.size))
     k2 = x.size // k1
     x = x[:k1 * k2]

@@ -100,6 +100,7 @@ def test_tail_index_recovers_the_index_of_alpha_stable_samples(alpha):
     x = levy_stable.rvs(alpha, 0.0, size=40_000, random_state=np.random.default_rng(int(alpha * 10)))
     assert abs(tail_index(x) - alpha) < 0.15
     assert tail_index(np.random.default_rng(0).standard_normal(40_000)) > 1.85  # Gaussian: α = 2
+    assert np.isnan(tail_index(np.full(100, np.nan)))  # a diverged run's gradients: no index, no crash
 
 
 def _cfg(*overrides):
