@@ -76,7 +76,7 @@ def _runs(sweep_dir: Path):
         for row in read_metrics(metrics):
             for k, v in row.items():
                 if k != "step":
-                    curves.setdefault(k, {})[row["step"]] = v
+                    curves.setdefault(k, {})[row["step"]] = float(v)  # non-finite values are logged as strings
         if max(curves.get("train/loss", {0: 0})) < max_steps:
             curves["diverged"] = {}
         yield m, curves
@@ -170,7 +170,7 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
         gn, ls = curves.get("opt/grad_norm", {}), curves.get("opt/local_smoothness", {})
         if not gn:
             continue
-        steps = sorted(set(gn) & set(ls))
+        steps = [s for s in sorted(set(gn) & set(ls)) if np.isfinite(gn[s]) and np.isfinite(ls[s])]
         ax.scatter([gn[s] for s in steps], [ls[s] for s in steps], s=14,
                    color="C0" if m.group(1) == "adam" else "C3", marker="o" if m.group(3) == "gauss" else "^")
     ax.set_xscale("log")
