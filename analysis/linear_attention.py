@@ -152,9 +152,11 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
     for ax, tails in zip(axes, ("gauss", "heavy")):
         for opt, colour in (("adam", "C0"), ("sgd", "C3")):
             rows = [r for r in summary["cells"] if r["data"] == tails and opt in r]
-            ax.errorbar([r["L"] for r in rows], [r[opt]["mean"] for r in rows],
-                        yerr=[r[opt]["ci95"] for r in rows], marker="o", capsize=3, color=colour,
-                        label="Adam" if opt == "adam" else "SGD (momentum 0.9)")
+            # Each seed as a point and the mean as a line: a t interval over 2 seeds spans zero on a log axis.
+            ax.plot([r["L"] for r in rows], [r[opt]["mean"] for r in rows], color=colour,
+                    label="Adam" if opt == "adam" else "SGD (momentum 0.9)")
+            ax.scatter([r["L"] for r in rows for _ in r[opt]["values"]], [v for r in rows for v in r[opt]["values"]],
+                       color=colour, s=18)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("layers $L$")
