@@ -41,7 +41,10 @@ def main(argv=None) -> int:
         print(to_yaml(cfg), end="")
         return 0
 
-    from linreg.trainer import Trainer
+    if cfg.model.arch == "linear_attention":
+        from linreg.icl_trainer import ICLTrainer as Trainer
+    else:
+        from linreg.trainer import Trainer
 
     trainer = Trainer(cfg, run, resume=args.resume, overwrite=args.overwrite, deepspeed_config=args.deepspeed_config)
     return trainer.fit()

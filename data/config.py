@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.config import check
+from data.icl_regression import ICLRegressionConfig
 
 
 @dataclass
@@ -28,8 +29,9 @@ class DataConfig:
     max_docs: int | None = None  # cap on documents read from each source (quick experiments on huge datasets)
     num_proc: int | None = None  # tokenizer processes; null = every core this process may use
     seq_len: int = 1024
-    val_batches: int = 20  # micro-batches per rank in each validation-loss pass
+    val_batches: int = 20  # global batches in each validation-loss pass
     cache_dir: str = ".cache/linreg"  # token cache (memmap), keyed by a hash of source + tokenizer
+    icl: ICLRegressionConfig | None = None  # in-context regression prompts instead of text (linear_attention)
 
     def validate(self, p: str) -> None:
         check(self.seq_len >= 2, f"{p}.seq_len", self.seq_len, "must be >= 2")
@@ -42,8 +44,8 @@ class DataConfig:
                     ok = isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 and w != float("inf")
                     check(ok, f"{p}.{key}[{name}]", w, "a mixture weight must be a positive number")
         check(self.num_proc is None or self.num_proc >= 1, f"{p}.num_proc", self.num_proc, "must be >= 1 (or null)")
-        check(bool(self.train_files) or self.dataset is not None, f"{p}.train_files", self.train_files,
-              "no training data: set data.train_files (local) or data.dataset (HF hub)")
+        check(self.icl is not None or bool(self.train_files) or self.dataset is not None, f"{p}.train_files",
+              self.train_files, "no training data: set data.train_files (local) or data.dataset (HF hub)")
 
 
 @dataclass

@@ -19,12 +19,15 @@ from core.errors import ConfigError
 from core.io import write_atomic
 from data.config import DataConfig, TokenizerConfig
 from eval.config import EvalConfig
+from linreg.opt_measures import OptMeasureConfig
 from model.config import ModelConfig
 from regularizers.base import RegularizerConfig
 
 
 @dataclass
 class OptimConfig:
+    name: Literal["adamw", "sgd"] = "adamw"  # sgd: torch SGD with ``momentum`` (betas and eps unused)
+    momentum: float = 0.0
     lr: float = 3e-4
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -39,6 +42,7 @@ class OptimConfig:
         betas = (self.beta1, self.beta2)
         check(all(0 <= b < 1 for b in betas), f"{p}.beta1/beta2", betas, "must be in [0, 1)")
         check(self.grad_clip >= 0, f"{p}.grad_clip", self.grad_clip, "must be >= 0")
+        check(0 <= self.momentum < 1, f"{p}.momentum", self.momentum, "must be in [0, 1)")
 
 
 @dataclass
@@ -155,6 +159,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     deepspeed: dict = field(default_factory=dict)  # merged over the generated DeepSpeed config
+    measure: OptMeasureConfig | None = None  # optimisation measurements (linreg/opt_measures.py); testbed runs
 
     def validate(self, p: str) -> None:
         check(self.model.max_seq_len >= self.data.seq_len, "data.seq_len", self.data.seq_len,

@@ -73,12 +73,16 @@ def ds_config(cfg, world_size: int, override_file: str | None = None) -> dict:
     return merged
 
 
-def build_optimizer(model: torch.nn.Module, optim_cfg, device_type: str) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings included, as nanoGPT), none on norms and biases.
-    A client optimizer rather than DeepSpeed's FusedAdam/CPUAdam: no JIT build, and it works on CPU."""
+def build_optimizer(model: torch.nn.Module, optim_cfg, device_type: str) -> torch.optim.Optimizer:
+    """AdamW (or SGD, ``optim.name``) with weight decay on matrices (embeddings included, as nanoGPT), none on
+    norms and biases. A client optimizer rather than DeepSpeed's FusedAdam/CPUAdam: no JIT build, and it works
+    on CPU."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim_cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]  # DeepSpeed drops an empty group; the scheduler must agree
+    if optim_cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum)
     fused = optim_cfg.fused if optim_cfg.fused is not None else device_type == "cuda"
     return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=(optim_cfg.beta1, optim_cfg.beta2), eps=optim_cfg.eps,
                              fused=fused)

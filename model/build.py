@@ -70,6 +70,8 @@ def count_params(model: torch.nn.Module) -> dict[str, int]:
     """Total parameters and the 'dense' ones that take part in matmuls (all but the input embedding lookup,
     unless the embedding is tied to the LM head, in which case it is a matmul too)."""
     total = sum(p.numel() for p in model.parameters())
+    if model.get_input_embeddings() is None:  # a model without a token table (real-valued prompts)
+        return {"total": total, "dense": total}
     emb = model.get_input_embeddings().weight
     tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is emb
     dense = total if tied else total - emb.numel()

@@ -9,6 +9,9 @@ from core.config import check
 
 @dataclass
 class ModelConfig:
+    # linear_attention: the in-context regression testbed (model/linear_attention.py; num_layers and init_std
+    # apply, the prompt width comes from data.icl)
+    arch: Literal["mistral", "linear_attention"] = "mistral"
     hidden_size: int = 768
     num_layers: int = 12
     num_heads: int = 12

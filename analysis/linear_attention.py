@@ -1,0 +1,211 @@
+"""The linear-Transformer testbed's study: the Adam−SGD gap across depth and data tails, the optimisation
+measurements, and the linearity profile of the trained models (docs/linear_attention.md).
+
+    python -m analysis.linear_attention runs/la_adam_vs_sgd --out docs/linear_attention_example
+
+Reads a sweep of ``configs/linear_attention/adam_vs_sgd.yaml`` (variants named ``<adam|sgd>_L<k>_<gauss|heavy>``).
+Per (L, data): the late training loss of each optimizer (the median of its last 5 logged rows, each a mean over
+its logging interval), mean over seeds with a 95 % t interval, and the SGD − Adam difference with Welch's 95 %
+interval; the last measured tail index, sharpness, local smoothness and gradient norm. Writes summary.json,
+summary.md and figures.
+
+The linearity profile of a trained model (``testbed_profile``) is the ordinary one (eval/linearity/score.py) on
+the residual stream h_0..h_L captured by model/capture.py: every row of every prompt is a "token".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats as sps
+
+from core.cli import command
+from core.errors import UserError
+
+_VARIANT = re.compile(r"^(adam|sgd)_L(\d+)_(gauss|heavy)$")
+MEASURES = ("opt/tail_index", "opt/sharpness", "opt/local_smoothness", "opt/dir_sharpness", "opt/grad_norm")
+
+
+def testbed_profile(model: torch.nn.Module, prompts: torch.Tensor) -> list[dict]:
+    """Per block: LS, LS without residual and norm ratio of the pair (h_i, h_{i+1}) over all prompt rows."""
+    from eval.linearity.score import linearity_profile
+    from model.capture import ResidualStream
+
+    stream = ResidualStream(model)
+    try:
+        with torch.no_grad(), stream:
+            model(prompts)
+        states = [h.reshape(-1, h.size(-1)) for h in stream.take()]
+    finally:
+        stream.remove()
+    return [s.to_dict() for s in linearity_profile(states)]
+
+
+def _interval(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=float)
+    half = float(sps.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
+    return {"mean": float(a.mean()), "ci95": half, "n": len(a), "values": a.tolist()}
+
+
+def _welch(a: list[float], b: list[float]) -> dict:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else float("inf")
+    half = float(sps.t.ppf(0.975, dof) * np.sqrt(va + vb))
+    return {"diff": float(a.mean() - b.mean()), "ci95": half,
+            "p": float(sps.ttest_ind(a, b, equal_var=False).pvalue) if va + vb > 0 else float("nan")}
+
+
+def _runs(sweep_dir: Path):
+    """(variant match, {key: {step: value}}) of every run <sweep>/<variant>/seed<k> with a metrics.jsonl; a run
+    that stopped before train.max_steps (a non-finite loss) has ``curves["diverged"]`` set."""
+    from core.config import yaml_load
+    from linreg.metrics import read_metrics
+
+    for metrics in sorted(sweep_dir.glob("*/seed*/metrics.jsonl")):
+        m = _VARIANT.match(metrics.parent.parent.name)
+        if m is None:
+            continue
+        max_steps = yaml_load((metrics.parent / "config.yaml").read_text())["train"]["max_steps"]
+        curves: dict[str, dict[int, float]] = {}
+        for row in read_metrics(metrics):
+            for k, v in row.items():
+                if k != "step":
+                    curves.setdefault(k, {})[row["step"]] = float(v)  # non-finite values are logged as strings
+        if max(curves.get("train/loss", {0: 0})) < max_steps:
+            curves["diverged"] = {}
+        yield m, curves
+
+
+def _final(curves: dict, key: str) -> float | None:
+    curve = curves.get(key)
+    return curve[max(curve)] if curve else None
+
+
+def _late_loss(curves: dict, rows: int = 5) -> float | None:
+    """Median of the last ``rows`` logged training losses: a single loss spike (10^5 at some steps of the deeper
+    models) would otherwise decide the comparison."""
+    curve = curves.get("train/loss")
+    return float(np.median([curve[s] for s in sorted(curve)[-rows:]])) if curve else None
+
+
+def summarize(sweep_dir: Path) -> dict:
+    cells: dict[tuple[int, str], dict[str, list]] = {}
+    for m, curves in _runs(sweep_dir):
+        if _late_loss(curves) is None:
+            continue
+        opt, depth, tails = m.group(1), int(m.group(2)), m.group(3)
+        cell = cells.setdefault((depth, tails), {})
+        if "diverged" in curves:
+            cell.setdefault(f"{opt}:diverged", []).append(1)
+            continue
+        cell.setdefault(opt, []).append(_late_loss(curves))
+        for key in MEASURES:
+            value = _final(curves, key)
+            if value is not None:
+                cell.setdefault(f"{opt}:{key}", []).append(value)
+    if not cells:
+        raise UserError(f"{sweep_dir}: no finished runs named <adam|sgd>_L<k>_<gauss|heavy>/seed<k>")
+    out = []
+    for (depth, tails), cell in sorted(cells.items()):
+        row = {"L": depth, "data": tails}
+        for opt in ("adam", "sgd"):
+            if opt in cell:
+                row[opt] = _interval(cell[opt])
+            row[f"{opt}:diverged"] = len(cell.get(f"{opt}:diverged", []))
+            for key in MEASURES:
+                if f"{opt}:{key}" in cell:
+                    row[f"{opt}:{key}"] = float(np.mean(cell[f"{opt}:{key}"]))
+        if len(cell.get("adam", [])) > 1 and len(cell.get("sgd", [])) > 1:
+            row["sgd_minus_adam"] = _welch(cell["sgd"], cell["adam"])
+        out.append(row)
+    return {"sweep": str(sweep_dir), "cells": out}
+
+
+def to_markdown(summary: dict) -> str:
+    lines = ["| L | data | Adam loss | SGD loss | SGD − Adam [95 % CI] (p) | diverged Adam / SGD "
+             "| tail index Adam / SGD | sharpness Adam / SGD |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda c: f"{c['mean']:.3f} ± {c['ci95']:.3f} (n={c['n']})" if c else "–"  # noqa: E731
+    for r in summary["cells"]:
+        gap = r.get("sgd_minus_adam")
+        gap_s = f"{gap['diff']:+.3f} [±{gap['ci95']:.3f}] ({gap['p']:.2g})" if gap else "–"
+        ti = " / ".join(f"{r.get(f'{o}:opt/tail_index', float('nan')):.2f}" for o in ("adam", "sgd"))
+        sh = " / ".join(f"{r.get(f'{o}:opt/sharpness', float('nan')):.3g}" for o in ("adam", "sgd"))
+        div = f"{r['adam:diverged']} / {r['sgd:diverged']}"
+        lines.append(f"| {r['L']} | {r['data']} | {fmt(r.get('adam'))} | {fmt(r.get('sgd'))} | {gap_s} | {div} "
+                     f"| {ti} | {sh} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, tails in zip(axes, ("gauss", "heavy")):
+        for opt, colour in (("adam", "C0"), ("sgd", "C3")):
+            rows = [r for r in summary["cells"] if r["data"] == tails and opt in r]
+            # Each seed as a point and the mean as a line: a t interval over 2 seeds spans zero on a log axis.
+            ax.plot([r["L"] for r in rows], [r[opt]["mean"] for r in rows], color=colour,
+                    label="Adam" if opt == "adam" else "SGD (momentum 0.9)")
+            ax.scatter([r["L"] for r in rows for _ in r[opt]["values"]], [v for r in rows for v in r[opt]["values"]],
+                       color=colour, s=18)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("layers $L$")
+        ax.set_title("Gaussian $x$" if tails == "gauss" else "Student-$t_3$ $x$")
+        ax.legend()
+    axes[0].set_ylabel("late training loss $(\\hat y - y_q)^2$ (median of last 5 rows)")
+    fig.tight_layout()
+    fig.savefig(out / "adam_vs_sgd.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for m, curves in _runs(sweep_dir):
+        gn, ls = curves.get("opt/grad_norm", {}), curves.get("opt/local_smoothness", {})
+        if not gn:
+            continue
+        steps = [s for s in sorted(set(gn) & set(ls)) if np.isfinite(gn[s]) and np.isfinite(ls[s])]
+        ax.scatter([gn[s] for s in steps], [ls[s] for s in steps], s=14,
+                   color="C0" if m.group(1) == "adam" else "C3", marker="o" if m.group(3) == "gauss" else "^")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("gradient norm $\\|\\nabla f(\\theta_t)\\|$")
+    ax.set_ylabel("local smoothness $\\|\\nabla f(\\theta_{t+1})-\\nabla f(\\theta_t)\\| / \\|\\Delta\\|$")
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Line2D([], [], color=c, marker=mk, ls="", label=lab) for c, mk, lab in
+                       (("C0", "o", "Adam, Gaussian"), ("C3", "o", "SGD, Gaussian"),
+                        ("C0", "^", "Adam, $t_3$"), ("C3", "^", "SGD, $t_3$"))], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "smoothness_vs_grad_norm.png", dpi=120)
+    plt.close(fig)
+
+
+@command
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", help="the sweep's directory (runs/<name>)")
+    p.add_argument("--out", required=True, help="output directory (summary.json, summary.md, PNG figures)")
+    args = p.parse_args(argv)
+    sweep_dir, out = Path(args.sweep_dir), Path(args.out)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: not a directory")
+    summary = summarize(sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.md").write_text(to_markdown(summary))
+    plot(summary, sweep_dir, out)
+    print(to_markdown(summary), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

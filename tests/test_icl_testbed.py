@@ -1,0 +1,178 @@
+"""The linear-Transformer testbed: the model against a float64 transcription of the paper's equations, the
+one-layer model at the optimal preconditioned gradient step, the prompt stream, the tail-index estimator on
+α-stable samples, and a short run through the Trainer (loss goes down, resume is bit-exact, measurements logged)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import levy_stable
+
+from core.rundir import RunDir
+from data.icl_regression import ICLRegressionConfig, ICLRegressionStream, sample_prompts
+from linreg.config import load_config
+from linreg.icl_trainer import ICLTrainer
+from linreg.metrics import read_metrics
+from linreg.opt_measures import tail_index
+from model.linear_attention import build_linear_attention, preconditioned_gd_step
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "linear_attention" / "base.yaml"
+
+
+def paper_forward(prompts: np.ndarray, ps: list[np.ndarray], qs: list[np.ndarray]) -> np.ndarray:
+    """The paper's column form in float64: Z_{l+1} = Z_l + (1/n) P_l Z_l M (Z_l^T Q_l Z_l), y_hat = -[Z_L]_{d+1,n+1}."""
+    out = []
+    for prompt in prompts.astype(np.float64):
+        z = prompt.T  # [d+1, n+1]
+        n = z.shape[1] - 1
+        m = np.diag([1.0] * n + [0.0])
+        for p, q in zip(ps, qs):
+            z = z + p @ z @ m @ (z.T @ q @ z) / n
+        out.append(-z[-1, -1])
+    return np.array(out)
+
+
+def test_forward_equals_the_papers_equations_in_float64():
+    cfg = ICLRegressionConfig(dim=4, num_examples=9)
+    prompts, _ = sample_prompts(cfg, np.random.default_rng(0), 16)
+    model = build_linear_attention(4, 3, init_std=0.3, seed=0).double()
+    ps = [blk.P.detach().numpy() for blk in model.layers]
+    qs = [blk.Q.detach().numpy() for blk in model.layers]
+    got = model(prompts.double()).detach().numpy()
+    np.testing.assert_allclose(got, paper_forward(prompts.numpy(), ps, qs), rtol=1e-12, atol=1e-12)
+
+
+def test_one_layer_at_the_optimal_preconditioned_gd_step_reaches_the_expected_loss():
+    """x ~ N(0, I_d), w ~ N(0, I_d): one step y_hat = x_q^T (a I) (1/n) Σ y_i x_i has expected loss
+    a^2 d (n+d+1)/n - 2ad + d (E[(X^T X)^2] = n(n+d+1) I for Gaussian X), minimal at a* = n/(n+d+1) with
+    loss d(d+1)/(n+d+1) (Ahn et al. 2023, isotropic case)."""
+    d, n, count = 5, 20, 60_000
+    cfg = ICLRegressionConfig(dim=d, num_examples=n)
+    prompts, targets = sample_prompts(cfg, np.random.default_rng(1), count)
+    prompts, targets = prompts.double(), targets.double()
+
+    def loss(a: float) -> float:
+        model = preconditioned_gd_step(d, a * torch.eye(d)).double()
+        with torch.no_grad():
+            return float(((model(prompts) - targets) ** 2).mean())
+
+    a_star = n / (n + d + 1)
+    expected = d * (d + 1) / (n + d + 1)
+    assert loss(a_star) == pytest.approx(expected, rel=0.03)
+    for a in (0.8 * a_star, 1.2 * a_star):
+        assert loss(a) == pytest.approx(a * a * d * (n + d + 1) / n - 2 * a * d + d, rel=0.03)
+        assert loss(a) > loss(a_star)
+
+
+def test_stream_is_seeded_resumable_and_split_over_ranks():
+    cfg = ICLRegressionConfig(dim=3, num_examples=6, covariates="student_t", df=2.5, condition=10.0)
+    a = ICLRegressionStream(cfg, 4, 0, 1, seed=3)
+    first = [a.next_batch() for _ in range(3)]
+    b = ICLRegressionStream(cfg, 4, 0, 1, seed=3)
+    b.load_state_dict({"cursor": 2, "seed": 3})
+    assert torch.equal(b.next_batch()[0], first[2][0])
+    halves = [ICLRegressionStream(cfg, 2, r, 2, seed=3).next_batch()[0] for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), first[0][0])  # same prompts for any split over ranks
+    prompts, targets = first[0]
+    x, y = prompts[:, :, :3], prompts[:, :, 3]
+    assert prompts.shape == (4, 7, 4) and torch.all(prompts[:, -1, -1] == 0)
+    w = torch.linalg.lstsq(x[:, :-1].double(), y[:, :-1, None].double()).solution  # y_i = w^T x_i exactly
+    torch.testing.assert_close((x[:, -1:].double() @ w).reshape(-1), targets.double(), rtol=1e-4, atol=1e-4)
+
+
+def test_heavy_tails_and_anisotropy_of_the_covariates():
+    rng = np.random.default_rng(2)
+    gauss, _ = sample_prompts(ICLRegressionConfig(dim=4, num_examples=50), rng, 2000)
+    heavy, _ = sample_prompts(ICLRegressionConfig(dim=4, num_examples=50, covariates="student_t", df=3.0), rng, 2000)
+    aniso, _ = sample_prompts(ICLRegressionConfig(dim=4, num_examples=50, condition=100.0), rng, 2000)
+    kurt = lambda t: float((t ** 4).mean() / (t ** 2).mean() ** 2)  # noqa: E731
+    assert abs(kurt(gauss[:, :, 0]) - 3.0) < 0.1 and kurt(heavy[:, :, 0]) > 8.0  # t_3: infinite kurtosis
+    var = aniso[:, :, :4].reshape(-1, 4).var(0).numpy()
+    np.testing.assert_allclose(var, np.geomspace(1, 0.01, 4), rtol=0.05)
+
+
+@pytest.mark.parametrize("alpha", [1.2, 1.5, 1.8])
+def test_tail_index_recovers_the_index_of_alpha_stable_samples(alpha):
+    """Stated error: within 0.15 of α with 40 000 samples (K1 = 200 blocks of 200)."""
+    x = levy_stable.rvs(alpha, 0.0, size=40_000, random_state=np.random.default_rng(int(alpha * 10)))
+    assert abs(tail_index(x) - alpha) < 0.15
+    assert tail_index(np.random.default_rng(0).standard_normal(40_000)) > 1.85  # Gaussian: α = 2
+    assert np.isnan(tail_index(np.full(100, np.nan)))  # a diverged run's gradients: no index, no crash
+
+
+def _cfg(*overrides):
+    return load_config(CONFIG, ["train.micro_batch_size=32", "logging.every=1", "optim.lr=0.01",
+                                "measure.every=5", "measure.full_batch=256", "measure.batch_size=16",
+                                "measure.noise_batches=16", "measure.power_iters=5", *overrides])
+
+
+def _losses(run: RunDir) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in read_metrics(run.metrics) if "train/loss" in r}
+
+
+def test_trainer_decreases_the_loss_resumes_bit_exactly_and_logs_measurements(tmp_path):
+    full = RunDir(tmp_path / "full")
+    assert ICLTrainer(_cfg("train.max_steps=20"), full).fit() == 0
+    curve = _losses(full)
+    assert np.mean([curve[s] for s in range(16, 21)]) < np.mean([curve[s] for s in range(1, 6)]) - 0.5
+    measured = {r["step"]: r for r in read_metrics(full.metrics) if "opt/tail_index" in r}
+    assert sorted(measured) == [5, 10, 15, 20]
+    for key in ("opt/grad_norm", "opt/sharpness", "opt/dir_sharpness", "opt/local_smoothness"):
+        assert np.isfinite(measured[20][key])
+    assert 0 < measured[20]["opt/tail_index"] <= 2
+
+    part = RunDir(tmp_path / "part")
+    assert ICLTrainer(_cfg("train.max_steps=10"), part).fit() == 0
+    assert ICLTrainer(_cfg("train.max_steps=20"), part, resume="auto").fit() == 0
+    assert _losses(part) == curve  # bit-exact: same prompts, same weights, same optimizer state
+
+
+def test_sgd_is_selectable():
+    cfg = _cfg("optim.name=sgd", "optim.momentum=0.9")
+    from linreg.engine import build_optimizer
+
+    opt = build_optimizer(build_linear_attention(5, 2, 0.02), cfg.optim, "cpu")
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    assert replace(cfg.optim, name="adamw").name == "adamw"
+
+
+def test_linearity_profile_and_regularizers_apply_to_the_testbed():
+    from analysis.linear_attention import testbed_profile
+    from model.capture import ResidualStream
+    from regularizers import RegularizerConfig, build_regularizer
+
+    cfg = ICLRegressionConfig(dim=5, num_examples=20)
+    prompts, _ = sample_prompts(cfg, np.random.default_rng(4), 64)
+    model = build_linear_attention(5, 3, init_std=0.3, seed=1)
+    profile = testbed_profile(model, prompts)
+    assert len(profile) == 3 and all(0.0 <= p["linearity"] <= 1.0 for p in profile)
+    # One block with P = Q = 0 is the identity: perfectly linear, with a zero update (LS_wo undefined).
+    identity = build_linear_attention(5, 1, init_std=0.0)
+    assert testbed_profile(identity, prompts)[0]["linearity"] == pytest.approx(1.0)
+
+    stream = ResidualStream(model)
+    reg = build_regularizer(RegularizerConfig(name="cosine", weight=1.0))
+    with stream:
+        model(prompts)
+    reg(stream.take(), step=0).backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_a_block_is_linear_within_a_prompt_and_not_across_prompts():
+    """Row k of a block's update is (1/n) Σ_j (h_k^T Q^T h_j) P h_j = P S Q h_k with S = (1/n) Σ_j h_j h_j^T over the
+    prompt's example rows: one linear map per prompt, so the linearity score is 1 on one prompt's rows and
+    below 1 pooled over prompts (the map changes with S)."""
+    from eval.linearity.score import linearity_score
+    from model.capture import ResidualStream
+
+    prompts, _ = sample_prompts(ICLRegressionConfig(dim=5, num_examples=40), np.random.default_rng(5), 32)
+    model = build_linear_attention(5, 2, init_std=0.3, seed=2).double()
+    stream = ResidualStream(model)
+    with torch.no_grad(), stream:
+        model(prompts.double())
+    h0, h1, _ = stream.take()
+    assert linearity_score(h0[0], h1[0]) == pytest.approx(1.0, abs=1e-9)
+    assert linearity_score(h0.reshape(-1, 6), h1.reshape(-1, 6)) < 0.99
