@@ -40,6 +40,7 @@ from data.tokenizer import tokenizer_fingerprint
 _FORMAT = 2
 _TASK_CHARS = 1 << 20  # text per worker task: large enough to amortise the hand-off, small enough to bound memory
 _TASK_DOCS = 8192
+_SERIAL_TASKS = 4  # sources up to this many tasks (~4 MiB of text) are tokenized in-process, with no fork
 _COPY_BYTES = 64 << 20
 
 
@@ -133,12 +134,30 @@ def _in_order(pool, tasks, depth: int):
         yield pending.popleft().get()
 
 
+def _start_pool(num_proc: int):
+    """Forked workers that inherit ``_WORKER``. Each runs on one core; the Rust thread pool would only
+    oversubscribe them (and warn on fork)."""
+    import multiprocessing
+
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return multiprocessing.get_context("fork").Pool(num_proc)
+    finally:
+        if saved is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
 def tokenize_documents(docs, tokenizer, directory: Path, num_proc: int = 1, desc: str = "",
                        progress: bool = False) -> dict:
     """Tokenize the stream ``docs`` into ``directory``/tokens.bin (EOS after each document) and ends.bin; return
-    the metadata. ``num_proc`` > 1 tokenizes in that many forked worker processes."""
+    the metadata. ``num_proc`` > 1 tokenizes in that many worker processes, once the text is longer than
+    ``_SERIAL_TASKS`` tasks: small sources are tokenized in-process, with no fork (a forked pool in a process that
+    already runs threads was once seen to hang in a loaded test run; see docs/PERFORMANCE.md)."""
     global _WORKER
-    import multiprocessing
+    import itertools
 
     from tqdm import tqdm
 
@@ -149,20 +168,13 @@ def tokenize_documents(docs, tokenizer, directory: Path, num_proc: int = 1, desc
     bar = tqdm(desc=f"tokenizing {desc}", unit="doc", unit_scale=True, disable=not progress)
     pool = None
     try:
-        if num_proc > 1:
-            # Each worker encodes on one core; the Rust thread pool would only oversubscribe them (and warn on fork).
-            saved = os.environ.get("TOKENIZERS_PARALLELISM")
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            try:
-                pool = multiprocessing.get_context("fork").Pool(num_proc)
-            finally:
-                if saved is None:
-                    del os.environ["TOKENIZERS_PARALLELISM"]
-                else:
-                    os.environ["TOKENIZERS_PARALLELISM"] = saved
-            results = _in_order(pool, _tasks(docs), depth=2 * num_proc)
+        tasks = _tasks(docs)
+        head = list(itertools.islice(tasks, _SERIAL_TASKS + 1))
+        if num_proc > 1 and len(head) > _SERIAL_TASKS:
+            pool = _start_pool(num_proc)
+            results = _in_order(pool, itertools.chain(head, tasks), depth=2 * num_proc)
         else:
-            results = map(_encode, _tasks(docs))
+            results = map(_encode, itertools.chain(head, tasks))
         with (directory / "tokens.bin").open("wb") as tf, (directory / "ends.bin").open("wb") as ef:
             for tokens, lengths in results:
                 tf.write(tokens.data)

@@ -72,8 +72,11 @@ def test_empty_dataset(tmp_path):
         load_documents(DataConfig(train_files=[str(f)]), "train")
 
 
-def test_cache_packs_with_eos(tiny_tokenizer, tinystories_valid, tmp_path):
-    cfg = DataConfig(train_files=[str(tinystories_valid)], max_docs=50, cache_dir=str(tmp_path))
+def test_cache_packs_with_eos(tiny_tokenizer, tinystories_valid, tmp_path, monkeypatch):
+    import data.cache
+
+    monkeypatch.setattr(data.cache, "_SERIAL_TASKS", 0)  # the worker pool even for this one task
+    cfg = DataConfig(train_files=[str(tinystories_valid)], max_docs=50, cache_dir=str(tmp_path), num_proc=2)
     tokens = tokenized_split(cfg, "train", tiny_tokenizer, progress=False)
     docs = read_txt_documents(tinystories_valid)[:50]
     expected = []
