@@ -31,7 +31,7 @@ def build_testbed(cfg, rank: int, world: int):
             raise ConfigError(f"eval.{name}.enabled=true: the text evaluators do not apply to "
                               f"model.arch=linear_attention (set eval.{name}.enabled=false)")
     model = build_linear_attention(cfg.data.icl.dim, cfg.model.num_layers, cfg.model.init_std, seed=cfg.train.seed)
-    stream = ICLRegressionStream(cfg.data.icl, cfg.train.micro_batch_size, rank, world, cfg.train.seed)
+    stream = ICLRegressionStream(cfg.data.icl, cfg.train.split(world)[0], rank, world, cfg.train.seed)
     return model, stream
 
 

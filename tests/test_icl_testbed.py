@@ -104,7 +104,7 @@ def test_tail_index_recovers_the_index_of_alpha_stable_samples(alpha):
 
 
 def _cfg(*overrides):
-    return load_config(CONFIG, ["train.micro_batch_size=32", "logging.every=1", "optim.lr=0.01",
+    return load_config(CONFIG, ["train.global_batch_size=32", "logging.every=1", "optim.lr=0.01",
                                 "measure.every=5", "measure.full_batch=256", "measure.batch_size=16",
                                 "measure.noise_batches=16", "measure.power_iters=5", *overrides])
 
