@@ -97,14 +97,15 @@ def _late_loss(curves: dict, rows: int = 5) -> float | None:
 def summarize(sweep_dir: Path) -> dict:
     cells: dict[tuple[int, str], dict[str, list]] = {}
     for m, curves in _runs(sweep_dir):
-        if _late_loss(curves) is None:
+        late = _late_loss(curves)
+        if late is None:
             continue
         opt, depth, tails = m.group(1), int(m.group(2)), m.group(3)
         cell = cells.setdefault((depth, tails), {})
         if "diverged" in curves:
             cell.setdefault(f"{opt}:diverged", []).append(1)
             continue
-        cell.setdefault(opt, []).append(_late_loss(curves))
+        cell.setdefault(opt, []).append(late)
         for key in MEASURES:
             value = _final(curves, key)
             if value is not None:

@@ -120,22 +120,10 @@ class RunDir:
 
     def _check_latest(self, used: Path) -> None:
         """One warning when ``latest`` is empty, garbage or dangling (the manifests chose ``used`` instead)."""
-        marker = self.checkpoints / LATEST
-        if not marker.exists():
-            return  # a kill between the first manifest and its ``latest``: nothing was skipped
-        try:
-            text = marker.read_text(errors="replace").strip()
-        except OSError:
-            text = "\x00"
-        if not text:
-            why = "is empty"
-        elif step_of(text) is None or Path(text).name != text:
-            why = f"names {text[:40]!r}, not a checkpoint"
-        elif not (self.checkpoints / text).is_dir():
-            why = f"names {text}, which does not exist"
-        else:
-            return
-        warnings.warn(f"{marker} {why}: resuming from {used.name}, the newest complete checkpoint", stacklevel=3)
+        _, why = read_latest(self.checkpoints)
+        if why is not None:
+            warnings.warn(f"{self.checkpoints / LATEST} {why}: resuming from {used.name}, the newest complete "
+                          f"checkpoint", stacklevel=3)
 
     def unfinished_saves(self) -> list[Path]:
         """The step_* directories of saves that never finished (no manifest)."""
@@ -233,16 +221,26 @@ def verify_checkpoint(tag_dir: Path) -> str | None:
     return None
 
 
-def latest_in(ckpt_root: str | os.PathLike) -> Path | None:
+def read_latest(ckpt_root: str | os.PathLike) -> tuple[Path | None, str | None]:
+    """The checkpoint ``latest`` names, or why it names none: ``(path, None)``, ``(None, reason)``, or
+    ``(None, None)`` when there is no ``latest`` (a kill before the first one was written: nothing was skipped)."""
     marker = Path(ckpt_root) / LATEST
+    if not marker.exists():
+        return None, None
     try:
         name = marker.read_text(errors="replace").strip()
     except OSError:
-        return None
-    if step_of(name) is None or Path(name).name != name:  # empty or garbage
-        return None
+        name = "\x00"
+    if not name:
+        return None, "is empty"
+    if step_of(name) is None or Path(name).name != name:
+        return None, f"names {name[:40]!r}, not a checkpoint"
     path = Path(ckpt_root) / name
-    return path if path.is_dir() else None
+    return (path, None) if path.is_dir() else (None, f"names {name}, which does not exist")
+
+
+def latest_in(ckpt_root: str | os.PathLike) -> Path | None:
+    return read_latest(ckpt_root)[0]
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

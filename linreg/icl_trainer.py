@@ -56,8 +56,8 @@ class ICLTrainer(Trainer):
                           "data": dataclasses.asdict(self.cfg.data.icl)}}
 
     @property
-    def tokens_per_step(self) -> int:
-        return self.ds_cfg["train_batch_size"] * self.cfg.data.icl.seq_len
+    def seq_len(self) -> int:
+        return self.cfg.data.icl.seq_len
 
     def forward_loss(self, batch, step: int):
         prompts, targets = (t.to(self.device, non_blocking=True) for t in batch)

@@ -260,8 +260,13 @@ class Trainer:
 
     # -- public API ----------------------------------------------------------------------------------------------
     @property
+    def seq_len(self) -> int:
+        """Positions per sequence (a subclass with other inputs overrides it)."""
+        return self.cfg.data.seq_len
+
+    @property
     def tokens_per_step(self) -> int:
-        return self.ds_cfg["train_batch_size"] * self.cfg.data.seq_len
+        return self.ds_cfg["train_batch_size"] * self.seq_len
 
     @property
     def micro_batch(self) -> int:

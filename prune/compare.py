@@ -41,7 +41,7 @@ def paired_difference(key: str, a: list, b: list, seed: int = 0) -> dict:
         def stat(x, y, axis=-1):
             return x.mean(axis) - y.mean(axis)
     point = float(stat(*data))
-    if all(np.array_equal(data[0], d) for d in data[1:2]):  # the same model: no spread to resample
+    if np.array_equal(data[0], data[1]):  # the same model: no spread to resample
         return {"diff": point, "lo": point, "hi": point}
     res = stats.bootstrap(data, stat, paired=True, vectorized=True, n_resamples=N_RESAMPLES, method="percentile",
                           rng=rng)

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from eval.linearity.profile import probe_batches
+from model.loss import causal_lm_loss
 from prune import surgery
 from prune.plan import Probe, Pruned, Selector
 
@@ -29,16 +29,16 @@ def _passthrough(module, args, kwargs, output):
 
 @torch.no_grad()
 def probe_nll(model: nn.Module, probe: Probe, skip: nn.Module | None = None) -> float:
-    """Mean next-token NLL over the probe's real tokens, with the block ``skip`` passed through if given."""
-    device = torch.device(probe.device or "cpu")
+    """Mean next-token NLL over the probe's real tokens, with the block ``skip`` passed through if given. The model
+    runs where it is: the caller moves it to the probe's device once for all its candidates."""
+    device = next(model.parameters()).device
     handle = skip.register_forward_hook(_passthrough, with_kwargs=True) if skip is not None else None
-    model.to(device)
     try:
         total, count = 0.0, 0
         for ids, mask in probe_batches(probe.tokens, probe.batch_size, probe.pad_id):
             ids, mask = ids.to(device), mask.to(device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
-            nll = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+            nll = causal_lm_loss(logits, ids[:, 1:], reduction="none")
             real = mask[:, 1:].flatten().bool()
             total += float(nll[real].double().sum())
             count += int(real.sum())
@@ -46,7 +46,6 @@ def probe_nll(model: nn.Module, probe: Probe, skip: nn.Module | None = None) -> 
     finally:
         if handle is not None:
             handle.remove()
-        model.to("cpu")
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,12 @@ class Perplexity:
         order = []
         for k in range(1, k_max + 1):
             layers = surgery.blocks(pruned.model)
-            scores = {b: probe_nll(pruned.model, ctx.probe, layers[pruned.position(b)])
-                      for b in ctx.selector.eligible("remove", pruned.changed)}
+            pruned.model.to(torch.device(ctx.probe.device or "cpu"))
+            try:
+                scores = {b: probe_nll(pruned.model, ctx.probe, layers[pruned.position(b)])
+                          for b in ctx.selector.eligible("remove", pruned.changed)}
+            finally:
+                pruned.model.to("cpu")
             block = min(scores, key=lambda b: (scores[b], b))
             order.append({"block": block, "score": scores[block], "scores": {str(b): v for b, v in scores.items()}})
             pruned.change(block, ctx.probe, ctx.states if k == 1 else None)
