@@ -4,9 +4,10 @@
 
 The paper gives no protocol; this one is fixed across models so that they compare:
 
-- **Inputs** are the benchmark prompts of ``eval.benchmarks.tasks`` (lme's wording). A *two-choice* task
-  (``xstorycloze_<lang>``, ``copa``) gives two sequences per document, context + " " + ending; a *classification*
-  task (``boolq``, ``cb``, ``rte``, ``wic``, ``wsc``, ``multirc``) gives one, the prompt, with the document's label.
+- **Inputs** are the benchmark prompts of ``eval.benchmarks.tasks`` (lme's wording); each task says how it is
+  probed (``Task.probe_kind``; ``probe_tasks()`` lists them). A *two-choice* task (``xstorycloze_<lang>``,
+  ``copa``) gives two sequences per document, context + " " + ending; a *classification* task (``boolq``, ``cb``,
+  ``rte``, ``wic``, ``wsc``, ``multirc``) gives one, the prompt, with the document's label.
   Context and ending are tokenized apart and concatenated (as lme does), so the ending's positions are exact; a
   sequence longer than the model's context loses the start of its context.
 - **Features**: for layer l = 0..L (0 = the embedding output h_0, l = the output of block l, before the final norm;
@@ -53,8 +54,7 @@ from core.cli import run_cli
 from core.errors import ConfigError
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-TWO_CHOICE = ("copa", "xstorycloze")
-CLASSIFICATION = ("boolq", "cb", "rte", "wic", "wsc", "multirc", "multirc_fixed")
+KINDS = ("two_choice", "classification")
 
 
 @dataclass(frozen=True)
@@ -75,14 +75,26 @@ class ProbeProtocol:
     grid: tuple[float, ...] = C_GRID
 
 
+def probe_tasks() -> dict[str, str]:
+    """Every registered task that can be probed, with its kind (``Task.probe_kind``)."""
+    from eval.benchmarks.tasks import registered
+
+    return {t.name: t.probe_kind for t in registered() if t.probe_kind in KINDS}
+
+
 def task_kind(name: str) -> str:
-    base = name.split("_")[0] if name.startswith("xstorycloze") else name
-    if base in TWO_CHOICE:
-        return "two_choice"
-    if base in CLASSIFICATION:
-        return "classification"
-    raise ConfigError(f"task '{name}' has no probe form: two-choice tasks {TWO_CHOICE[0]}, xstorycloze_<lang>; "
-                      f"classification tasks {', '.join(CLASSIFICATION)}")
+    from eval.benchmarks.tasks import expand_task_names
+
+    kinds = probe_tasks()
+    if name in kinds:
+        return kinds[name]
+    try:
+        expand_task_names([name])
+    except ValueError as e:  # not a task at all: the registry's message, with its "did you mean"
+        raise ConfigError(str(e)) from None
+    listed = {k: [t for t, kind in kinds.items() if kind == k] for k in KINDS}
+    raise ConfigError(f"task '{name}' has no probe form: two-choice tasks {', '.join(listed['two_choice'])}; "
+                      f"classification tasks {', '.join(listed['classification'])}")
 
 
 def task_examples(task, docs: list[dict]) -> list[Example]:
@@ -90,7 +102,7 @@ def task_examples(task, docs: list[dict]) -> list[Example]:
     out = []
     for doc in docs:
         text, choices = task.doc_to_text(doc), task.doc_to_choice(doc)
-        if task_kind(task.name) == "two_choice":
+        if task.probe_kind == "two_choice":
             gold = task.gold_index(doc, choices)
             out.append(Example(text, tuple(task.target_delimiter + c.strip() for c in choices), int(gold == 0)))
         elif int(doc["label"]) >= 0:  # unlabelled rows (label -1) are skipped

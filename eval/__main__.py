@@ -4,10 +4,11 @@
         [--num-fewshot K] [--limit N] [--log-samples] [--data-root DIR]
 
 PATH: an HF model directory (an export), a linreg run directory or a checkpoint directory. Task names: boolq, cb,
-copa, multirc, record, rte, wic, wsc, xstorycloze_<lang>, tinystories, multirc_fixed, and the groups superglue and
-xstorycloze. Data: ``--data-root`` (default ``$LINREG_DATA_ROOT``) in the layout of shared/data; without one, the
-HF hub datasets. Writes DIR/results.json ({task: {metric: value}}), DIR/meta.json, DIR/results.md (the tables,
-also printed), DIR/samples_<task>.jsonl with --log-samples, and TensorBoard scalars eval/<task>/<metric> in DIR/tb.
+copa, multirc, record, rte, wic, wsc, xstorycloze_<lang>, tinystories, wikitext2, arc_easy, multirc_fixed, and the
+groups superglue and xstorycloze (``eval.benchmarks.tasks``). Data: ``--data-root`` (default ``$LINREG_DATA_ROOT``)
+in the layout of shared/data; without one, the HF hub datasets. Writes DIR/results.json ({task: {metric: value}}),
+DIR/meta.json, DIR/results.md (the tables, also printed), DIR/samples_<task>.jsonl with --log-samples, and
+TensorBoard scalars eval/<task>/<metric> in DIR/tb.
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from pathlib import Path
 from core import precision
 from core.cli import command, run_cli
 from core.errors import ConfigError, MissingDataError
+from eval.benchmarks.tasks import DEFAULT_TASKS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF model dir, linreg run dir or checkpoint dir")
-    p.add_argument("--tasks", default="superglue,xstorycloze_en,tinystories",
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                    help="comma-separated task and group names (default: %(default)s)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num-fewshot", type=int, default=0, help="examples from the train split per prompt (default 0)")

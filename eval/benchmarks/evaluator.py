@@ -20,8 +20,8 @@ from core.errors import ConfigError
 from data.sources import data_root
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
 from eval.benchmarks.scorer import resolve_max_length
-from eval.benchmarks.suite import DEFAULT_TASKS, BenchmarkSuite, results_to_scalars, write_results
-from eval.benchmarks.tasks import expand_task_names
+from eval.benchmarks.suite import BenchmarkSuite, results_to_scalars, write_results
+from eval.benchmarks.tasks import DEFAULT_TASKS, expand_task_names
 
 
 @dataclass
