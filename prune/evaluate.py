@@ -43,6 +43,8 @@ class Evaluation:
         self.wikitext_task = get_task("wikitext2", DataSource(base))
         self.wikitext = self.wikitext_task.build(tokenizer, context - 1, stride=stride,
                                                  max_tokens=wikitext_max_tokens)
+        if "wikitext2" in tasks:
+            raise PruneError("--tasks: wikitext2 is always scored here, with --context and --stride; leave it out")
         try:
             self.suite = BenchmarkSuite(list(tasks), tokenizer, data_root=str(base), limit=limit) if tasks else None
         except ValueError as e:
