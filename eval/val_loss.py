@@ -3,8 +3,8 @@
 Uses the same packing as training (sequences of ``data.seq_len`` tokens, EOS between documents) over a fixed
 set of ``data.val_batches`` global batches: the first ``val_batches × train.global_batch_size`` sequences in file
 order, split over the ranks in micro-batches as training splits a step. The packed sequences are the windows of
-``model.loss.sliding_windows`` that overlap by one token, scored by its ``window_nll``. The set, and so the loss, is the same on
-any number of ranks; the mean is over all its tokens.
+``model.loss.sliding_windows`` that overlap by one token, scored by its ``window_nll``. The set, and so the loss,
+is the same on any number of ranks; the mean is over all its tokens.
 """
 from __future__ import annotations
 
