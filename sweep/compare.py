@@ -41,6 +41,7 @@ _SEED_DIR = re.compile(r"^seed\d+$")
 
 
 def lookup(results: dict | None, task: str) -> tuple[str | None, dict | None]:
+    """eval's ``lookup`` (the full split wins), imported on first use so that this module loads without torch."""
     from eval.benchmarks.tasks import lookup as task_lookup
 
     return task_lookup(results, task)
@@ -65,9 +66,11 @@ def other_columns(runs: list[Run]) -> list[tuple[str, str, str]]:
     from eval.benchmarks.report import group_tables, paper_columns
 
     paper = {(t, c.metric) for t, c in paper_columns()}
+    present = _present(runs)
     out = []
-    for table in group_tables(_present(runs)):
-        cols = [(t, c) for t, c in table.columns if c.fmt == "percent" and (t, c.metric) not in paper]
+    for table in group_tables(present):
+        cols = [(t, c) for t, c in table.columns
+                if t in present and c.fmt == "percent" and (t, c.metric) not in paper]
         for t, c in cols:
             several = sum(t == u for u, _ in cols) > 1
             out.append((f"{t}-{c.label}" if several else t, t, c.metric))

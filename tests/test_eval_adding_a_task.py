@@ -51,7 +51,7 @@ def test_a_new_task_is_scored_reported_compared_and_analysed(rte_short, tiny_hf_
 
     model = AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_model_dir)
-    suite = BenchmarkSuite([rte_short, "tinystories"], tokenizer, data_root=shared_data)
+    suite = BenchmarkSuite([rte_short], tokenizer, data_root=shared_data)
     results = suite.run(model, device="cpu")
     expected = _short_rte(shared_data)
     assert 0 < results[rte_short].n == len(expected) < 277
