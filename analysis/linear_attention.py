@@ -14,17 +14,15 @@ the residual stream h_0..h_L captured by model/capture.py: every row of every pr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import stats as sps
 
-from core.cli import command
+from core.cli import command, parser, run_cli
 from core.errors import UserError
 
 _VARIANT = re.compile(r"^(adam|sgd)_L(\d+)_(gauss|heavy)$")
@@ -192,7 +190,7 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
 
 @command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser("linear-attention", "analysis.linear_attention", __doc__)
     p.add_argument("sweep_dir", help="the sweep's directory (runs/<name>)")
     p.add_argument("--out", required=True, help="output directory (summary.json, summary.md, PNG figures)")
     args = p.parse_args(argv)
@@ -209,4 +207,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

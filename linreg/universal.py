@@ -16,13 +16,13 @@ only the accumulation is derived again for the new number of ranks.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from core.cli import command, parser, run_cli
 from core.errors import CheckpointError
 from core.rundir import find_checkpoint, verify_checkpoint, write_manifest
 
@@ -88,17 +88,17 @@ def convert(tag_dir: Path) -> Path:
     return tag_dir / UNIVERSAL
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m linreg.universal", description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", type=Path, help="a run dir (its newest complete checkpoint) or a checkpoint dir")
-    args = parser.parse_args(argv)
-    tag_dir = find_checkpoint(args.path)  # verified complete
+    p = parser("universal", "linreg.universal", __doc__)
+    p.add_argument("--run", required=True, type=Path, metavar="RUN_OR_CHECKPOINT",
+                   help="a run dir (its newest complete checkpoint) or a checkpoint dir")
+    args = p.parse_args(argv)
+    tag_dir = find_checkpoint(args.run)  # verified complete
     out = convert(tag_dir)
     print(f"universal checkpoint: {out} (resume with any number of ranks: --resume auto or --resume {tag_dir})")
     return 0
 
 
 if __name__ == "__main__":
-    from core.cli import run_cli
-
     run_cli(main)

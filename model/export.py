@@ -12,7 +12,6 @@ rebuilt from the ``model:`` section of its config.yaml and its tokenizer/ (the l
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from core.cli import command
+from core.cli import add_model_args, command, parser
 from core.config import from_dict, load_yaml_tree
 from core.errors import CheckpointError, ConfigError, UserError
 from core.rundir import RunDir, find_checkpoint, is_checkpoint_dir
@@ -175,11 +174,11 @@ def _looks_like_hub_name(name: str) -> bool:
 
 @command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Export a linreg checkpoint as a Hugging Face model directory.")
-    p.add_argument("checkpoint", help="run dir, its checkpoints/ dir, or a checkpoints/step_* dir")
-    p.add_argument("out", help="output directory")
+    p = parser("export", "model.export", "Export a linreg checkpoint as a Hugging Face model directory.")
+    add_model_args(p, help="a run dir (its newest complete checkpoint), its checkpoints/ dir, or a step_* dir")
+    p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
-    print(export_checkpoint(args.checkpoint, args.out))
+    print(export_checkpoint(args.model, args.out))
     return 0
 
 
