@@ -18,7 +18,7 @@ Protocol:
   -log σ(r_chosen - r_rejected); dialogues longer than ``--max-length`` lose their start (BOS kept), so the final
   replies, where chosen and rejected differ, always stay.
 - **Data**: from the hub, ``aps/super_glue`` train / validation and ``Anthropic/hh-rlhf`` (``helpful-base``)
-  train / test. A data root built by ``python -m data.prepare`` holds both (its manifest lists
+  train / test. A data root built by ``linreg data`` holds both (its manifest lists
   ``superglue/<Task>/train.jsonl`` and ``hh-rlhf/helpful-base-{train,test}.jsonl.gz``), and they are used as they
   are. In other roots (shared/data), SuperGLUE's validation files and ``hh-rlhf/harmless-base-test.jsonl.gz`` are
   carved into train and test parts (``analysis.taskdata``; the output says so): there the train files are the
@@ -84,7 +84,7 @@ TASK_TITLES = {"boolq": "BoolQ", "multirc": "MultiRC", "cb": "CB", "reward": "Re
 NUM_LABELS = {"boolq": 2, "multirc": 2, "cb": 3, "reward": 1}
 HH_RLHF = "Anthropic/hh-rlhf"
 HH_LOCAL = "hh-rlhf/harmless-base-test.jsonl.gz"
-HH_HELPFUL = "hh-rlhf/helpful-base-{split}.jsonl.gz"  # written by python -m data.prepare
+HH_HELPFUL = "hh-rlhf/helpful-base-{split}.jsonl.gz"  # written by linreg data
 
 
 # -- data ------------------------------------------------------------------------------------------------------------

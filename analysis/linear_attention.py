@@ -1,7 +1,7 @@
 """The linear-Transformer testbed's study: the Adam−SGD gap across depth and data tails, the optimisation
 measurements, and the linearity profile of the trained models (docs/linear_attention.md).
 
-    python -m analysis.linear_attention runs/la_adam_vs_sgd --out docs/linear_attention_example
+    linreg linear-attention runs/la_adam_vs_sgd --out docs/linear_attention_example
 
 Reads a sweep of ``configs/linear_attention/adam_vs_sgd.yaml`` (variants named ``<adam|sgd>_L<k>_<gauss|heavy>``).
 Per (L, data): the late training loss of each optimizer (the median of its last 5 logged rows, each a mean over

@@ -14,7 +14,8 @@ Syntax, the same in every command:
   models takes a list, and ``--label`` names them in its tables and legends, one label per model, in order.
 - **Shared options** mean the same everywhere: ``--device``/``--dtype``, ``--data-root``, ``--tasks``, ``--out`` and
   the linearity probe (``--text``, ``--text-field``, ``--num-chunks``, ``--chunk-chars``, ``--max-tokens``,
-  ``--probe-seed``, ``--probe-batch-size``).
+  ``--probe-seed``, ``--probe-batch-size``). ``--seed`` seeds a command's own draws (bootstrap, fits, sampling),
+  ``--probe-seed`` the probe's documents.
 
 Errors: a ``UserError`` is printed as one ``error: ...`` line with exit code 2; a diverged run
 (``NonFiniteLossError``) exits 1 the same way; anything else is a bug and keeps its traceback (``LINREG_DEBUG=1``

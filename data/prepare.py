@@ -64,18 +64,18 @@ def read_manifest(root: str | os.PathLike) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: corrupt manifest ({one_line(e)}); delete it and run python -m data.prepare "
+        raise DataError(f"{path}: corrupt manifest ({one_line(e)}); delete it and run linreg data "
                         f"again") from None
     sets = data.get("sets") if isinstance(data, dict) else None
     if not isinstance(sets, dict) or not all(isinstance(e, dict) and isinstance(e.get("files"), dict)
                                              for e in sets.values()):
         raise DataError(f"{path}: corrupt manifest (no 'sets' mapping of entries with 'files'); delete it and run "
-                        f"python -m data.prepare again")
+                        f"linreg data again")
     return data
 
 
 def prepared(root: str | os.PathLike | None, relpath: str) -> bool:
-    """Whether ``relpath`` under ``root`` is a file ``python -m data.prepare`` wrote (listed in the manifest): the
+    """Whether ``relpath`` under ``root`` is a file ``linreg data`` wrote (listed in the manifest): the
     readers' test for "the full split, not a sample". Cheap: sizes are compared, hashes are not."""
     if root is None:
         return False

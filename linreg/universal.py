@@ -5,8 +5,8 @@ loads only on N ranks. DeepSpeed's own converter, ``deepspeed.checkpoint.ds_to_u
 folder per parameter (fp32 weights and Adam moments), which any number of ranks can load. This command runs it on a
 checkpoint of a linreg run and puts the result inside that checkpoint:
 
-    python -m linreg.universal runs/cos                               # the run's newest complete checkpoint
-    python -m linreg.universal runs/cos/checkpoints/step_00001000     # or a given one
+    linreg universal --run runs/cos                               # the run's newest complete checkpoint
+    linreg universal --run runs/cos/checkpoints/step_00001000     # or a given one
 
 It writes ``step_.../universal/`` with a manifest of its own, and leaves the checkpoint's own files as they are. A
 resume with another world size (``--resume auto`` or that checkpoint's path) then loads ``universal/`` by itself;

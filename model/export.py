@@ -8,7 +8,7 @@ ZeRO stages 1-3 and from the module state for stage 0, after every file has pass
 (``load_weights_file``: a checkpoint from elsewhere cannot run code; README, "What is safe to load"). A run is
 rebuilt from the ``model:`` section of its config.yaml and its tokenizer/ (the layout is ``core.rundir``'s).
 
-    python -m model.export CHECKPOINT_OR_RUN_DIR OUT_DIR
+    linreg export --model CHECKPOINT_OR_RUN_DIR --out OUT_DIR
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def load_weights_file(path: Path, allow: list[type] = (), mmap: bool = False):
         extra = _unsafe_globals(path, allow) if isinstance(e, pickle.UnpicklingError) else []
         if extra:
             raise CheckpointError(f"{path} is not a plain-weights checkpoint (it pickles {', '.join(extra[:3])}): "
-                                  f"export it with python -m model.export where it was written, or set "
+                                  f"export it with linreg export where it was written, or set "
                                   f"{TRUST_ENV}=1 if you trust this file") from None
         text = str(e).split("WeightsUnpickler error:")[-1].strip() or type(e).__name__
         why = text.splitlines()[0].split(". ")[0]  # torch's first sentence, without its advice on weights_only

@@ -80,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     list_arg(p, "--export-k", default=["max"], metavar="K",
              help="ks whose models are exported: max (default), all, none, or ks")
     p.add_argument("--trust-remote-code", action="store_true", help="for hub models that need it")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fits' shuffling and the bootstrap (default 0)")
     add_probe_args(p, ProbeConfig)
     g = p.add_argument_group("evaluation")
     add_tasks_arg(g, [*TASKS, *GROUPS], ["tinystories", "arc_easy"], help="benchmark-suite tasks besides WikiText-2")
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     study = Study(criterion=args.criterion, methods=methods, ks=ks, iterative=args.iterative,
                   protect_first=args.protect_first, protect_last=args.protect_last,
                   export_ks=parse_export_ks(",".join(args.export_k), ks), resume=args.resume,
-                  seed=args.probe_seed)
+                  seed=args.seed)
     out = Path(args.out)
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
     study.check(len(blocks(model)))  # cheap errors before the probe and the evaluation data

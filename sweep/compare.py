@@ -11,7 +11,7 @@ sweep/report.py) and DIR/*.png (sweep/plots.py).
 Cells: mean over seeds ± sample std [95 % t interval], with n. Each difference to the baseline answers two
 questions (``sweep.stats``): is the recipe different (seeds are the units: Student's t over the per-seed values;
 bold = p < 0.05), and are these trained models different on these documents (a paired bootstrap over documents,
-conditional on the seeds; it needs the per-document samples that the sweep runner's ``python -m eval
+conditional on the seeds; it needs the per-document samples that the sweep runner's ``linreg eval
 --log-samples`` writes). Per column, the seed spread pooled over all variants gives the smallest difference the
 sweep could detect (80 % power at alpha 0.05); ``--plan DELTA`` adds the seeds per variant a difference of DELTA
 points needs.
@@ -371,7 +371,7 @@ def main(argv=None) -> int:
     result = compare(variants, baseline, args.n_boot, args.seed, args.plan)
     result["mixed"] = mix
     result["title"] = args.title or sweep.get("name") or Path(args.paths[0]).resolve().name
-    result["command"] = "python -m sweep.compare " + shlex.join(argv if argv is not None else sys.argv[1:])
+    result["command"] = "linreg compare " + shlex.join(argv if argv is not None else sys.argv[1:])
     result["generated"] = datetime.datetime.now().isoformat(timespec="seconds")
 
     from sweep.report import render

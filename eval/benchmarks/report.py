@@ -7,7 +7,7 @@ perplexity. Values are percentages (loss and bpb as they are). Results computed 
 
 Compare runs (e.g. baseline vs regularized) from their results.json files:
 
-    python -m eval.benchmarks.report runs/base/eval/results.json runs/cos/eval/results.json [--labels base cos]
+    linreg report runs/base/eval/results.json runs/cos/eval/results.json [--label base,cos]
 """
 from __future__ import annotations
 
