@@ -6,7 +6,7 @@ TinyStories and WikiText-2 (docs/eval.md).
 - ``scorer.py``: batched log-likelihoods (planning, shared contexts); ``loss.py``: loss tasks (loss, bits per
   byte, perplexity over sliding windows), ``tinystories.py`` and ``wikitext2.py`` the two of them;
 - ``suite.py``: ``BenchmarkSuite`` (prepare once, score any model) and the result files;
-- ``report.py``: the Table 2 markdown; ``evaluator.py``: the in-loop evaluator; ``python -m eval``: the CLI.
+- ``report.py``: the Table 2 markdown; ``evaluator.py``: the in-loop evaluator; ``linreg eval``: the CLI.
 """
 from eval.benchmarks.suite import BenchmarkSuite, default_batch_tokens, results_to_scalars, write_results
 

@@ -7,7 +7,7 @@ exactly once, with the preceding tokens of its window as context (the first toke
 window). ``bpb`` counts the EOS predictions in the numerator and no bytes for them in the denominator.
 
 Data: ``<root>/tinystories/valid.txt`` (stories separated by ``<|endoftext|>`` lines) or, without a data root, the
-``validation`` split of ``roneneldan/TinyStories`` (``text`` stripped, empty rows dropped). ``python -m data.prepare``
+``validation`` split of ``roneneldan/TinyStories`` (``text`` stripped, empty rows dropped). ``linreg data``
 writes that split as ``valid.txt``; a ``valid.txt`` its manifest does not list (e.g. shared/data's 1,726-story
 sample) is evaluated with a warning, which the results carry as a note.
 """
@@ -39,7 +39,7 @@ class TinyStories(LossTask):
         if not prepared(self.data.root, LOCAL_FILE) and not self.notes:
             self.note(f"task '{self.name}': {path} ({len(docs):,} stories) is not the full validation split of "
                       f"{HUB_DATASET} (not in {MANIFEST}); its loss is not comparable with full-split numbers -- "
-                      f"build the split with python -m data.prepare --root DIR --only tinystories")
+                      f"build the split with linreg data --root DIR --only tinystories")
         return docs
 
     def stream(self, tokenizer, limit, max_tokens):

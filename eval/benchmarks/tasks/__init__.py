@@ -45,7 +45,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "xstorycloze": tuple(f"xstorycloze_{lang}" for lang in XSTORYCLOZE_LANGUAGES),
 }
 
-# What `python -m eval`, the in-loop evaluator and a sweep's final benchmarks score unless told otherwise: the
+# What `linreg eval`, the in-loop evaluator and a sweep's final benchmarks score unless told otherwise: the
 # paper's Table 2 tasks and the TinyStories loss.
 DEFAULT_TASKS: tuple[str, ...] = ("superglue", "xstorycloze_en", "tinystories")
 
