@@ -50,21 +50,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from analysis.profiling import ProbeSpec, add_probe_arguments, probe_from_args, profile_model
+from analysis.profiling import ProfileSpec, add_probe_arguments, probe_from_args, profile_model
 from analysis.report import (
     ResultCache,
     fingerprint,
     markdown_table,
-    mean_std,
     model_identity,
-    model_labels,
     pm,
     write_csv,
-    write_json,
 )
+from core import stats
 from core.cli import run_cli
 from core.errors import ConfigError, DataError
-from core.rundir import RunDir
+from core.io import write_json
+from core.rundir import RunDir, model_labels
 from linreg.trainer import Trainer
 
 TASK_TITLES = {"boolq": "BoolQ", "multirc": "MultiRC", "cb": "CB", "reward": "Reward model (HH-RLHF)"}
@@ -258,7 +257,7 @@ class FinetuneSettings:
 
 
 def finetune_one(lm, tokenizer, task: str, seed: int, data: tuple, settings: FinetuneSettings, run_dir: Path,
-                 text: str, spec: ProbeSpec, device) -> dict:
+                 text: str, spec: ProfileSpec, device) -> dict:
     """Fine-tune ``lm`` on ``task`` under ``seed``; accuracy before and after, and the fine-tuned profile."""
     from eval.linearity.evaluator import history_record
 
@@ -308,12 +307,11 @@ def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
         out.setdefault(rec["model"], {}).setdefault(rec["task"], []).append(rec)
     for tasks in out.values():
         for task, recs in tasks.items():
-            d_wo, sd_wo = mean_std([r["delta_wo_res"] for r in recs])
-            d_lin, sd_lin = mean_std([r["delta_linearity"] for r in recs])
-            tasks[task] = {"delta_wo_res": d_wo, "delta_wo_res_std": sd_wo, "delta_linearity": d_lin,
-                           "delta_linearity_std": sd_lin, "seeds": [r["seed"] for r in recs],
-                           "acc_before": mean_std([r["acc_before"] for r in recs])[0],
-                           "acc_after": mean_std([r["acc_after"] for r in recs])[0],
+            wo, lin = (stats.summarize([r[key] for r in recs]) for key in ("delta_wo_res", "delta_linearity"))
+            tasks[task] = {"delta_wo_res": wo.mean, "delta_wo_res_std": wo.std, "delta_linearity": lin.mean,
+                           "delta_linearity_std": lin.std, "seeds": [r["seed"] for r in recs],
+                           "acc_before": stats.summarize([r["acc_before"] for r in recs]).mean,
+                           "acc_after": stats.summarize([r["acc_after"] for r in recs]).mean,
                            "majority": recs[0]["majority"], "split": recs[0]["split"],
                            "before_wo_res": recs[0]["before"]["means"]["linearity_wo_res"]}
     return out

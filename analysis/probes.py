@@ -44,13 +44,13 @@ from analysis.report import (
     fingerprint,
     markdown_table,
     model_identity,
-    model_labels,
     write_csv,
-    write_json,
 )
 from core import precision as core_precision
 from core.cli import run_cli
 from core.errors import ConfigError
+from core.io import write_json
+from core.rundir import model_labels
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 TWO_CHOICE = ("copa", "xstorycloze")
@@ -66,7 +66,9 @@ class Example:
 
 
 @dataclass(frozen=True)
-class ProbeProtocol:
+class LinearProbeProtocol:
+    """How a linear classifier probe is trained and scored on one layer's states: the held-out share of the
+    train split, the seed, the carving of local validation files, example limits and the regularisation grid."""
     holdout: float = 0.2
     seed: int = 0
     test_fraction: float = 0.5  # carving of local SuperGLUE validation files
@@ -98,7 +100,7 @@ def task_examples(task, docs: list[dict]) -> list[Example]:
     return out
 
 
-def load_examples(task_name: str, root, protocol: ProbeProtocol) -> tuple[list[Example], list[Example], str]:
+def load_examples(task_name: str, root, protocol: LinearProbeProtocol) -> tuple[list[Example], list[Example], str]:
     from analysis.taskdata import task_splits
     from eval.benchmarks.tasks import DataSource, get_task
 
@@ -180,7 +182,8 @@ def _fit(x, y, c: float, pairs: bool):
     return clf.fit(x, y)
 
 
-def fit_probe(x_train, y_train, x_eval, y_eval, pairs: bool, protocol: ProbeProtocol = ProbeProtocol()) -> dict:
+def fit_probe(x_train, y_train, x_eval, y_eval, pairs: bool,
+              protocol: LinearProbeProtocol = LinearProbeProtocol()) -> dict:
     """Choose C on a held-out part of train, refit on all of train, score on eval (module docstring)."""
     idx = list(range(len(y_train)))
     random.Random(protocol.seed).shuffle(idx)
@@ -196,7 +199,7 @@ def fit_probe(x_train, y_train, x_eval, y_eval, pairs: bool, protocol: ProbeProt
 
 
 def probe_layers(x_train, y_train, x_eval, y_eval, pairs: bool,
-                 protocol: ProbeProtocol = ProbeProtocol()) -> list[dict]:
+                 protocol: LinearProbeProtocol = LinearProbeProtocol()) -> list[dict]:
     """``fit_probe`` on each layer of [n, layers, d] features."""
     return [fit_probe(x_train[:, layer], y_train, x_eval[:, layer], y_eval, pairs, protocol)
             for layer in range(x_train.shape[1])]
@@ -231,7 +234,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     tasks = args.task or ["xstorycloze_en"]
     kinds = {t: task_kind(t) for t in tasks}
-    protocol = ProbeProtocol(seed=args.seed, train_limit=args.train_limit, eval_limit=args.eval_limit)
+    protocol = LinearProbeProtocol(seed=args.seed, train_limit=args.train_limit, eval_limit=args.eval_limit)
     root = data_root(cli=args.data_root)
     device = torch.device(args.device)
     dtype = core_precision.autocast_dtype(args.dtype, device)

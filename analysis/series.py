@@ -41,11 +41,12 @@ from pathlib import Path
 
 import torch
 
-from analysis.profiling import ProbeSpec, add_probe_arguments, probe_from_args, profile_model
-from analysis.report import ResultCache, default_label, fingerprint, write_csv, write_json
+from analysis.profiling import ProfileSpec, add_probe_arguments, probe_from_args, profile_model
+from analysis.report import ResultCache, fingerprint, write_csv
 from core.cli import run_cli
 from core.errors import ConfigError
-from core.rundir import RunDir, step_of
+from core.io import write_json
+from core.rundir import RunDir, model_label, step_of
 from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES
 from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args
 
@@ -123,7 +124,7 @@ def collect_series(args) -> dict[str, list[Checkpoint]]:
 
     for spec in args.run:
         label, path = split_label(spec)
-        put(label or default_label(path), run_series(path))
+        put(label or model_label(path), run_series(path))
     for spec, revisions in zip(args.model, args.revisions):
         label, name = split_label(spec)
         put(label or name, revision_series(name, revisions))
@@ -135,7 +136,7 @@ def collect_series(args) -> dict[str, list[Checkpoint]]:
     return out
 
 
-def profile_series(series: dict[str, list[Checkpoint]], text: str, spec: ProbeSpec, cache: ResultCache,
+def profile_series(series: dict[str, list[Checkpoint]], text: str, spec: ProfileSpec, cache: ResultCache,
                    device: torch.device) -> dict[str, list[dict]]:
     """The profile record of every checkpoint (label -> records in step order); only uncached ones are run."""
     from eval.linearity.evaluator import history_record

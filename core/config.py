@@ -58,6 +58,41 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested mapping as ``{dotted key: leaf}`` (an empty mapping is a leaf: ``model.extra: {}`` stays)."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET = _Unset()  # the value of a key one side of a difference lacks
+
+
+def differences(a: dict, b: dict) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (value in a, value in b)}`` for every leaf whose values differ (``UNSET`` where a side lacks
+    the key), in key order; nested and already flattened mappings alike."""
+    fa, fb = flatten(a), flatten(b)
+    keys = sorted(fa.keys() | fb.keys())
+    return {k: (fa.get(k, UNSET), fb.get(k, UNSET)) for k in keys if fa.get(k, UNSET) != fb.get(k, UNSET)}
+
+
+def first_difference(a: dict, b: dict) -> str | None:
+    """``"key (value in a vs value in b)"`` for the first differing leaf, or None when the mappings agree."""
+    for key, (va, vb) in differences(a, b).items():
+        return f"{key} ({va!r} vs {vb!r})"
+    return None
+
+
 def load_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     """Load a YAML file and everything it ``extends``, merged (the file itself last)."""
     path = Path(path).resolve()

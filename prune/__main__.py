@@ -22,7 +22,8 @@ from pathlib import Path
 from core import precision
 from core.cli import run_cli
 from core.errors import ConfigError
-from eval.linearity.probe import ProbeConfig
+from data.sources import data_root
+from eval.linearity.probe import ProbeSetConfig, probe_text
 
 
 def parse_ks(spec: str) -> list[int]:
@@ -69,9 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trust-remote-code", action="store_true", help="for hub models that need it")
     g = p.add_argument_group("probe (criteria and fits; eval.linearity's recipe)")
     g.add_argument("--probe-text", default=None, help="default: <data root>/tinystories/valid.txt")
-    g.add_argument("--num-chunks", type=int, default=ProbeConfig.num_chunks)
-    g.add_argument("--chunk-chars", type=int, default=ProbeConfig.chunk_chars)
-    g.add_argument("--seed", type=int, default=ProbeConfig.seed)
+    g.add_argument("--num-chunks", type=int, default=ProbeSetConfig.num_chunks)
+    g.add_argument("--chunk-chars", type=int, default=ProbeSetConfig.chunk_chars)
+    g.add_argument("--seed", type=int, default=ProbeSetConfig.seed)
     g.add_argument("--max-tokens", type=int, default=None, help="cap on pooled probe tokens")
     g.add_argument("--batch-size", type=int, default=8, help="probe sequences per forward")
     g = p.add_argument_group("evaluation")
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     from prune.distill import distill_config
     from prune.evaluate import Evaluation
     from prune.pipeline import Study, run_study
-    from prune.plan import Probe
+    from prune.plan import ProbeSet
     from prune.surgery import blocks
 
     t0 = time.perf_counter()
@@ -130,9 +131,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
     study.check(len(blocks(model)))  # cheap errors before the probe and the evaluation data
-    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
+    probe_cfg = ProbeSetConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
     probe_cfg.validate("probe")
-    text, source = states.probe_text(args.probe_text, args.data_root)
+    text, source = probe_text(args.probe_text, data_root(cli=args.data_root))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = getattr(model.config, "max_position_embeddings", None) or 2048
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
                             stride=args.stride, wikitext_max_tokens=args.wikitext_max_tokens,
                             max_length=min(max_length, 2048), device=args.device, dtype=args.dtype,
                             batch_tokens=args.batch_tokens)
-    probe = Probe(states.make_probe(text, tokenizer, probe_cfg, model, source), args.batch_size, evaluation.device, pad)
+    probe = ProbeSet(states.make_probe(text, tokenizer, probe_cfg, model, source), args.batch_size,
+                     evaluation.device, pad)
     distill_cfg = None
     if study.heals():
         distill_cfg = distill_config(args.distill_config, distill_overrides(args, out), max_length)

@@ -12,28 +12,16 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from core.config import yaml_load
+from core.config import flatten, yaml_load
 from core.errors import UserError
 from core.io import iter_jsonl
 from core.rundir import RunDir
-from sweep.runner import checkpoint_step
 
 # Config keys that do not change what a run computes (or that name it): runs differing only in these, and in
 # the seed, are seeds of one variant. The micro-batch and the accumulation only split the same global batch
 # (a step on 8 GPUs and on 1 differs by floating-point rounding).
 NOT_THE_EXPERIMENT = ("name", "train.seed", "logging", "checkpoint", "data.cache_dir", "train.micro_batch_size",
                       "train.grad_accum_steps")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _ignored(key: str) -> bool:
@@ -69,7 +57,7 @@ class Run:
     @cached_property
     def step(self) -> int | None:
         """The latest checkpoint's step."""
-        return checkpoint_step(self.run)
+        return self.run.checkpoint_step()
 
     @cached_property
     def meta(self) -> dict:

@@ -12,21 +12,18 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import json
-import re
 from pathlib import Path
 
 import torch
 
 from core import precision
 from core.cli import command, run_cli
-from core.errors import ConfigError, DataError
-from core.rundir import RunDir
-from eval.linearity.heldout import FoldPlan, HeldoutConfig
+from core.errors import ConfigError
+from core.io import write_json
+from core.rundir import RunDir, model_labels
 from eval.linearity.plots import plot_history, plot_profiles, plot_states
-from eval.linearity.probe import ProbeConfig, build_probe, read_probe_dataset, read_probe_text
-from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES, model_profile, probe_groups
-from eval.linearity.score import check_sizes
+from eval.linearity.probe import ProbeSetConfig, checked_probe, probe_text, read_probe_dataset
+from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES, model_profile
 from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args
 
 
@@ -41,9 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--text-field", default="text", help="text field of a .jsonl file or a dataset")
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--run", help="a training run directory: redraw its linearity curves and exit")
-    ap.add_argument("--num-chunks", type=int, default=ProbeConfig.num_chunks)
-    ap.add_argument("--chunk-chars", type=int, default=ProbeConfig.chunk_chars)
-    ap.add_argument("--seed", type=int, default=ProbeConfig.seed)
+    ap.add_argument("--num-chunks", type=int, default=ProbeSetConfig.num_chunks)
+    ap.add_argument("--chunk-chars", type=int, default=ProbeSetConfig.chunk_chars)
+    ap.add_argument("--seed", type=int, default=ProbeSetConfig.seed)
     ap.add_argument("--max-tokens", type=int, default=None, help="cap on pooled probe tokens")
     ap.add_argument("--batch-size", type=int, default=8, help="probe sequences per forward")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -59,15 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.label and len(args.label) != len(args.model):
         ap.error(f"{len(args.label)} --label for {len(args.model)} --model")
     return args
-
-
-def default_labels(paths: list[str]) -> list[str]:
-    """The directory name; ``run/step_00000400`` for checkpoint directories; the parent added to duplicates."""
-    labels = []
-    for p in map(Path, paths):
-        p = p.resolve()
-        labels.append(f"{p.parent.parent.name}/{p.name}" if re.fullmatch(r"step_\d+", p.name) else p.name)
-    return [f"{Path(p).resolve().parent.name}/{lab}" if labels.count(lab) > 1 else lab for p, lab in zip(paths, labels)]
 
 
 HELDOUT_COLUMNS = (*HELDOUT_QUANTITIES, *INTERVALS)
@@ -100,27 +88,6 @@ def write_states_csv(results: list[dict], path: Path) -> None:
                 w.writerow([res["label"], i, *(repr(measures[k][i]) if k in measures else "" for k in STATE_KEYS)])
 
 
-def probe_for(text: str, source: str, tokenizer, cfg: ProbeConfig, max_len: int | None, model_config,
-              model_path: str, heldout: HeldoutConfig | None = None) -> list[list[int]]:
-    """The probe of one model; a text too short for the recipe or for the model's width is the user's to fix."""
-    try:
-        probe = build_probe(text, tokenizer, cfg, max_len=max_len)
-    except ValueError as e:  # fewer characters than one chunk
-        raise DataError(f"probe text {source}: {e}") from None
-    width = getattr(model_config, "hidden_size", None)
-    if width is not None:
-        try:
-            check_sizes(sum(len(ids) for ids in probe), width)
-        except ValueError as e:
-            raise DataError(f"probe text {source} is too short for {model_path}: {e}") from None
-        if heldout is not None:
-            try:
-                FoldPlan(probe_groups(probe), heldout.folds, heldout.seed, width)
-            except ValueError as e:
-                raise DataError(f"probe text {source} for {model_path}: {e}") from None
-    return probe
-
-
 @command
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -133,22 +100,23 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = precision.resolve(args.dtype, device)
     autocast_dtype = precision.autocast_dtype(dtype, device)
-    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
+    probe_cfg = ProbeSetConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
     probe_cfg.validate("probe")
     heldout, toolkit = measures_from_args(args)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.text is not None:
-        text, source = read_probe_text(args.text, args.text_field), str(Path(args.text).resolve())
+        text, source = probe_text(args.text, None, args.text_field)
     else:
         text = read_probe_dataset(args.dataset, args.split, args.dataset_config, args.text_field)
         source = f"{args.dataset}:{args.dataset_config or ''}:{args.split}"
     results, profiles = [], {}
-    for path, label in zip(args.model, args.label or default_labels(args.model)):
+    for path, label in zip(args.model, model_labels(args.model, args.label)):
         model, tokenizer = load_model(path)
         model.to(device)
-        max_len = getattr(model.config, "max_position_embeddings", None)
-        probe = probe_for(text, source, tokenizer, probe_cfg, max_len, model.config, path, heldout)
+        probe = checked_probe(text, tokenizer, probe_cfg, source=f"{source} for {path}",
+                              width=getattr(model.config, "hidden_size", None),
+                              max_len=getattr(model.config, "max_position_embeddings", None), heldout=heldout)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prof = model_profile(model, probe, batch_size=args.batch_size, device=device, final_norm=args.final_norm,
                              pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype), heldout=heldout,
@@ -172,7 +140,7 @@ def main(argv=None) -> int:
     meta = {"text": source, "probe": vars(probe_cfg), "device": str(device),
             **({"heldout": vars(heldout)} if heldout is not None else {}),
             **({"toolkit": vars(toolkit)} if toolkit is not None else {})}
-    (out / "linearity.json").write_text(json.dumps({**meta, "models": results}, indent=1))
+    write_json(out / "linearity.json", {**meta, "models": results})
     write_csv(results, out / "linearity.csv")
     plot_profiles(profiles, out / "linearity.png")
     print(f"wrote {out / 'linearity.json'}, {out / 'linearity.csv'}, {out / 'linearity.png'}")
