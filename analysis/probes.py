@@ -44,12 +44,11 @@ from analysis.report import (
     fingerprint,
     markdown_table,
     model_identity,
-    write_csv,
 )
 from core import precision as core_precision
 from core.cli import run_cli
 from core.errors import ConfigError
-from core.io import write_json
+from core.io import write_csv, write_json
 from core.rundir import model_labels
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)

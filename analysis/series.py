@@ -42,10 +42,10 @@ from pathlib import Path
 import torch
 
 from analysis.profiling import ProfileSpec, add_probe_arguments, probe_from_args, profile_model
-from analysis.report import ResultCache, fingerprint, write_csv
+from analysis.report import ResultCache, fingerprint
 from core.cli import run_cli
 from core.errors import ConfigError
-from core.io import write_json
+from core.io import write_csv, write_json
 from core.rundir import RunDir, model_label, step_of
 from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES
 from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args

@@ -46,12 +46,11 @@ from analysis.report import (
     markdown_table,
     model_identity,
     pm,
-    write_csv,
 )
 from core import stats
 from core.cli import run_cli
 from core.errors import ConfigError, DataError
-from core.io import write_json
+from core.io import write_csv, write_json
 from core.rundir import model_labels
 
 HUB_STORIES = "roneneldan/TinyStories"

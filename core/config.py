@@ -145,6 +145,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_SCALARS = {bool: (bool, "true/false"), int: (int, "an integer"), float: ((int, float), "a number"),
+            str: (str, "a string")}  # annotation -> (accepted Python types, what the error says is expected)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert ``value`` against the annotation ``tp``; raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -182,25 +186,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported annotation {tp}")
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # YAML's 1e3 and 2.0 are floats
+    if tp not in _SCALARS:
+        raise ConfigError(f"{key}: unsupported annotation {tp}")
+    accepted, what = _SCALARS[tp]
+    # bool is an int in Python, but `true` is not a count or a rate
+    if not isinstance(value, accepted) or (tp is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {what}, got {value!r}")
+    return float(value) if tp is float else value
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:

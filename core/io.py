@@ -3,9 +3,11 @@ replace (write a temporary file, fsync it, rename it over the target, fsync the 
 reader may see mid-write goes through."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from core.errors import DataError, MissingDataError
@@ -71,6 +73,16 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, tmp_name: str | Non
 def write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> Path:
     """``obj`` as a JSON file (``default=str`` for paths and the like), replaced atomically."""
     write_atomic(path, json.dumps(obj, indent=indent, default=str) + "\n")
+    return Path(path)
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """A header and rows as a CSV file (the csv module's quoting), replaced atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
     return Path(path)
 
 

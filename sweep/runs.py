@@ -24,6 +24,9 @@ NOT_THE_EXPERIMENT = ("name", "train.seed", "logging", "checkpoint", "data.cache
                       "train.grad_accum_steps")
 
 
+_RENAMED = {"train/ce": "train/task_loss"}  # old metrics.jsonl key -> its name now
+
+
 def _ignored(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in NOT_THE_EXPERIMENT)
 
@@ -67,14 +70,15 @@ class Run:
 
     @cached_property
     def curves(self) -> dict[str, dict[int, float]]:
-        """metrics.jsonl as {key: {step: value}}; non-finite values (logged as strings) are dropped."""
+        """metrics.jsonl as {key: {step: value}}; non-finite values (logged as strings) are dropped. Runs logged
+        before the task loss had its name say ``train/ce``: read as ``train/task_loss``."""
         out: dict[str, dict[int, float]] = {}
         if self.run.metrics.is_file():
             for _, row in iter_jsonl(self.run.metrics):
                 step = row.get("step")
                 for k, v in row.items():
                     if k != "step" and isinstance(v, (int, float)):
-                        out.setdefault(k, {})[int(step)] = float(v)
+                        out.setdefault(_RENAMED.get(k, k), {})[int(step)] = float(v)
         return {k: dict(sorted(v.items())) for k, v in out.items()}
 
     @cached_property

@@ -10,7 +10,6 @@ DIR/linearity.csv (one row per model and pair) and DIR/linearity.png (the paper'
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from core import precision
 from core.cli import command, run_cli
 from core.errors import ConfigError
-from core.io import write_json
+from core.io import write_csv, write_json
 from core.rundir import RunDir, model_labels
 from eval.linearity.plots import plot_history, plot_profiles, plot_states
 from eval.linearity.probe import ProbeSetConfig, checked_probe, probe_text, read_probe_dataset
@@ -61,31 +60,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 HELDOUT_COLUMNS = (*HELDOUT_QUANTITIES, *INTERVALS)
 
 
-def write_csv(results: list[dict], path: Path) -> None:
+def profile_rows(results: list[dict]) -> tuple[list[str], list[list]]:
+    """(header, rows) of linearity.csv: one row per model and pair (and final-norm pair)."""
     held = any("heldout" in res["profile"]["pairs"][0] for res in results)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "pair", "depth", *QUANTITIES, "rank_x", "solver", *(HELDOUT_COLUMNS if held else ())])
-        for res in results:
-            prof = res["profile"]
-            rows = [(f"block_{i}", f"{d:.6f}", pair) for i, (d, pair) in enumerate(zip(prof["depths"], prof["pairs"]))]
-            if prof["final_norm"] is not None:
-                rows.append(("final_norm", "", prof["final_norm"]))
-            for name, depth, pair in rows:
-                extra = [repr(pair["heldout"][q]) for q in HELDOUT_COLUMNS] if held and "heldout" in pair else []
-                w.writerow([res["label"], name, depth, *(repr(pair[q]) for q in QUANTITIES), pair["rank_x"],
-                            pair["solver"], *extra])
+    header = ["model", "pair", "depth", *QUANTITIES, "rank_x", "solver", *(HELDOUT_COLUMNS if held else ())]
+    out = []
+    for res in results:
+        prof = res["profile"]
+        rows = [(f"block_{i}", f"{d:.6f}", pair) for i, (d, pair) in enumerate(zip(prof["depths"], prof["pairs"]))]
+        if prof["final_norm"] is not None:
+            rows.append(("final_norm", "", prof["final_norm"]))
+        for name, depth, pair in rows:
+            extra = [repr(pair["heldout"][q]) for q in HELDOUT_COLUMNS] if held and "heldout" in pair else []
+            out.append([res["label"], name, depth, *(repr(pair[q]) for q in QUANTITIES), pair["rank_x"],
+                        pair["solver"], *extra])
+    return header, out
 
 
-def write_states_csv(results: list[dict], path: Path) -> None:
-    """One row per model and state h_i: the toolkit's measurements."""
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "state", *STATE_KEYS])
-        for res in results:
-            measures = res["profile"]["toolkit"]
-            for i in range(res["profile"]["num_layers"] + 1):
-                w.writerow([res["label"], i, *(repr(measures[k][i]) if k in measures else "" for k in STATE_KEYS)])
+def state_rows(results: list[dict]) -> tuple[list[str], list[list]]:
+    """(header, rows) of linearity_states.csv: one row per model and state h_i, the toolkit's measurements."""
+    rows = []
+    for res in results:
+        measures = res["profile"]["toolkit"]
+        for i in range(res["profile"]["num_layers"] + 1):
+            rows.append([res["label"], i, *(repr(measures[k][i]) if k in measures else "" for k in STATE_KEYS)])
+    return ["model", "state", *STATE_KEYS], rows
 
 
 @command
@@ -141,11 +140,11 @@ def main(argv=None) -> int:
             **({"heldout": vars(heldout)} if heldout is not None else {}),
             **({"toolkit": vars(toolkit)} if toolkit is not None else {})}
     write_json(out / "linearity.json", {**meta, "models": results})
-    write_csv(results, out / "linearity.csv")
+    write_csv(out / "linearity.csv", *profile_rows(results))
     plot_profiles(profiles, out / "linearity.png")
     print(f"wrote {out / 'linearity.json'}, {out / 'linearity.csv'}, {out / 'linearity.png'}")
     if toolkit is not None:
-        write_states_csv(results, out / "linearity_states.csv")
+        write_csv(out / "linearity_states.csv", *state_rows(results))
         plot_states({label: prof.toolkit for label, prof in profiles.items()}, out / "linearity_states.png")
         print(f"wrote {out / 'linearity_states.csv'}, {out / 'linearity_states.png'}")
     return 0
