@@ -53,18 +53,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from analysis.profiling import ProbeSpec, probe_from_args, profile_model
+from analysis.profiling import ProfileSpec, probe_from_args, profile_model
 from analysis.report import (
     ResultCache,
     fingerprint,
     markdown_table,
-    mean_std,
     model_identity,
-    model_labels,
     pm,
-    write_csv,
-    write_json,
 )
+from core import stats
 from core.cli import (
     add_data_root_arg,
     add_device_args,
@@ -78,8 +75,9 @@ from core.cli import (
     run_cli,
 )
 from core.errors import DataError
-from core.rundir import RunDir
-from eval.linearity.probe import ProbeConfig
+from core.io import write_csv, write_json
+from core.rundir import RunDir, model_labels
+from eval.linearity.probe import ProbeSetConfig
 from linreg.trainer import Trainer
 
 REWARD, REWARD_TITLE = "reward", "Reward model (HH-RLHF)"
@@ -286,7 +284,7 @@ class FinetuneSettings:
 
 
 def finetune_one(lm, tokenizer, task: str, seed: int, data: tuple, settings: FinetuneSettings, run_dir: Path,
-                 text: str, spec: ProbeSpec, device) -> dict:
+                 text: str, spec: ProfileSpec, device) -> dict:
     """Fine-tune ``lm`` on ``task`` under ``seed``; accuracy before and after, and the fine-tuned profile."""
     from eval.linearity.evaluator import history_record
 
@@ -336,12 +334,11 @@ def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
         out.setdefault(rec["model"], {}).setdefault(rec["task"], []).append(rec)
     for tasks in out.values():
         for task, recs in tasks.items():
-            d_wo, sd_wo = mean_std([r["delta_wo_res"] for r in recs])
-            d_lin, sd_lin = mean_std([r["delta_linearity"] for r in recs])
-            tasks[task] = {"delta_wo_res": d_wo, "delta_wo_res_std": sd_wo, "delta_linearity": d_lin,
-                           "delta_linearity_std": sd_lin, "seeds": [r["seed"] for r in recs],
-                           "acc_before": mean_std([r["acc_before"] for r in recs])[0],
-                           "acc_after": mean_std([r["acc_after"] for r in recs])[0],
+            wo, lin = (stats.summarize([r[key] for r in recs]) for key in ("delta_wo_res", "delta_linearity"))
+            tasks[task] = {"delta_wo_res": wo.mean, "delta_wo_res_std": wo.std, "delta_linearity": lin.mean,
+                           "delta_linearity_std": lin.std, "seeds": [r["seed"] for r in recs],
+                           "acc_before": stats.summarize([r["acc_before"] for r in recs]).mean,
+                           "acc_after": stats.summarize([r["acc_after"] for r in recs]).mean,
                            "majority": recs[0]["majority"], "split": recs[0]["split"],
                            "before_wo_res": recs[0]["before"]["means"]["linearity_wo_res"]}
     return out
@@ -377,7 +374,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--train-limit", type=int, help="first N training examples")
     g.add_argument("--eval-limit", type=int, help="first N test examples")
     add_data_root_arg(ap, "none: the HF hub")
-    add_probe_args(ap, ProbeConfig)
+    add_probe_args(ap, ProbeSetConfig)
     add_device_args(ap)
     add_overrides_arg(ap, "the Trainer config of every fine-tuning run, e.g. train.zero_stage=2")
     return ap.parse_args(argv)

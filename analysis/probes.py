@@ -45,13 +45,12 @@ from analysis.report import (
     fingerprint,
     markdown_table,
     model_identity,
-    model_labels,
-    write_csv,
-    write_json,
 )
 from core import precision as core_precision
 from core.cli import add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, parser, run_cli
 from core.errors import ConfigError
+from core.io import write_csv, write_json
+from core.rundir import model_labels
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 KINDS = ("two_choice", "classification")
@@ -66,7 +65,9 @@ class Example:
 
 
 @dataclass(frozen=True)
-class ProbeProtocol:
+class LinearProbeProtocol:
+    """How a linear classifier probe is trained and scored on one layer's states: the held-out share of the
+    train split, the seed, the carving of local validation files, example limits and the regularisation grid."""
     holdout: float = 0.2
     seed: int = 0
     test_fraction: float = 0.5  # carving of local SuperGLUE validation files
@@ -110,7 +111,7 @@ def task_examples(task, docs: list[dict]) -> list[Example]:
     return out
 
 
-def load_examples(task_name: str, root, protocol: ProbeProtocol) -> tuple[list[Example], list[Example], str]:
+def load_examples(task_name: str, root, protocol: LinearProbeProtocol) -> tuple[list[Example], list[Example], str]:
     from analysis.taskdata import task_splits
     from eval.benchmarks.tasks import DataSource, get_task
 
@@ -192,7 +193,8 @@ def _fit(x, y, c: float, pairs: bool):
     return clf.fit(x, y)
 
 
-def fit_probe(x_train, y_train, x_eval, y_eval, pairs: bool, protocol: ProbeProtocol = ProbeProtocol()) -> dict:
+def fit_probe(x_train, y_train, x_eval, y_eval, pairs: bool,
+              protocol: LinearProbeProtocol = LinearProbeProtocol()) -> dict:
     """Choose C on a held-out part of train, refit on all of train, score on eval (module docstring)."""
     idx = list(range(len(y_train)))
     random.Random(protocol.seed).shuffle(idx)
@@ -208,7 +210,7 @@ def fit_probe(x_train, y_train, x_eval, y_eval, pairs: bool, protocol: ProbeProt
 
 
 def probe_layers(x_train, y_train, x_eval, y_eval, pairs: bool,
-                 protocol: ProbeProtocol = ProbeProtocol()) -> list[dict]:
+                 protocol: LinearProbeProtocol = LinearProbeProtocol()) -> list[dict]:
     """``fit_probe`` on each layer of [n, layers, d] features."""
     return [fit_probe(x_train[:, layer], y_train, x_eval[:, layer], y_eval, pairs, protocol)
             for layer in range(x_train.shape[1])]
@@ -242,7 +244,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     tasks = args.tasks
     kinds = {t: task_kind(t) for t in tasks}
-    protocol = ProbeProtocol(seed=args.seed, train_limit=args.train_limit, eval_limit=args.eval_limit)
+    protocol = LinearProbeProtocol(seed=args.seed, train_limit=args.train_limit, eval_limit=args.eval_limit)
     root = data_root(cli=args.data_root)
     device = torch.device(args.device)
     dtype = core_precision.autocast_dtype(args.dtype, device)

@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from core.cli import command, parser, run_cli
+from core.config import differences, first_difference
 from core.errors import UserError
+from core.stats import summarize
 from sweep import stats
 from sweep.runs import Run, find_runs
 
@@ -113,12 +115,6 @@ def _label(runs: list[Run]) -> str:
     return prefix.rstrip("-_.") or "+".join(names)
 
 
-def first_difference(a: dict, b: dict) -> str:
-    keys = sorted(set(a) | set(b))
-    k = next(k for k in keys if a.get(k, "<unset>") != b.get(k, "<unset>"))
-    return f"{k} ({a.get(k, '<unset>')!r} vs {b.get(k, '<unset>')!r})"
-
-
 def group_runs(runs: list[Run], order: list[str] = ()) -> list[Variant]:
     """Variants in ``order`` (a sweep's variant order), then in order of appearance."""
     groups: dict[str, list[Run]] = {}
@@ -160,8 +156,7 @@ def mixed(variants: list[Variant], baseline: Variant) -> list[str]:
 
 
 def differs(v: Variant, baseline: Variant) -> dict:
-    a, b = v.experiment, baseline.experiment
-    return {k: a.get(k) for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")}
+    return {k: v.experiment.get(k) for k in differences(v.experiment, baseline.experiment)}
 
 
 # -- per-run values ------------------------------------------------------------------------------------------------
@@ -212,7 +207,7 @@ def task_metric(run: Run, task: str, metrics: list[str]) -> tuple[stats.Metric |
 
 def _cell(values: list[float], seeds: list) -> dict:
     kept = [(v, s) for v, s in zip(values, seeds) if v is not None and np.isfinite(v)]
-    summary = stats.summarize([v for v, _ in kept])
+    summary = summarize([v for v, _ in kept])
     base = summary.to_dict() if summary else {"n": 0, "mean": None, "std": None, "ci95": None}
     return {**base, "values": [v for v, _ in kept], "seeds": [s for _, s in kept]}
 

@@ -64,8 +64,8 @@ def _recipe_caption(result: dict, columns: list[str]) -> list[str]:
             "recipe changes nothing\", spread included, and Welch's test of the means alone does not reach "
             f"{alpha} (its p beside); the recipe changes the scores, but the size of the mean difference is not "
             "established.")
-    weak = sorted((a, b, min_permutation_p(a, b)) for a, b in _seed_pairs(result, columns)
-                  if min_permutation_p(a, b) > alpha)
+    floors = ((a, b, min_permutation_p(a, b)) for a, b in _seed_pairs(result, columns))
+    weak = sorted((a, b, m) for a, b, m in floors if m > alpha)
     if weak:
         seeds = ", ".join(f"{a} + {b} seeds (smallest p = {m:.2f})" for a, b, m in weak)
         text += (f" **No distribution-free test can reach p < {alpha} with {seeds}** (an exact permutation "
