@@ -191,7 +191,7 @@ def test_pruning_criterion_linearity_heldout():
 def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path):
     out = tmp_path / "out"
     assert cli_main(["--model", str(tiny_hf_model_dir), "--text", str(tinystories_valid), "--out", str(out),
-                     "--num-chunks", "24", "--heldout", "--bootstrap", "200"]) == 0
+                     "--num-chunks", "24", "--heldout", "--bootstrap", "200", "--toolkit", "--id-tokens", "300"]) == 0
     result = json.loads((out / "linearity.json").read_text())
     assert result["heldout"]["folds"] == 5
     prof = result["models"][0]["profile"]
@@ -204,6 +204,12 @@ def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path):
     assert len(rows) == 2 and all(float(r["heldout"]) < float(r["linearity"]) for r in rows)
     assert {"heldout_wo_res", "heldout_wo_res_lo", "chance", "chance_heldout"} <= rows[0].keys()
     assert matplotlib.image.imread(out / "linearity.png").shape[1] > 600
+    states = list(csv.DictReader((out / "linearity_states.csv").open()))  # --toolkit: one row per state h_0..h_L
+    assert [int(r["state"]) for r in states] == [0, 1, 2]
+    assert all(0 < float(r["anisotropy"]) <= 1 and float(r["intrinsic_dimension"]) > 0 and float(r["loss"]) > 0
+               for r in states)
+    assert prof["toolkit"]["neglogp_argmax"] == [float(r["neglogp_argmax"]) for r in states]
+    assert matplotlib.image.imread(out / "linearity_states.png").shape[1] > 600
 
 
 def test_state_measures_match_the_toolkit():
