@@ -195,7 +195,7 @@ def test_a_sample_root_is_evaluated_with_a_warning():
 
     task = get_task("tinystories", DataSource(SHARED))
     assert len(task.documents()) == 1726
-    assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "data.prepare" in task.notes[0]
+    assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "linreg data" in task.notes[0]
 
 
 def test_xstorycloze_from_the_hub_reads_the_parquet_conversion():
@@ -209,7 +209,7 @@ def test_builders_started_together_build_each_set_once(hub_copy, tmp_path, capsy
     from concurrent.futures import ThreadPoolExecutor
 
     root = tmp_path / "root"
-    argv = ["--root", str(root), "--from", str(hub_copy), "--only", "arc", "wikitext2"]
+    argv = ["--root", str(root), "--from", str(hub_copy), "--only", "arc,wikitext2"]
     with ThreadPoolExecutor(3) as pool:  # flock excludes open file descriptions, so threads contend like processes
         codes = list(pool.map(lambda _: command(main)(argv), range(3)))
     out = capsys.readouterr().out
