@@ -59,7 +59,7 @@ def plot_series(series: dict[str, list[dict]], path: str | Path) -> Path:
 
 def plot_series_states(series: dict[str, list[dict]], path: str | Path) -> Path:
     """Per-state measurements against step: one row of panels per series, one line per state h_i."""
-    from eval.linearity.plots import STATE_TITLES
+    from eval.linearity.plots import STATE_TITLES, STATE_UNITS
 
     keys = [k for k in STATE_TITLES if any(k in recs[-1]["toolkit"] for recs in series.values())]
     fig, axes = plt.subplots(len(series), len(keys), figsize=(4.2 * len(keys), 3.6 * len(series)), squeeze=False)
@@ -73,6 +73,7 @@ def plot_series_states(series: dict[str, list[dict]], path: str | Path) -> Path:
                         label=f"$h_{{{i}}}$")
             _step_axis(ax, steps)
             ax.set_title(f"{label}: {STATE_TITLES[key]}", fontsize=8)
+            ax.set_ylabel(STATE_UNITS[key])
             ax.grid(alpha=0.3, which="both")
         row[0].legend(fontsize=7, ncol=2)
     return _save(fig, path)

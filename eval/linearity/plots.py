@@ -65,6 +65,8 @@ STATE_TITLES = {
     "loss_no_norm": "Logit lens: loss of lm_head($h_i$)",
     "neglogp_argmax": "Logit lens: $-\\log p(\\mathrm{argmax})$",
 }
+STATE_UNITS = {"anisotropy": "share of the variance", "intrinsic_dimension": "dimension",
+               "loss": "nats per token", "loss_no_norm": "nats per token", "neglogp_argmax": "nats per token"}
 
 
 def plot_states(curves: dict[str, dict[str, list[float]]], path: str | Path, xlabel: str = "state $h_i$") -> Path:
@@ -78,6 +80,7 @@ def plot_states(curves: dict[str, dict[str, list[float]]], path: str | Path, xla
                 ax.plot(range(len(c[key])), c[key], marker="o", markersize=3, label=label)
         ax.set_title(STATE_TITLES[key], fontsize=9)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(STATE_UNITS[key])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -143,6 +146,7 @@ def states_figure(steps: list[int], measures: list[dict[str, list[float]]]) -> p
                     label=f"$h_{{{i}}}$")
         ax.set_title(STATE_TITLES[key], fontsize=9)
         ax.set_xlabel("step")
+        ax.set_ylabel(STATE_UNITS[key])
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
