@@ -65,7 +65,7 @@ def _runs(sweep_dir: Path):
     """(variant match, {key: {step: value}}) of every run <sweep>/<variant>/seed<k> with a metrics.jsonl; a run
     that stopped before train.max_steps (a non-finite loss) has ``curves["diverged"]`` set."""
     from core.config import yaml_load
-    from linreg.metrics import read_metrics
+    from core.io import read_jsonl
 
     for metrics in sorted(sweep_dir.glob("*/seed*/metrics.jsonl")):
         m = _VARIANT.match(metrics.parent.parent.name)
@@ -73,7 +73,7 @@ def _runs(sweep_dir: Path):
             continue
         max_steps = yaml_load((metrics.parent / "config.yaml").read_text())["train"]["max_steps"]
         curves: dict[str, dict[int, float]] = {}
-        for row in read_metrics(metrics):
+        for row in read_jsonl(metrics):
             for k, v in row.items():
                 if k != "step":
                     curves.setdefault(k, {})[row["step"]] = float(v)  # non-finite values are logged as strings

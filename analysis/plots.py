@@ -50,16 +50,16 @@ def plot_series(series: dict[str, list[dict]], path: str | Path) -> Path:
             if all("heldout" in r["means"] for r in recs):  # held-out mean, intervals of both means, chance
                 heldout_lines(ax, steps, [r["means"] for r in recs], key, line.get_color(), label)
         _step_axis(ax, [r["step"] for recs in series.values() for r in recs])
-        ax.set_title(f"mean {TITLES[key]}", fontsize=10)
+        ax.set_title(f"{TITLES[key]}, mean over blocks", fontsize=10)
         ax.set_ylabel("score (mean over blocks)")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def plot_series_states(series: dict[str, list[dict]], path: str | Path) -> Path:
     """Per-state measurements against step: one row of panels per series, one line per state h_i."""
-    from eval.linearity.plots import STATE_TITLES
+    from eval.linearity.plots import STATE_LABELS, STATE_TITLES
 
     keys = [k for k in STATE_TITLES if any(k in recs[-1]["toolkit"] for recs in series.values())]
     fig, axes = plt.subplots(len(series), len(keys), figsize=(4.2 * len(keys), 3.6 * len(series)), squeeze=False)
@@ -73,8 +73,9 @@ def plot_series_states(series: dict[str, list[dict]], path: str | Path) -> Path:
                         label=f"$h_{{{i}}}$")
             _step_axis(ax, steps)
             ax.set_title(f"{label}: {STATE_TITLES[key]}", fontsize=8)
+            ax.set_ylabel(STATE_LABELS[key], fontsize=8)
             ax.grid(alpha=0.3, which="both")
-        row[0].legend(fontsize=7, ncol=2)
+            ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
 
 
@@ -86,7 +87,7 @@ def plot_series_heatmaps(series: dict[str, list[dict]], path: str | Path) -> Pat
         for ax, key in zip(row, SERIES_KEYS):
             grid = [[r[key][b] for r in recs] for b in range(len(recs[-1][key]))]
             mesh = ax.pcolormesh(range(len(recs)), range(len(grid)), grid, shading="nearest", cmap="viridis")
-            fig.colorbar(mesh, ax=ax)
+            fig.colorbar(mesh, ax=ax, label=TITLES[key])
             ticks = range(0, len(recs), max(1, len(recs) // 10))
             ax.set_xticks(list(ticks), [str(recs[i]["step"]) for i in ticks], rotation=45, fontsize=7)
             ax.set_yticks(range(len(grid)))

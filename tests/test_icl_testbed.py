@@ -11,13 +11,13 @@ import pytest
 import torch
 from scipy.stats import levy_stable
 
+from core.io import read_jsonl as read_metrics
 from core.rundir import RunDir
 from data.icl_regression import ICLRegressionConfig, ICLRegressionStream, sample_prompts
 from linreg.config import load_config
 from linreg.icl_trainer import ICLTrainer
-from linreg.metrics import read_metrics
 from linreg.opt_measures import tail_index
-from model.linear_attention import build_linear_attention, preconditioned_gd_step
+from model.linear_attention import LinearAttentionTransformer, build_linear_attention
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "linear_attention" / "base.yaml"
 
@@ -33,6 +33,17 @@ def paper_forward(prompts: np.ndarray, ps: list[np.ndarray], qs: list[np.ndarray
             z = z + p @ z @ m @ (z.T @ q @ z) / n
         out.append(-z[-1, -1])
     return np.array(out)
+
+
+def preconditioned_gd_step(dim: int, a: torch.Tensor) -> LinearAttentionTransformer:
+    """The one-layer model that predicts x_q^T A (1/n) sum_i y_i x_i (A symmetric [d, d])."""
+    model = build_linear_attention(dim, 1, 0.0)
+    with torch.no_grad():
+        model.layers[0].P.zero_()
+        model.layers[0].P[dim, dim] = 1.0
+        model.layers[0].Q.zero_()
+        model.layers[0].Q[:dim, :dim] = -a
+    return model
 
 
 def test_forward_equals_the_papers_equations_in_float64():
