@@ -25,16 +25,21 @@ def _save(fig, path: str | Path) -> Path:
 
 def _step_axis(ax, steps: list[int]) -> None:
     """Log x-axis; symlog with a linear part below 1 when a step-0 checkpoint is present."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     if min(steps) <= 0:
         ax.set_xscale("symlog", linthresh=1)
     else:
         ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 200, 1e+05: not 2x10^2
-    ax.xaxis.set_major_formatter(plain)
-    if max(steps) / max(min(steps), 1) < 100:  # under two decades: label the minor ticks too
-        ax.xaxis.set_minor_formatter(plain)
+    distinct = sorted(set(steps))
+    if len(distinct) <= 12:  # few checkpoints: label each one's step, nothing else
+        ax.set_xticks(distinct, [f"{s:g}" for s in distinct])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_formatter(plain)
+        if max(steps) / max(min(steps), 1) < 100:  # under two decades: label the minor ticks too
+            ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="both", labelsize=8)
     ax.set_xlabel("training step")
 
