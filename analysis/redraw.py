@@ -1,6 +1,6 @@
 """Redraw the analyses' figures from the tables they wrote, without a model or data:
 
-    python -m analysis.redraw DIR
+    linreg redraw DIR
 
 From whichever of these DIR holds: ``series.csv`` -> ``series.png`` and ``series_heatmap.png`` (the mean over
 blocks of each checkpoint is the mean of its block rows); ``finetune.csv`` -> ``finetune.png`` (mean and sample
@@ -10,12 +10,11 @@ own runs do; what a table does not hold (the held-out intervals of ``--heldout``
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import re
 from pathlib import Path
 
-from core.cli import command, run_cli
+from core.cli import command, parser, run_cli
 from core.errors import DataError
 
 
@@ -76,7 +75,7 @@ DRAWERS = {"series.csv": series, "finetune.csv": finetune, "probes.csv": probes}
 
 @command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser("redraw", "analysis.redraw", __doc__)
     ap.add_argument("dir", help="an analysis output directory (e.g. docs/analyses_example)")
     out = Path(ap.parse_args(argv).dir)
     found = [draw for table, draw in DRAWERS.items() if (out / table).is_file()]

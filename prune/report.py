@@ -4,17 +4,16 @@ methods; then the share of the unpruned score retained, and each method's paired
 Figs. 6-8), against the fraction of blocks changed (Gromov et al.'s axis), and the per-token relative errors of
 each block's linear fit on the unpruned model (the paper's Fig. 9).
 
-``python -m prune.report DIR`` redraws the two curve figures from ``DIR/pruning.json``."""
+``linreg prune-report DIR`` redraws the two curve figures from ``DIR/pruning.json``."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from core.cli import command, run_cli
+from core.cli import command, parser, run_cli
 
 _COUNTS = ("/nll", "/tokens", "/bytes")  # bookkeeping values, not curves
 _LOWER_IS_BETTER = ("ppl", "loss", "bpb")
@@ -205,8 +204,8 @@ def redraw(out: Path) -> list[Path]:
 
 @command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Redraw pruning_vs_k.png and pruning_vs_fraction.png from a pruning "
-                                             "run's pruning.json.")
+    ap = parser("prune-report", "prune.report", "Redraw pruning_vs_k.png and pruning_vs_fraction.png from a pruning "
+                                                "run's pruning.json.")
     ap.add_argument("dir", help="the run's output directory (holds pruning.json)")
     for path in redraw(Path(ap.parse_args(argv).dir)):
         print(f"wrote {path}")
