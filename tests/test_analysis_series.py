@@ -93,6 +93,11 @@ def test_run_checkpoints_in_step_order_cached_and_exact(tiny_run, tinystories_va
         "step_00000004", "step_00000008", "step_00000012"]
     assert len({r["means"]["linearity_wo_res"] for r in res}) == 3  # the checkpoints differ
     check_series_figures(saved_figures, rows[1:], out)
+    from analysis.redraw import main as redraw
+
+    saved_figures.clear()
+    assert redraw([str(out)]) == 0  # the same figures again, from series.csv alone
+    check_series_figures(saved_figures, rows[1:], out)
 
     # Block 0 of the step-8 checkpoint against numpy on HF's hidden states (h_0, h_1 are pre-norm there).
     model, tok = load_model(tiny_run.checkpoint(8))

@@ -113,6 +113,10 @@ def test_cli_end_to_end(model_dir, tmp_path, tiny_tokenizer, shared_data, saved_
         assert (out / name).is_file()
     res = record["results"]
     check_figures(saved_figures, record)
+    from prune.report import main as prune_report
+
+    assert prune_report([str(out)]) == 0  # the curves again, from pruning.json alone
+    check_figures(saved_figures, record)
     assert set(res) == {"remove", "linear", "merged"} and set(res["remove"]) == {"0", "1", "2"}
     # k = 0 is the unpruned model: the same numbers as an independent evaluation and as `python -m eval`
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
