@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from references import lstsq_linearity
 from scipy.stats import levy_stable
 
 from core.io import read_jsonl as read_metrics
@@ -159,7 +160,13 @@ def test_linearity_profile_and_regularizers_apply_to_the_testbed():
     prompts, _ = sample_prompts(cfg, np.random.default_rng(4), 64)
     model = build_linear_attention(5, 3, init_std=0.3, seed=1)
     profile = testbed_profile(model, prompts)
-    assert len(profile) == 3 and all(0.0 <= p["linearity"] <= 1.0 for p in profile)
+    states = [prompts]  # the reference: the blocks called one by one (no hooks), the score by its definition
+    with torch.no_grad():
+        for layer in model.layers:
+            states.append(layer(states[-1]))
+    flat = [h.reshape(-1, h.size(-1)) for h in states]
+    assert [p["linearity"] for p in profile] == pytest.approx(
+        [lstsq_linearity(x, y) for x, y in zip(flat[:-1], flat[1:])], abs=1e-6)
     # One block with P = Q = 0 is the identity: perfectly linear, with a zero update (LS_wo undefined).
     identity = build_linear_attention(5, 1, init_std=0.0)
     assert testbed_profile(identity, prompts)[0]["linearity"] == pytest.approx(1.0)
