@@ -42,7 +42,7 @@ def series(out: Path) -> list[Path]:
 
 
 def finetune(out: Path) -> list[Path]:
-    from analysis.finetune import TASK_TITLES, plot_deltas
+    from analysis.finetune import plot_deltas
     from analysis.report import mean_std
 
     deltas: dict[str, dict[str, list[float]]] = {}
@@ -50,7 +50,7 @@ def finetune(out: Path) -> list[Path]:
         deltas.setdefault(r["model"], {}).setdefault(r["task"], []).append(float(r["delta_wo_res"]))
     summary = {m: {t: dict(zip(("delta_wo_res", "delta_wo_res_std"), mean_std(v))) for t, v in per_task.items()}
                for m, per_task in deltas.items()}
-    tasks = [t for t in TASK_TITLES if any(t in s for s in summary.values())]
+    tasks = list(dict.fromkeys(t for per_task in deltas.values() for t in per_task))  # the CLI's task order
     return [plot_deltas(summary, tasks, out / "finetune.png")]
 
 

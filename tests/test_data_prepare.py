@@ -134,7 +134,7 @@ def test_benchmark_readers_get_the_hub_rows_back(prepared_root):
 
 def test_other_readers_get_the_hub_rows_back(prepared_root):
     from data.sources import read_jsonl_documents, read_txt_documents
-    from prune.evaluate import read_wikitext_rows
+    from eval.benchmarks.wikitext2 import read_wikitext_rows
 
     assert read_wikitext_rows(prepared_root / "wikitext2" / "wiki.test.raw") == \
         read_wikitext_rows(SHARED / "wikitext2" / "wiki.test.raw")
@@ -195,7 +195,7 @@ def test_a_sample_root_is_evaluated_with_a_warning():
 
     task = get_task("tinystories", DataSource(SHARED))
     assert len(task.documents()) == 1726
-    assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "data.prepare" in task.notes[0]
+    assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "linreg data" in task.notes[0]
 
 
 def test_xstorycloze_from_the_hub_reads_the_parquet_conversion():

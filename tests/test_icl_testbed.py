@@ -194,3 +194,18 @@ def test_a_block_is_linear_within_a_prompt_and_not_across_prompts():
     h0, h1, _ = stream.take()
     assert linearity_score(h0[0], h1[0]) == pytest.approx(1.0, abs=1e-9)
     assert linearity_score(h0.reshape(-1, 6), h1.reshape(-1, 6)) < 0.99
+
+
+def test_trainer_registry_and_the_regularized_testbed_loss(tmp_path):
+    from linreg.trainer import Trainer
+    from linreg.trainers import trainer_class
+
+    assert trainer_class(_cfg()) is ICLTrainer
+    assert trainer_class(load_config(CONFIG.parents[1] / "tiny_cpu.yaml")) is Trainer
+    run = RunDir(tmp_path / "reg")
+    cfg = _cfg("train.max_steps=3", "measure=null", "regularizer.name=cosine", "regularizer.weight=0.5")
+    assert ICLTrainer(cfg, run).fit() == 0
+    rows = [r for r in read_metrics(run.metrics) if "train/loss" in r]
+    assert len(rows) == 3
+    for r in rows:  # the regularizer is computed on the testbed's states and logged apart from the squared error
+        assert r["train/reg"] > 0 and r["train/loss"] == pytest.approx(r["train/task_loss"] + r["train/reg"], abs=1e-6)
