@@ -43,13 +43,13 @@ def series(out: Path) -> list[Path]:
 
 def finetune(out: Path) -> list[Path]:
     from analysis.finetune import plot_deltas
-    from analysis.report import mean_std
+    from core import stats
 
     deltas: dict[str, dict[str, list[float]]] = {}
     for r in _rows(out / "finetune.csv"):
         deltas.setdefault(r["model"], {}).setdefault(r["task"], []).append(float(r["delta_wo_res"]))
-    summary = {m: {t: dict(zip(("delta_wo_res", "delta_wo_res_std"), mean_std(v))) for t, v in per_task.items()}
-               for m, per_task in deltas.items()}
+    summary = {m: {t: {"delta_wo_res": (sm := stats.summarize(v)).mean, "delta_wo_res_std": sm.std}
+                   for t, v in per_task.items()} for m, per_task in deltas.items()}
     tasks = list(dict.fromkeys(t for per_task in deltas.values() for t in per_task))  # the CLI's task order
     return [plot_deltas(summary, tasks, out / "finetune.png")]
 
