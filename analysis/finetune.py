@@ -344,6 +344,15 @@ def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
+def plot_deltas(summary: dict, tasks: list[str], path: Path) -> Path:
+    """Δ mean linearity without residual per task (groups) and model (bars), ± std over seeds."""
+    from analysis.plots import grouped_bars
+
+    return grouped_bars({m: ([s[t]["delta_wo_res"] for t in tasks], [s[t]["delta_wo_res_std"] for t in tasks])
+                         for m, s in summary.items()}, [task_title(t) for t in tasks],
+                        "Δ mean linearity w/o residual (± std over seeds)", "Linearity change by fine-tuning", path)
+
+
 def tables(summary: dict, tasks: list[str]) -> str:
     models = list(summary)
     delta = markdown_table(["task", *models], [[task_title(t), *(
@@ -382,7 +391,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @command
 def main(argv=None) -> int:
-    from analysis.plots import grouped_bars
     from data.sources import data_root
     from eval.linearity.evaluator import history_record
     from model.export import load_model
@@ -439,10 +447,7 @@ def main(argv=None) -> int:
                 r["delta_linearity"]] for r in records])
     write_json(out / "finetune.json", {"settings": asdict(settings), "probe": spec.to_dict(), "seeds": seeds,
                                        "summary": summary})
-    grouped_bars({m: ([s[t]["delta_wo_res"] for t in tasks], [s[t]["delta_wo_res_std"] for t in tasks])
-                  for m, s in summary.items()}, [task_title(t) for t in tasks],
-                 "Δ mean linearity w/o residual (± std over seeds)", "Linearity change by fine-tuning",
-                 out / "finetune.png")
+    plot_deltas(summary, tasks, out / "finetune.png")
     print(text_md)
     print(f"wrote {out / 'finetune.md'}, finetune.csv, finetune.json, finetune.png")
     return 0

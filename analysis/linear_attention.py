@@ -65,7 +65,7 @@ def _runs(sweep_dir: Path) -> list[tuple[re.Match, dict]]:
     """(variant match, {key: {step: value}}) of every run <sweep>/<variant>/seed<k> with a metrics.jsonl; a run
     that stopped before train.max_steps (a non-finite loss) has ``curves["diverged"]`` set."""
     from core.config import yaml_load
-    from linreg.metrics import read_metrics
+    from core.io import read_jsonl
 
     out = []
     for run in map(RunDir, sorted(sweep_dir.glob("*/seed*"))):
@@ -74,7 +74,7 @@ def _runs(sweep_dir: Path) -> list[tuple[re.Match, dict]]:
             continue
         max_steps = yaml_load(run.config.read_text())["train"]["max_steps"]
         curves: dict[str, dict[int, float]] = {}
-        for row in read_metrics(run.metrics):
+        for row in read_jsonl(run.metrics):
             for k, v in row.items():
                 if k != "step":
                     curves.setdefault(k, {})[row["step"]] = float(v)  # non-finite values are logged as strings

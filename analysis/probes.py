@@ -235,9 +235,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def plot_task(task: str, curves: dict[str, list[float]], chance: float, out: Path) -> Path:
+    """``out/probes_<task>.png``: accuracy against layer, one line per model (``curves``: label -> per layer)."""
+    from analysis.plots import plot_probes
+
+    return plot_probes(curves, chance, f"Linear probes per layer: {task}", out / f"probes_{task}.png")
+
+
 @command
 def main(argv=None) -> int:
-    from analysis.plots import plot_probes
     from data.sources import data_root
     from model.export import load_model
 
@@ -292,8 +298,7 @@ def main(argv=None) -> int:
                markdown_table(["model", *(f"L{i}" for i in range(depth))],
                               [[lab, *(f"{r['accuracy']:.3f}" for r in rec["layers"])] for lab, rec in recs.items()]),
                ""]
-        plot_probes({lab: [r["accuracy"] for r in rec["layers"]] for lab, rec in recs.items()}, first["chance"],
-                    f"Linear probes per layer: {t}", out / f"probes_{t}.png")
+        plot_task(t, {lab: [r["accuracy"] for r in rec["layers"]] for lab, rec in recs.items()}, first["chance"], out)
     (out / "probes.md").write_text("\n".join(md))
     print("\n".join(md))
     print(f"wrote {out / 'probes.csv'}, probes.json, probes.md, probes_<task>.png")

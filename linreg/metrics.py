@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.io import fsync_file, read_jsonl, write_atomic
+from core.io import fsync_file, write_atomic
 from core.rundir import RunDir
 
 
@@ -126,6 +126,3 @@ def wandb_run_id(run: RunDir) -> str:
     return hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()[:16]
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """All lines of a metrics.jsonl (for tests, plots and analysis)."""
-    return read_jsonl(path)

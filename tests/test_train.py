@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from linreg.metrics import read_metrics
+from core.io import read_jsonl as read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "tiny.yaml"

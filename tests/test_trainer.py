@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.io import read_jsonl as read_metrics
 from core.rundir import RunDir, step_of
 from linreg.config import load_config
-from linreg.metrics import read_metrics
 from linreg.trainer import Trainer
 
 TINY = Path(__file__).resolve().parent / "tiny.yaml"
