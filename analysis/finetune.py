@@ -64,6 +64,7 @@ from analysis.report import (
     write_json,
 )
 from core.cli import (
+    Parser,
     add_data_root_arg,
     add_device_args,
     add_model_args,
@@ -72,7 +73,6 @@ from core.cli import (
     add_tasks_arg,
     command,
     list_arg,
-    parser,
     run_cli,
 )
 from core.errors import DataError
@@ -348,7 +348,7 @@ def tables(summary: dict, tasks: list[str]) -> str:
 # -- command line ----------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = parser("finetune", "analysis.finetune", __doc__)
+    ap = Parser("finetune", "analysis.finetune", __doc__)
     add_model_args(ap, many=True, help="decoders to fine-tune", label_help="table columns, one per --model")
     add_tasks_arg(ap, list(TASK_TITLES), list(TASK_TITLES), choices=list(TASK_TITLES))
     list_arg(ap, "--seeds", of=int, default=[0, 1, 2], metavar="SEED", help="fine-tuning seeds (default 0,1,2)")

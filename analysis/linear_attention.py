@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from core.cli import command, parser, run_cli
+from core.cli import Parser, command, run_cli
 from core.errors import UserError
 
 _VARIANT = re.compile(r"^(adam|sgd)_L(\d+)_(gauss|heavy)$")
@@ -190,7 +190,7 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
 
 @command
 def main(argv=None) -> int:
-    p = parser("linear-attention", "analysis.linear_attention", __doc__)
+    p = Parser("linear-attention", "analysis.linear_attention", __doc__)
     p.add_argument("sweep_dir", help="the sweep's directory (runs/<name>)")
     p.add_argument("--out", required=True, help="output directory (summary.json, summary.md, PNG figures)")
     args = p.parse_args(argv)

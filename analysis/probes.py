@@ -49,7 +49,7 @@ from analysis.report import (
     write_json,
 )
 from core import precision as core_precision
-from core.cli import add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, parser, run_cli
+from core.cli import Parser, add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, run_cli
 from core.errors import ConfigError
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -207,7 +207,7 @@ def chance_level(kind: str, y_eval: np.ndarray) -> float:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = parser("probes", "analysis.probes", __doc__)
+    ap = Parser("probes", "analysis.probes", __doc__)
     add_model_args(ap, many=True)
     add_tasks_arg(ap, [*TWO_CHOICE[:1], "xstorycloze_<lang>", *CLASSIFICATION], ["xstorycloze_en"])
     ap.add_argument("--out", required=True)

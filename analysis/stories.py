@@ -50,7 +50,7 @@ from analysis.report import (
     write_csv,
     write_json,
 )
-from core.cli import add_data_root_arg, add_device_args, add_model_args, command, parser, run_cli
+from core.cli import Parser, add_data_root_arg, add_device_args, add_model_args, command, run_cli
 from core.errors import ConfigError, DataError
 
 HUB_STORIES = "roneneldan/TinyStories"
@@ -209,7 +209,7 @@ def plot_summaries(summaries: dict[str, dict], path: Path) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = parser("stories", "analysis.stories", __doc__)
+    ap = Parser("stories", "analysis.stories", __doc__)
     add_model_args(ap, many=True, required=False, help="models to sample from: model dirs, runs or checkpoints",
                    label_help="table labels, one per --model (default: their names)")
     ap.add_argument("--reference", action="store_true",

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from core.cli import (
+    Parser,
     add_data_root_arg,
     add_device_args,
     add_model_args,
@@ -28,7 +29,6 @@ from core.cli import (
     add_tasks_arg,
     command,
     list_arg,
-    parser,
     run_cli,
 )
 from core.errors import ConfigError
@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from prune.criteria import CRITERIA
     from prune.methods import METHODS
 
-    p = parser("prune", "prune", __doc__)
+    p = Parser("prune", "prune", __doc__)
     add_model_args(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--criterion", default="linearity", help=f"one of {', '.join(CRITERIA)} (default %(default)s)")
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     study.check(len(blocks(model)))  # cheap errors before the probe and the evaluation data
     probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.probe_seed, args.max_tokens)
     probe_cfg.validate("probe")
-    text, source = states.probe_text(args.text, args.data_root)
+    text, source = states.probe_text(args.text, args.data_root, args.text_field)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = getattr(model.config, "max_position_embeddings", None) or 2048
     evaluation = Evaluation(tokenizer, tasks=args.tasks, root=args.data_root, limit=args.limit, context=args.context,

@@ -20,10 +20,10 @@ from eval.linearity.profile import StateCollector, probe_batches
 from prune.errors import PruneError
 
 
-def probe_text(path: str | None = None, root: str | None = None) -> tuple[str, str]:
+def probe_text(path: str | None = None, root: str | None = None, text_field: str = "text") -> tuple[str, str]:
     """(text, description): ``path`` if given, else TinyStories validation from the data root or the hub."""
     if path is not None:
-        return read_probe_text(path), str(Path(path).resolve())
+        return read_probe_text(path, text_field), str(Path(path).resolve())
     base = data_root(cli=root)
     if base is not None:
         valid = base / "tinystories" / "valid.txt"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli import command, parser, run_cli
+from core.cli import Parser, command, run_cli
 from core.errors import UserError
 from sweep import stats
 from sweep.runs import Run, find_runs
@@ -333,7 +333,7 @@ def _describe(v: Variant, baseline: Variant) -> dict:
 # -- command line --------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = parser("compare", "sweep.compare", __doc__)
+    p = Parser("compare", "sweep.compare", __doc__)
     p.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run directories, or directories above them")
     p.add_argument("--out", required=True, help="output directory (compare.md, compare.json, PNG plots)")
     p.add_argument("--baseline", help="the variant the others are compared with (default: the sweep's, else the first)")
