@@ -1,4 +1,4 @@
-"""``python -m data.prepare --from``: a local copy of each hub repository, built here from shared/data's files in
+"""``linreg data --from``: a local copy of each hub repository, built here from shared/data's files in
 the hub's row format, goes through the same ``load_dataset`` path as the hub, and the root it writes reads back,
 through the benchmark, pruning and training readers, as the very rows the copy was made of."""
 from __future__ import annotations
@@ -195,7 +195,7 @@ def test_a_sample_root_is_evaluated_with_a_warning():
 
     task = get_task("tinystories", DataSource(SHARED))
     assert len(task.documents()) == 1726
-    assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "data.prepare" in task.notes[0]
+    assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "linreg data" in task.notes[0]
 
 
 def test_xstorycloze_from_the_hub_reads_the_parquet_conversion():
