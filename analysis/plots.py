@@ -25,16 +25,21 @@ def _save(fig, path: str | Path) -> Path:
 
 def _step_axis(ax, steps: list[int]) -> None:
     """Log x-axis; symlog with a linear part below 1 when a step-0 checkpoint is present."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     if min(steps) <= 0:
         ax.set_xscale("symlog", linthresh=1)
     else:
         ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 200, 1e+05: not 2x10^2
-    ax.xaxis.set_major_formatter(plain)
-    if max(steps) / max(min(steps), 1) < 100:  # under two decades: label the minor ticks too
-        ax.xaxis.set_minor_formatter(plain)
+    distinct = sorted(set(steps))
+    if len(distinct) <= 12:  # few checkpoints: label each one's step, nothing else
+        ax.set_xticks(distinct, [f"{s:g}" for s in distinct])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_formatter(plain)
+        if max(steps) / max(min(steps), 1) < 100:  # under two decades: label the minor ticks too
+            ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="both", labelsize=8)
     ax.set_xlabel("training step")
 
@@ -50,16 +55,16 @@ def plot_series(series: dict[str, list[dict]], path: str | Path) -> Path:
             if all("heldout" in r["means"] for r in recs):  # held-out mean, intervals of both means, chance
                 heldout_lines(ax, steps, [r["means"] for r in recs], key, line.get_color(), label)
         _step_axis(ax, [r["step"] for recs in series.values() for r in recs])
-        ax.set_title(f"mean {TITLES[key]}", fontsize=10)
+        ax.set_title(f"{TITLES[key]}, mean over blocks", fontsize=10)
         ax.set_ylabel("score (mean over blocks)")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def plot_series_states(series: dict[str, list[dict]], path: str | Path) -> Path:
     """Per-state measurements against step: one row of panels per series, one line per state h_i."""
-    from eval.linearity.plots import STATE_TITLES
+    from eval.linearity.plots import STATE_LABELS, STATE_TITLES
 
     keys = [k for k in STATE_TITLES if any(k in recs[-1]["toolkit"] for recs in series.values())]
     fig, axes = plt.subplots(len(series), len(keys), figsize=(4.2 * len(keys), 3.6 * len(series)), squeeze=False)
@@ -73,8 +78,9 @@ def plot_series_states(series: dict[str, list[dict]], path: str | Path) -> Path:
                         label=f"$h_{{{i}}}$")
             _step_axis(ax, steps)
             ax.set_title(f"{label}: {STATE_TITLES[key]}", fontsize=8)
+            ax.set_ylabel(STATE_LABELS[key], fontsize=8)
             ax.grid(alpha=0.3, which="both")
-        row[0].legend(fontsize=7, ncol=2)
+            ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
 
 
@@ -86,7 +92,7 @@ def plot_series_heatmaps(series: dict[str, list[dict]], path: str | Path) -> Pat
         for ax, key in zip(row, SERIES_KEYS):
             grid = [[r[key][b] for r in recs] for b in range(len(recs[-1][key]))]
             mesh = ax.pcolormesh(range(len(recs)), range(len(grid)), grid, shading="nearest", cmap="viridis")
-            fig.colorbar(mesh, ax=ax)
+            fig.colorbar(mesh, ax=ax, label=TITLES[key])
             ticks = range(0, len(recs), max(1, len(recs) // 10))
             ax.set_xticks(list(ticks), [str(recs[i]["step"]) for i in ticks], rotation=45, fontsize=7)
             ax.set_yticks(range(len(grid)))
@@ -120,7 +126,7 @@ def grouped_bars(groups: dict[str, tuple[list[float], list[float]]], categories:
     width = 0.8 / max(len(groups), 1)
     for k, (label, (values, errors)) in enumerate(groups.items()):
         xs = [c + (k - (len(groups) - 1) / 2) * width for c in range(len(categories))]
-        ax.bar(xs, values, width, yerr=[0 if math.isnan(e) else e for e in errors], capsize=3, label=label)
+        ax.bar(xs, values, width, yerr=[0 if e is None or math.isnan(e) else e for e in errors], capsize=3, label=label)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(range(len(categories)), categories)
     ax.set_ylabel(ylabel)

@@ -111,7 +111,6 @@ class Checkpointer:
         client = {**self.extra, **{name: obj.state_dict() for name, obj in self.stateful.items()}}
         failpoint("before_save")
         self.engine.save_checkpoint(str(root), tag=tag, client_state=client, save_latest=False)
-        failpoint("after_engine_save")
         rng_file = tag_dir / f"rng_rank{dist.rank()}.pt"
         torch.save(_rng_to_tensors(dist.rng_state()), rng_file)
         for f in tag_dir.rglob("*"):  # this rank's files (a shared filesystem lists the others' too: harmless)
@@ -125,7 +124,6 @@ class Checkpointer:
                                                            **self.meta}, indent=1))
             failpoint("before_manifest")
             write_manifest(tag_dir)
-            failpoint("before_latest")
             write_atomic(root / LATEST, tag)
             complete = [d for d in self.run.checkpoint_dirs() if verify_checkpoint(d) is None]
             for old in complete[:-self.keep_last]:

@@ -86,14 +86,3 @@ def build_linear_attention(dim: int, num_layers: int, init_std: float, seed: int
     if seed is not None:
         torch.manual_seed(seed)
     return LinearAttentionTransformer(LinearAttentionConfig(dim=dim, num_hidden_layers=num_layers, init_std=init_std))
-
-
-def preconditioned_gd_step(dim: int, a: torch.Tensor) -> LinearAttentionTransformer:
-    """The one-layer model that predicts x_q^T A (1/n) sum_i y_i x_i (A symmetric [d, d])."""
-    model = build_linear_attention(dim, 1, 0.0)
-    with torch.no_grad():
-        model.layers[0].P.zero_()
-        model.layers[0].P[dim, dim] = 1.0
-        model.layers[0].Q.zero_()
-        model.layers[0].Q[:dim, :dim] = -a
-    return model

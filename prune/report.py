@@ -2,7 +2,9 @@
 methods; then the share of the unpruned score retained, and each method's paired-bootstrap difference from
 ``remove``, ``prune.compare``) and the figures -- metric against the number of changed blocks (the paper's
 Figs. 6-8), against the fraction of blocks changed (Gromov et al.'s axis), and the per-token relative errors of
-each block's linear fit on the unpruned model (the paper's Fig. 9)."""
+each block's linear fit on the unpruned model (the paper's Fig. 9).
+
+``linreg prune-report DIR`` redraws the two curve figures from ``DIR/pruning.json``."""
 from __future__ import annotations
 
 import json
@@ -10,6 +12,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from core.cli import Parser, command, run_cli
 
 _COUNTS = ("/nll", "/tokens", "/bytes")  # bookkeeping values, not curves
 _LOWER_IS_BETTER = ("ppl", "loss", "bpb")
@@ -81,7 +85,27 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if abs(v) >= 1000 else f"{v:.4f}"
 
 
+# The y-axis of each metric, by the last part of its name (``wikitext2/ppl`` -> ``ppl``).
+_UNITS = {"ppl": "perplexity", "word_ppl": "word-level perplexity", "bpb": "bits per byte",
+          "loss": "loss (nats per token)", "acc": "accuracy", "acc_norm": "length-normalised accuracy",
+          "f1": "F1", "em": "exact match"}
+
+
+def _log_y(ax) -> None:
+    """Log y-axis with plain numbers: at 1-2-5 steps over several decades, at evenly spaced round values inside
+    one (where matplotlib's default labels only the decades, and a metric that moves by less than one shows one
+    or two labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)) if hi / lo > 10 else MaxNLocator(6))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_curves(results: dict[str, dict[int, dict[str, float]]], num_blocks: int, path: Path, fraction: bool) -> Path:
+    """One panel per metric, one line per method (colour and marker), and one legend for all panels beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,21 +124,20 @@ def plot_curves(results: dict[str, dict[int, dict[str, float]]], num_blocks: int
             ax.plot(xs, [per_k[k][metric] for k in ks], marker=markers[i % len(markers)], ms=4,
                     color=colors[i % len(colors)], label=method)
         if metric.endswith("ppl"):
-            ax.set_yscale("log")
+            _log_y(ax)
         ax.set_title(metric)
-        ax.set_ylabel(metric.split("/")[-1])
+        unit = metric.split("/")[-1]
+        ax.set_ylabel(_UNITS.get(unit, unit) + (" (log scale)" if metric.endswith("ppl") else ""))
         ax.set_xlabel(f"fraction of the {num_blocks} blocks changed" if fraction else "number of changed blocks")
         if not fraction:
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    if len(results) > 6:  # one legend beside the grid instead of one that covers the first panel
-        fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="center right", fontsize=8)
-        fig.tight_layout(rect=(0, 0, 0.84, 1))
-    else:
-        axes.flat[0].legend(fontsize=8)
-        fig.tight_layout()
+    # Every panel has the same methods in the same styles: one legend beside the grid serves them all and covers
+    # none of them (up to 14 methods would hide a panel's curves).
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="center right", fontsize=8, title="method")
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -132,14 +155,16 @@ def plot_fit_errors(errors: list[np.ndarray], path: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
     for i, (ax, err) in enumerate(zip(axes.flat, errors)):
         hi = float(np.quantile(err, 0.995))  # per block: the first block's errors can be 5x the others'
-        ax.hist(np.clip(err, 0, hi), bins=np.linspace(0.0, hi, 50), color="tab:blue", alpha=0.8)
-        ax.axvline(float(np.median(err)), color="k", lw=1, ls="--")
+        ax.hist(np.clip(err, 0, hi), bins=np.linspace(0.0, hi, 50), color="tab:blue", alpha=0.8,
+                label="tokens (last bin: beyond the 99.5 % quantile)")
+        ax.axvline(float(np.median(err)), color="k", lw=1, ls="--", label="median")
         ax.set_title(f"block {i}: median {np.median(err):.3f}", fontsize=9)
     for ax in list(axes.flat)[len(errors):]:
         ax.axis("off")
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=8)
     fig.supxlabel(r"per-token relative error $\|A h_i + c - h_{i+1}\| \,/\, \|h_{i+1}\|$")
     fig.supylabel("probe tokens")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -161,3 +186,31 @@ def write_outputs(out: Path, record: dict, results: dict[str, dict[int, dict[str
     if fit_errors:
         paths.append(plot_fit_errors(fit_errors, out / "fit_errors.png"))
     return paths
+
+
+def redraw(out: Path) -> list[Path]:
+    """The two curve figures again, from the results and block count ``pruning.json`` holds."""
+    from core.errors import DataError
+
+    try:
+        record = json.loads((out / "pruning.json").read_text())
+        results = {m: {int(k): v for k, v in per_k.items()} for m, per_k in record["results"].items()}
+        num_blocks = record["num_blocks"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{out / 'pruning.json'}: not a pruning run's record ({e})") from None
+    return [plot_curves(results, num_blocks, out / "pruning_vs_k.png", fraction=False),
+            plot_curves(results, num_blocks, out / "pruning_vs_fraction.png", fraction=True)]
+
+
+@command
+def main(argv=None) -> int:
+    ap = Parser("prune-report", "prune.report", "Redraw pruning_vs_k.png and pruning_vs_fraction.png from a pruning "
+                                                "run's pruning.json.")
+    ap.add_argument("dir", help="the run's output directory (holds pruning.json)")
+    for path in redraw(Path(ap.parse_args(argv).dir)):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -4,7 +4,7 @@ highest seed (with two or three seeds a min-max band says more than a ±std one)
     loss_curves.png                 validation loss and training loss (total and cross-entropy) against step
     linearity_wo_res_vs_step.png    mean linearity score without residual against step (the paper's Fig. 2 style)
     linearity_per_layer.png         per-block linearity without residual at the final step (Fig. 4 style)
-    norm_ratio_per_layer.png        per-block ‖h_{i+1} − h_i‖ / ‖h_{i+1}‖ at the final step
+    norm_ratio_per_layer.png        per-block norm ratio ‖h_{i+1} − h_i‖ / ‖h_{i+1}‖ at the final step
 
 Curves use the steps every seed of a variant has logged, so a run still in progress shortens its variant's line
 rather than bending its mean.
@@ -15,16 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = "osD^v<>p"
+
 
 def _style(i: int, label: str, n: int) -> dict:
+    """Colour, line style and marker all differ between variants: two variants with near-equal curves stay
+    visible when one is drawn over the other."""
     import matplotlib.pyplot as plt
 
     colors = plt.get_cmap("tab10").colors
-    return {"color": colors[i % len(colors)], "label": f"{label} (n={n})"}
+    return {"color": colors[i % len(colors)], "ls": _LINESTYLES[i % len(_LINESTYLES)],
+            "marker": _MARKERS[i % len(_MARKERS)], "label": f"{label} (n={n})"}
 
 
 def _band(ax, x, ys: np.ndarray, style: dict) -> None:
-    ax.plot(x, ys.mean(axis=0), lw=1.6, marker="o" if len(x) <= 30 else None, ms=3, **style)
+    style = dict(style)
+    marker = style.pop("marker") if len(x) <= 30 else None
+    ax.plot(x, ys.mean(axis=0), lw=1.6, marker=marker, ms=4, mfc="none", **style)
     if ys.shape[0] > 1:
         ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=style["color"], alpha=0.2, lw=0)
 
@@ -67,9 +75,9 @@ def write_plots(variants, out: Path) -> list[str]:
 
     written = []
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, key, title in zip(axes, ("val/loss", "train/loss", "train/ce"),
-                              ("validation loss", "training loss (cross-entropy + λ·regularizer)",
-                               "training cross-entropy")):
+    for ax, key, title in zip(axes, ("val/loss", "train/loss", "train/task_loss"),
+                              ("validation loss", "training loss (task loss + λ·regularizer)",
+                               "training task loss (cross-entropy)")):
         for i, v in enumerate(variants):
             x, ys = _common_curve(v.runs, key)
             if x.size:
@@ -90,7 +98,7 @@ def write_plots(variants, out: Path) -> list[str]:
     for key, name, ylabel, title in (
             ("linearity_wo_res", "linearity_per_layer.png", "linearity score w/o residual",
              "Per-block linearity without residual, final step"),
-            ("norm_ratio", "norm_ratio_per_layer.png", "‖h_{i+1} − h_i‖ / ‖h_{i+1}‖",
+            ("norm_ratio", "norm_ratio_per_layer.png", r"$\|h_{i+1} - h_i\| \,/\, \|h_{i+1}\|$",
              "Per-block norm ratio, final step")):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for i, v in enumerate(variants):
@@ -100,7 +108,7 @@ def write_plots(variants, out: Path) -> list[str]:
                 style = _style(i, v.label, len(v.runs))
                 style["label"] += f", step {step}"
                 _band(ax, np.arange(ys.shape[1]), ys, style)
-        ax.set(xlabel="block i (pair h_i → h_{i+1})", ylabel=ylabel, title=title)
+        ax.set(xlabel=r"block $i$ (pair $h_i \to h_{i+1}$)", ylabel=ylabel, title=title)
         ax.xaxis.get_major_locator().set_params(integer=True)
         written.append(_finish(fig, [ax], out / name))
     return written

@@ -71,3 +71,20 @@ def tiny_hf_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     model.save_pretrained(out)
     tiny_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> dict:
+    """file name -> the matplotlib Figure saved under it while the test runs (the file is written as usual), so
+    that a test reads the drawn axis labels, legends and lines back from the figure the code saved."""
+    from matplotlib.figure import Figure
+
+    saved = {}
+    savefig = Figure.savefig
+
+    def recording(self, fname, *args, **kwargs):
+        saved[Path(fname).name] = self
+        return savefig(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return saved

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
+from figures import legend
+from references import lstsq_linearity
 
 from analysis import finetune as FT
 
@@ -52,8 +55,8 @@ def test_pairwise_loss_and_encoding(tiny_tokenizer):
 
 
 def test_trainer_fine_tune_learns_a_separable_task(tiny_hf_model_dir, tinystories_valid, tmp_path):
-    from analysis.profiling import ProbeSpec
-    from eval.linearity.probe import ProbeConfig, read_probe_text
+    from analysis.profiling import ProfileSpec
+    from eval.linearity.probe import ProbeSetConfig, read_probe_text
     from model.export import load_model
 
     lm, tok = load_model(tiny_hf_model_dir)
@@ -62,7 +65,7 @@ def test_trainer_fine_tune_learns_a_separable_task(tiny_hf_model_dir, tinystorie
     sad = [(f"{q} {i}. It was dark, cold and it rained.", 0) for i in range(24)]
     train, test = happy[:16] + sad[:16], happy[16:] + sad[16:]
     settings = FT.FinetuneSettings(steps=30, batch_size=8, lr=3e-3, max_length=32)
-    spec = ProbeSpec("valid", ProbeConfig(12, 400, 0))
+    spec = ProfileSpec("valid", ProbeSetConfig(12, 400, 0))
     res = FT.finetune_one(lm, tok, "boolq", 0, (train, test, "constructed"), settings, tmp_path / "run",
                           read_probe_text(tinystories_valid), spec, "cpu")
     assert res["acc_after"] == 1.0 and res["majority"] == 0.5
@@ -71,7 +74,7 @@ def test_trainer_fine_tune_learns_a_separable_task(tiny_hf_model_dir, tinystorie
     assert losses[-1] < losses[0] / 2  # the Trainer's own log: it learned
 
 
-def test_cli_cb_and_reward_two_seeds(tiny_hf_model_dir, tinystories_valid, tmp_path, monkeypatch):
+def test_cli_cb_and_reward_two_seeds(tiny_hf_model_dir, tinystories_valid, tmp_path, monkeypatch, saved_figures):
     out = tmp_path / "out"
     argv = ["--model", str(tiny_hf_model_dir), "--label", "tiny", "--tasks", "cb,reward", "--seeds", "0,1",
             "--steps", "4", "--batch-size", "4", "--max-length", "48", "--train-limit", "12", "--eval-limit", "12",
@@ -84,17 +87,45 @@ def test_cli_cb_and_reward_two_seeds(tiny_hf_model_dir, tinystories_valid, tmp_p
                                                             ("reward", "1")]
     recs = [json.loads(line) for line in (out / "finetune.jsonl").read_text().splitlines()]
     before = recs[0]["before"]
+    assert before["linearity_wo_res"] == pytest.approx(base_profile_wo_res(tiny_hf_model_dir, tinystories_valid),
+                                                       abs=1e-8)
     for rec in recs:
         assert rec["before"] == before  # one base profile, the same probe for every seed and task
-        hand = sum(rec["after"]["linearity_wo_res"]) / 2 - sum(before["linearity_wo_res"]) / 2
-        assert rec["delta_wo_res"] == pytest.approx(hand, abs=1e-12) and rec["delta_wo_res"] != 0
-        assert 0 <= rec["acc_after"] <= 1 and rec["n_train"] == 12 and rec["n_test"] == 12
-    assert {r["majority"] for r in recs if r["task"] == "reward"} == {0.5}
+        assert rec["delta_wo_res"] != 0 and rec["n_train"] == 12 and rec["n_test"] == 12
     md = (out / "finetune.md").read_text()
     assert "| CB |" in md and "| Reward model (HH-RLHF) |" in md and "carved" in md
-    assert (out / "finetune.png").stat().st_size > 0
+    # the figure: one bar per task, mean ± sample std over the two seeds of Δ
+    from matplotlib.container import ErrorbarContainer
+
+    [ax] = saved_figures["finetune.png"].axes
+    assert ax.get_ylabel() == "Δ mean linearity w/o residual (± std over seeds)" and legend(ax) == ["tiny"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["CB", "Reward model (HH-RLHF)"]
+    deltas = [[r["delta_wo_res"] for r in recs if r["task"] == t] for t in ("cb", "reward")]
+    assert [b.get_height() for b in ax.patches] == pytest.approx(np.mean(deltas, axis=1))
+    [err] = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [abs(seg[1][1] - seg[0][1]) / 2 for seg in err.lines[2][0].get_segments()] == \
+        pytest.approx(np.std(deltas, axis=1, ddof=1))
     monkeypatch.setattr(FT, "finetune_one", lambda *a, **k: pytest.fail("a cached fine-tune ran again"))
     assert FT.main(argv) == 0
+
+
+def base_profile_wo_res(model_dir, text_path) -> list[float]:
+    """Per block, the linearity score without residual of the base model on the CLI's probe (12 chunks of 400
+    characters, seed 0): HF's own hidden states (final norm replaced by the identity, so the last one is h_L), one
+    unpadded forward per chunk, every token pooled, the score by its definition in float64."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model.model.norm = torch.nn.Identity()
+    probe = build_probe(read_probe_text(text_path), AutoTokenizer.from_pretrained(model_dir), ProbeConfig(12, 400, 0),
+                        max_len=model.config.max_position_embeddings)
+    with torch.no_grad():
+        per_chunk = [model(torch.tensor([ids]), output_hidden_states=True).hidden_states for ids in probe]
+    states = [torch.cat([hs[i][0] for hs in per_chunk]) for i in range(len(per_chunk[0]))]
+    return [lstsq_linearity(x, y - x) for x, y in zip(states[:-1], states[1:])]
 
 
 def test_bad_override_fails_before_loading(tmp_path, capsys):

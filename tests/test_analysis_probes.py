@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from figures import legend
+from figures import lines as drawn_lines
 
 from analysis import probes as P
 
@@ -79,7 +81,7 @@ def test_span_features_are_the_mean_over_the_span(tiny):
     assert len(cut) == 40 and cut[begin:] == list(tok(span, add_special_tokens=False)["input_ids"])
 
 
-def test_cli_on_xstorycloze_and_copa(tiny_hf_model_dir, tmp_path):
+def test_cli_on_xstorycloze_and_copa(tiny_hf_model_dir, tmp_path, saved_figures):
     out = tmp_path / "out"
     argv = ["--model", str(tiny_hf_model_dir), "--label", "tiny", "--tasks", "xstorycloze_en,copa",
             "--train-limit", "40", "--eval-limit", "30", "--out", str(out)]
@@ -88,7 +90,16 @@ def test_cli_on_xstorycloze_and_copa(tiny_hf_model_dir, tmp_path):
     assert res["xstorycloze_en"]["tiny"]["split"] == "official train / validation splits"
     assert "carved" in res["copa"]["tiny"]["split"]
     assert [len(r["layers"]) for r in (res["xstorycloze_en"]["tiny"], res["copa"]["tiny"])] == [3, 3]
-    assert (out / "probes_xstorycloze_en.png").stat().st_size > 0
+    for task in ("xstorycloze_en", "copa"):  # the figures: one line per model and the chance level
+        [ax] = saved_figures[f"probes_{task}.png"].axes
+        assert (out / f"probes_{task}.png").is_file() and ax.get_title() == f"Linear probes per layer: {task}"
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("layer (0 = embeddings, i = output of block i)",
+                                                      "probe accuracy (eval split)")
+        chance = res[task]["tiny"]["chance"]
+        assert legend(ax) == ["tiny", f"chance ({chance:.2f})"]
+        x, y = drawn_lines(ax)["tiny"]
+        assert list(x) == [0, 1, 2] and y == pytest.approx([r["accuracy"] for r in res[task]["tiny"]["layers"]])
+        assert drawn_lines(ax)[f"chance ({chance:.2f})"][1] == pytest.approx([chance, chance])
     rows = (out / "probes.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 3
     lines = (out / "probes.jsonl").read_text().splitlines()

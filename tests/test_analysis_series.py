@@ -40,10 +40,41 @@ def ls_wo_res_numpy(x: np.ndarray, y: np.ndarray) -> float:
     return 1 - float(np.linalg.norm(x @ a - z) ** 2)
 
 
-def test_run_checkpoints_in_step_order_cached_and_exact(tiny_run, tinystories_valid, tmp_path, monkeypatch):
+def check_series_figures(saved: dict, csv_rows: list[str], out: Path) -> None:
+    """series.png: per quantity, one line of the mean over blocks against the step (log axis); series_heatmap.png:
+    block x checkpoint with labelled colourbars; values recomputed from the CSV's per-block rows."""
+    from figures import colorbar_labels, has_raw_tex, legend, lines
+
+    from eval.linearity.plots import TITLES
+
+    table = [r.split(",") for r in csv_rows]
+    steps = sorted({int(r[2]) for r in table})
+    col = {"linearity": 4, "linearity_wo_res": 5}
+    for name in ("series.png", "series_heatmap.png"):
+        assert (out / name).is_file() and not has_raw_tex(saved[name])
+    for ax, key in zip(saved["series.png"].axes, col):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("training step", "score (mean over blocks)")
+        assert ax.get_xscale() == "log"
+        assert ax.get_title() == f"{TITLES[key]}, mean over blocks" and legend(ax) == ["tiny"]
+        x, y = lines(ax)["tiny"]
+        assert list(x) == steps
+        assert y == pytest.approx([np.mean([float(r[col[key]]) for r in table if int(r[2]) == s]) for s in steps])
+    heat = saved["series_heatmap.png"]
+    assert colorbar_labels(heat) == [TITLES["linearity"], TITLES["linearity_wo_res"]]
+    for ax, key in zip(heat.axes[:2] if heat.axes[1].get_label() != "<colorbar>" else heat.axes[::2], col):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("checkpoint (step)", "block")
+        assert [t.get_text() for t in ax.get_xticklabels()] == [str(s) for s in steps]
+        [mesh] = ax.collections
+        grid = [[float(r[col[key]]) for s in steps for r in table if int(r[2]) == s and int(r[3]) == b]
+                for b in range(2)]
+        assert np.asarray(mesh.get_array()).reshape(2, len(steps)) == pytest.approx(np.array(grid))
+
+
+def test_run_checkpoints_in_step_order_cached_and_exact(tiny_run, tinystories_valid, tmp_path, monkeypatch,
+                                                        saved_figures):
     import torch
 
-    from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
+    from eval.linearity.probe import ProbeSetConfig, build_probe, read_probe_text
     from model.export import load_model
 
     out = tmp_path / "out"
@@ -61,12 +92,16 @@ def test_run_checkpoints_in_step_order_cached_and_exact(tiny_run, tinystories_va
     assert [r["step"] for r in res] == [4, 8, 12] and [r["checkpoint"] for r in res] == [
         "step_00000004", "step_00000008", "step_00000012"]
     assert len({r["means"]["linearity_wo_res"] for r in res}) == 3  # the checkpoints differ
-    for name in ("series.png", "series_heatmap.png"):
-        assert (out / name).stat().st_size > 0
+    check_series_figures(saved_figures, rows[1:], out)
+    from analysis.redraw import main as redraw
+
+    saved_figures.clear()
+    assert redraw([str(out)]) == 0  # the same figures again, from series.csv alone
+    check_series_figures(saved_figures, rows[1:], out)
 
     # Block 0 of the step-8 checkpoint against numpy on HF's hidden states (h_0, h_1 are pre-norm there).
     model, tok = load_model(tiny_run.checkpoint(8))
-    probe = build_probe(read_probe_text(tinystories_valid), tok, ProbeConfig(12, 400, 0),
+    probe = build_probe(read_probe_text(tinystories_valid), tok, ProbeSetConfig(12, 400, 0),
                         max_len=model.config.max_position_embeddings)
     hs = []
     with torch.no_grad():

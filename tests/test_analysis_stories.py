@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from figures import legend
 
 from analysis import judge as J
 from analysis import stories as S
@@ -115,7 +116,7 @@ STORIES = ["Once upon a time there was a cat named Tom who liked the sun. GRADES
            "Mia found a shiny key under her bed one morning when she woke up early. FLAKY It opened a box."]
 
 
-def test_judge_protocol_against_a_local_server(judge_server, tmp_path):
+def test_judge_protocol_against_a_local_server(judge_server, tmp_path, saved_figures):
     url, counts = judge_server
     prompts_file = tmp_path / "stories.txt"
     prompts_file.write_text("".join(f"{s}\n<|endoftext|>\n" for s in STORIES))
@@ -139,7 +140,11 @@ def test_judge_protocol_against_a_local_server(judge_server, tmp_path):
     assert res["mean"]["mean"] == pytest.approx((6.5 + 6.5 + 8 + 5) / 4)
     table = (out / "stories.md").read_text()
     assert "| reference | 7.25 ± " in table and "| 4 | 2 |" in table
-    assert (out / "stories.png").stat().st_size > 0
+    [ax] = saved_figures["stories.png"].axes  # one bar per column, the means by hand, the ci95 as error bars
+    assert (out / "stories.png").is_file() and ax.get_ylabel() == "grade (1-10), 95% interval over prompts"
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(S.COLUMNS) and legend(ax) == ["reference"]
+    assert [b.get_height() for b in ax.patches] == pytest.approx(
+        [sum(col) / 4 for col in zip(*graded)] + [(6.5 + 6.5 + 8 + 5) / 4])
     grades = [json.loads(line) for line in (out / "grades.jsonl").read_text().splitlines()]
     assert len(grades) == 6 and sum(g["grades"] is None for g in grades) == 2
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from core.errors import CheckpointError, NonFiniteLossError
+from core.io import read_jsonl as read_metrics
 from core.rundir import RunDir, find_checkpoint, step_of
 from linreg.config import load_config
-from linreg.metrics import read_metrics
 from linreg.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from core.io import read_jsonl as read_metrics
 from core.rundir import RunDir
 from linreg.config import load_config
-from linreg.metrics import read_metrics
 from linreg.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

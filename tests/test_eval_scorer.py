@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.benchmarks.scorer import Scorer, encode_pairs, naive_encode_pair, naive_loglikelihood
+from eval.benchmarks.scorer import Scorer, encode_pairs, naive_loglikelihood
 from eval.benchmarks.tasks import DataSource, get_task
 
 TASKS = ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "xstorycloze_en", "xstorycloze_zh",
@@ -34,6 +34,23 @@ def model64(tiny_hf_model_dir):
 def instances(shared_data):
     data = DataSource(shared_data)
     return {name: get_task(name, data).build_instances(limit=LIMIT.get(name, 3)) for name in TASKS}
+
+
+def naive_encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """One pair at a time, written like lme's ``_encode_pair`` + ``tok_encode``: the context's trailing spaces
+    move to the continuation, context + continuation is encoded whole and the context's tokens cut off its start
+    (the tokenizer's own special tokens, none for a string that already starts with the BOS text)."""
+    if context == "":
+        return encode_pairs(tokenizer, [(context, continuation)])[0]
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+
+    def enc(s):
+        return tokenizer.encode(s, add_special_tokens=not (tokenizer.bos_token and s.startswith(tokenizer.bos_token)))
+
+    whole, ctx = enc(context + continuation), enc(context)
+    return ctx, whole[len(ctx):]
 
 
 def pairs_of(insts):

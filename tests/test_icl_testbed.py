@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from references import lstsq_linearity
 from scipy.stats import levy_stable
 
+from core.io import read_jsonl as read_metrics
 from core.rundir import RunDir
 from data.icl_regression import ICLRegressionConfig, ICLRegressionStream, sample_prompts
 from linreg.config import load_config
 from linreg.icl_trainer import ICLTrainer
-from linreg.metrics import read_metrics
 from linreg.opt_measures import tail_index
-from model.linear_attention import build_linear_attention, preconditioned_gd_step
+from model.linear_attention import LinearAttentionTransformer, build_linear_attention
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "linear_attention" / "base.yaml"
 
@@ -33,6 +34,17 @@ def paper_forward(prompts: np.ndarray, ps: list[np.ndarray], qs: list[np.ndarray
             z = z + p @ z @ m @ (z.T @ q @ z) / n
         out.append(-z[-1, -1])
     return np.array(out)
+
+
+def preconditioned_gd_step(dim: int, a: torch.Tensor) -> LinearAttentionTransformer:
+    """The one-layer model that predicts x_q^T A (1/n) sum_i y_i x_i (A symmetric [d, d])."""
+    model = build_linear_attention(dim, 1, 0.0)
+    with torch.no_grad():
+        model.layers[0].P.zero_()
+        model.layers[0].P[dim, dim] = 1.0
+        model.layers[0].Q.zero_()
+        model.layers[0].Q[:dim, :dim] = -a
+    return model
 
 
 def test_forward_equals_the_papers_equations_in_float64():
@@ -148,7 +160,13 @@ def test_linearity_profile_and_regularizers_apply_to_the_testbed():
     prompts, _ = sample_prompts(cfg, np.random.default_rng(4), 64)
     model = build_linear_attention(5, 3, init_std=0.3, seed=1)
     profile = testbed_profile(model, prompts)
-    assert len(profile) == 3 and all(0.0 <= p["linearity"] <= 1.0 for p in profile)
+    states = [prompts]  # the reference: the blocks called one by one (no hooks), the score by its definition
+    with torch.no_grad():
+        for layer in model.layers:
+            states.append(layer(states[-1]))
+    flat = [h.reshape(-1, h.size(-1)) for h in states]
+    assert [p["linearity"] for p in profile] == pytest.approx(
+        [lstsq_linearity(x, y) for x, y in zip(flat[:-1], flat[1:])], abs=1e-6)
     # One block with P = Q = 0 is the identity: perfectly linear, with a zero update (LS_wo undefined).
     identity = build_linear_attention(5, 1, init_std=0.0)
     assert testbed_profile(identity, prompts)[0]["linearity"] == pytest.approx(1.0)
@@ -176,3 +194,18 @@ def test_a_block_is_linear_within_a_prompt_and_not_across_prompts():
     h0, h1, _ = stream.take()
     assert linearity_score(h0[0], h1[0]) == pytest.approx(1.0, abs=1e-9)
     assert linearity_score(h0.reshape(-1, 6), h1.reshape(-1, 6)) < 0.99
+
+
+def test_trainer_registry_and_the_regularized_testbed_loss(tmp_path):
+    from linreg.trainer import Trainer
+    from linreg.trainers import trainer_class
+
+    assert trainer_class(_cfg()) is ICLTrainer
+    assert trainer_class(load_config(CONFIG.parents[1] / "tiny_cpu.yaml")) is Trainer
+    run = RunDir(tmp_path / "reg")
+    cfg = _cfg("train.max_steps=3", "measure=null", "regularizer.name=cosine", "regularizer.weight=0.5")
+    assert ICLTrainer(cfg, run).fit() == 0
+    rows = [r for r in read_metrics(run.metrics) if "train/loss" in r]
+    assert len(rows) == 3
+    for r in rows:  # the regularizer is computed on the testbed's states and logged apart from the squared error
+        assert r["train/reg"] > 0 and r["train/loss"] == pytest.approx(r["train/task_loss"] + r["train/reg"], abs=1e-6)

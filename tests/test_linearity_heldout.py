@@ -5,17 +5,17 @@ pruning criterion; the toolkit's measurements as a profile computes them."""
 import csv
 import json
 
-import matplotlib.image
 import numpy as np
 import pytest
 import scipy.stats
 import torch
+from figures import legend, lines
 from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 from transformers import AutoModelForCausalLM
 
 from eval.linearity import (
     HeldoutConfig,
-    ProbeConfig,
+    ProbeSetConfig,
     anisotropy,
     build_probe,
     heldout_linearity,
@@ -28,9 +28,12 @@ from eval.linearity import (
 )
 from eval.linearity.__main__ import main as cli_main
 from eval.linearity.heldout import FoldPlan
+from eval.linearity.plots import STATE_LABELS
 from eval.linearity.profile import probe_batches
 from eval.linearity.state_measures import ToolkitConfig
 from prune.criteria import CRITERIA
+from prune.errors import PruneError
+from prune.plan import ProbeSet
 
 
 def randn(*shape, seed=0):
@@ -169,19 +172,27 @@ def test_refuses_too_few_documents():
 
 
 def test_pruning_criterion_linearity_heldout():
+    """The criterion fits on folds of whole probe sequences: no sequence has tokens on both sides of a fit, and its
+    scores are lstsq's on those explicit document folds. The pruning probe gives the sequences of its pool."""
     x, y, groups = doc_states(1500, 16, 30, seed=11)
     states = [x, x + y, x + y + torch.tanh(3 * y)]
-    scores = CRITERIA["linearity_heldout"].fn(states)
-    assert CRITERIA["linearity_heldout"].first == "highest" and len(scores) == 2
-    contiguous = torch.arange(1500) * 5 // 1500
+    crit = CRITERIA["linearity_heldout"]
+    scores = crit(states, groups)
+    fold = fold_of_tokens(groups)
+    assert all(len(set(fold[groups.numpy() == doc])) == 1 for doc in range(30))
+    assert crit.first == "highest" and len(scores) == 2
     for i, s in enumerate(scores):
-        assert abs(s - heldout_linearity(states[i], states[i + 1], contiguous).heldout) < 1e-12
+        assert abs(s - reference(states[i], states[i + 1], fold)[1]) < 1e-10
+    with pytest.raises(PruneError, match="probe sequences"):
+        crit(states)
+    tokens = [[5] * 4, [6] * 9, [7] * 2]
+    assert ProbeSet(tokens).groups().tolist() == probe_groups(tokens).tolist() == [1] * 9 + [0] * 4 + [2] * 2
 
 
-def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path):
+def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path, saved_figures):
     out = tmp_path / "out"
     assert cli_main(["--model", str(tiny_hf_model_dir), "--text", str(tinystories_valid), "--out", str(out),
-                     "--num-chunks", "24", "--heldout", "--bootstrap", "200"]) == 0
+                     "--num-chunks", "24", "--heldout", "--bootstrap", "200", "--toolkit", "--id-tokens", "300"]) == 0
     result = json.loads((out / "linearity.json").read_text())
     assert result["heldout"]["folds"] == 5
     prof = result["models"][0]["profile"]
@@ -193,7 +204,23 @@ def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path):
     rows = list(csv.DictReader((out / "linearity.csv").open()))
     assert len(rows) == 2 and all(float(r["heldout"]) < float(r["linearity"]) for r in rows)
     assert {"heldout_wo_res", "heldout_wo_res_lo", "chance", "chance_heldout"} <= rows[0].keys()
-    assert matplotlib.image.imread(out / "linearity.png").shape[1] > 600
+    states = list(csv.DictReader((out / "linearity_states.csv").open()))  # --toolkit: one row per state h_0..h_L
+    assert [int(r["state"]) for r in states] == [0, 1, 2]
+    assert all(0 < float(r["anisotropy"]) <= 1 and float(r["intrinsic_dimension"]) > 0 and float(r["loss"]) > 0
+               for r in states)
+    assert prof["toolkit"]["neglogp_argmax"] == [float(r["neglogp_argmax"]) for r in states]
+    state_axes = saved_figures["linearity_states.png"].axes  # one panel per measure, each labelled
+    assert len(state_axes) == 5 and all(ax.get_xlabel() and ax.get_ylabel() for ax in state_axes)
+    label = result["models"][0]["label"]
+    extra = [f"{label}: {e}" for e in ("held-out", "95 % intervals", "chance (in-sample)", "chance (held-out)")]
+    for ax, key in zip(saved_figures["linearity.png"].axes, ("linearity", "linearity_wo_res")):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("normalised depth (block index / (L - 1))", "score")
+        assert sorted(legend(ax)) == sorted([label, *extra])  # every panel has its legend
+        drawn = lines(ax)
+        assert len(drawn) == 4 and drawn[label][0] == pytest.approx([0.0, 1.0])
+        assert drawn[label][1] == pytest.approx([p[key] for p in prof["pairs"]])
+        assert drawn[extra[0]][1] == pytest.approx([p["heldout"][key.replace("linearity", "heldout")]
+                                                    for p in prof["pairs"]])
 
 
 def test_state_measures_match_the_toolkit():
@@ -213,7 +240,7 @@ def test_state_measures_match_the_toolkit():
 def test_pooled_logit_lens_ends_at_the_models_loss(tiny_hf_model_dir, tinystories_valid, tiny_tokenizer):
     """At h_L with the final norm the lens is the model's own next-token loss: HF's loss on the padded batch."""
     model = AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir, torch_dtype=torch.float32)
-    probe = build_probe(read_probe_text(tinystories_valid), tiny_tokenizer, ProbeConfig(num_chunks=6))
+    probe = build_probe(read_probe_text(tinystories_valid), tiny_tokenizer, ProbeSetConfig(num_chunks=6))
     prof = model_profile(model, probe, toolkit=ToolkitConfig(logit_lens=True), pad_id=0)
     (ids, mask), = probe_batches(probe, len(probe), pad_id=0)
     with torch.no_grad():
@@ -221,7 +248,7 @@ def test_pooled_logit_lens_ends_at_the_models_loss(tiny_hf_model_dir, tinystorie
     assert len(prof.toolkit["loss"]) == 3 and abs(prof.toolkit["loss"][-1] - float(loss)) < 1e-5
 
 
-def test_series_heldout_and_toolkit_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path):
+def test_series_heldout_and_toolkit_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path, saved_figures):
     from analysis.series import main as series_main
 
     out = tmp_path / "series"
@@ -233,5 +260,13 @@ def test_series_heldout_and_toolkit_outputs(tiny_hf_model_dir, tinystories_valid
                                   for r in rows)
     states = list(csv.DictReader((out / "series_states.csv").open()))
     assert [int(r["state"]) for r in states] == [0, 1, 2] and all(float(r["anisotropy"]) > 0 for r in states)
-    for name in ("series.png", "series_states.png"):
-        assert matplotlib.image.imread(out / name).shape[1] > 600
+    for ax in saved_figures["series.png"].axes:
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("training step", "score (mean over blocks)")
+        assert legend(ax)[:2] == ["tiny", "tiny: held-out"] and len(lines(ax)) == 4
+    panels = saved_figures["series_states.png"].axes
+    keys = [k for k in STATE_LABELS if k in states[0]]  # one panel per measurement in the CSV
+    assert [ax.get_ylabel() for ax in panels] == [STATE_LABELS[k] for k in keys] and len(keys) >= 2
+    for ax, key in zip(panels, keys):
+        assert ax.get_xlabel() == "training step" and legend(ax) == ["$h_{0}$", "$h_{1}$", "$h_{2}$"]
+        assert [y[0] for _, y in lines(ax).values()] == pytest.approx([float(r[key]) for r in states])
+    assert (out / "series.png").is_file() and (out / "series_states.png").is_file()

@@ -12,7 +12,10 @@ import pytest
 import torch
 from prune_models import tiny_model
 
-from prune.evaluate import Evaluation, prepare_wikitext, wikitext_metrics, windows
+from eval.benchmarks.loss import evaluate_loss
+from eval.benchmarks.tasks import DataSource, get_task
+from model.loss import sliding_windows as windows
+from prune.evaluate import Evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,12 +41,13 @@ def test_windows_predict_every_token_once():
 
 def test_wikitext_matches_hf_sliding_window_recipe(tiny_tokenizer, shared_data):
     model = tiny_model("mistral", tiny_tokenizer)
-    data = prepare_wikitext(shared_data / "wikitext2" / "wiki.test.raw", tiny_tokenizer, 64, 24, max_tokens=700)
-    got = wikitext_metrics(model, data, device="cpu", batch_size=4)
+    task = get_task("wikitext2", DataSource(shared_data))
+    data = task.build(tiny_tokenizer, 63, stride=24, max_tokens=700)
+    got = evaluate_loss(model, data, device="cpu", batch_tokens=4 * 64, metrics=task.metric_names)
     ids = data.ids[None]  # HF's perplexity guide, with the exact count of scored labels
     nll, count, prev_end = 0.0, 0, 0
     for begin in range(0, ids.size(1), data.stride):
-        end = min(begin + data.context, ids.size(1))
+        end = min(begin + 64, ids.size(1))
         trg = end - prev_end
         x = ids[:, begin:end]
         labels = x.clone()
@@ -60,9 +64,9 @@ def test_wikitext_matches_hf_sliding_window_recipe(tiny_tokenizer, shared_data):
     # losslessly), not the offsets the code cuts the text at.
     scored_text = tiny_tokenizer.decode(data.ids.tolist(), skip_special_tokens=True)
     assert scored_text.startswith(" = Robert Boulter = \n")
-    assert (data.words, data.bytes) == (len(scored_text.split()), len(scored_text.encode("utf-8")))
-    assert got["word_ppl"] == pytest.approx(math.exp(got["nll"] / data.words))
-    assert got["bpb"] == pytest.approx(got["nll"] / math.log(2) / data.bytes)
+    assert (data.num_words, data.num_bytes) == (len(scored_text.split()), len(scored_text.encode("utf-8")))
+    assert got["word_ppl"] == pytest.approx(math.exp(got["nll"] / data.num_words))
+    assert got["bpb"] == pytest.approx(got["nll"] / math.log(2) / data.num_bytes)
 
 
 def run(args):
@@ -71,7 +75,37 @@ def run(args):
     return main([str(a) for a in args])
 
 
-def test_cli_end_to_end(model_dir, tmp_path, tiny_tokenizer, shared_data):
+def check_figures(saved: dict, record: dict) -> None:
+    """The curves: one panel per metric with its unit on the y-axis, one line per method (the results of
+    pruning.json), one legend for all panels; the fit errors: one histogram per block, its median marked."""
+    from figures import has_raw_tex, legend, lines, panels
+
+    res, blocks = record["results"], record["num_blocks"]
+    for name, xlabel in (("pruning_vs_k.png", "number of changed blocks"),
+                         ("pruning_vs_fraction.png", f"fraction of the {blocks} blocks changed")):
+        fig = saved[name]
+        assert legend(fig) == ["remove", "linear", "merged"] and not has_raw_tex(fig)
+        metrics = [ax.get_title() for ax in panels(fig)]
+        assert "wikitext2/ppl" in metrics and "tinystories_first12/loss" in metrics
+        for ax in panels(fig):
+            assert ax.get_xlabel() == xlabel and ax.get_ylabel()
+            assert (ax.get_yscale() == "log") == ax.get_title().endswith("ppl")
+            if ax.get_yscale() == "log":  # readable: more than the decades are labelled
+                assert len([t for t in ax.get_yticklabels() if t.get_text()]) >= 3
+            for method, (x, y) in lines(ax).items():
+                ks = sorted(int(k) for k in res[method])
+                assert x == pytest.approx([k / blocks for k in ks] if "fraction" in name else ks)
+                assert y == pytest.approx([res[method][str(k)][ax.get_title()] for k in ks])
+            assert len(lines(ax)) == 3
+    fit = saved["fit_errors.png"]
+    assert len(panels(fit)) == blocks and legend(fit) == ["tokens (last bin: beyond the 99.5 % quantile)", "median"]
+    assert "h_{i+1}" in fit._supxlabel.get_text() and not has_raw_tex(fit)
+    for ax, stats in zip(panels(fit), record["fit_errors"]):
+        [median] = ax.get_lines()
+        assert median.get_xdata()[0] == pytest.approx(stats["median"]) and len(ax.patches) == 49
+
+
+def test_cli_end_to_end(model_dir, tmp_path, tiny_tokenizer, shared_data, saved_figures):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
@@ -82,6 +116,11 @@ def test_cli_end_to_end(model_dir, tmp_path, tiny_tokenizer, shared_data):
     for name in ("pruning.md", "pruning_vs_k.png", "pruning_vs_fraction.png", "fit_errors.png"):
         assert (out / name).is_file()
     res = record["results"]
+    check_figures(saved_figures, record)
+    from prune.report import main as prune_report
+
+    assert prune_report([str(out)]) == 0  # the curves again, from pruning.json alone
+    check_figures(saved_figures, record)
     assert set(res) == {"remove", "linear", "merged"} and set(res["remove"]) == {"0", "1", "2"}
     # k = 0 is the unpruned model: the same numbers as an independent evaluation and as `python -m eval`
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()

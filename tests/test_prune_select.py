@@ -1,16 +1,19 @@
 """Block selection: one-shot vs iterative on a constructed case where they must differ, protection, bad k."""
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from prune_models import probe_tokens, tiny_model
+from references import lstsq_linearity
 from torch import nn
 
 from prune.criteria import get_criterion
 from prune.errors import PruneError
-from prune.plan import Probe, Selector, build
+from prune.plan import ProbeSet, Selector, build
 
 
 class Add(nn.Module):
@@ -60,7 +63,7 @@ class Toy(nn.Module):
 
 @pytest.fixture(scope="module")
 def probe(tiny_tokenizer, tinystories_valid):
-    return Probe(probe_tokens(tiny_tokenizer, tinystories_valid, num_chunks=8), pad_id=tiny_tokenizer.pad_token_id)
+    return ProbeSet(probe_tokens(tiny_tokenizer, tinystories_valid, num_chunks=8), pad_id=tiny_tokenizer.pad_token_id)
 
 
 def orders(model, probe, criterion="cosine", method="remove", k=3, **kw):
@@ -84,8 +87,16 @@ def test_real_model_orders_and_protection(tiny_tokenizer, probe):
     sel = Selector(get_criterion("linearity"), "linearity", 4)
     steps = list(build(sel, model, probe, "linear", 2, iterative=False))
     ranking = [o["block"] for o in steps[-1][2]["order"]]
-    scores = steps[-1][2]["scores"]
-    assert ranking == [int(b) for b in sorted(scores, key=lambda b: -scores[b])[:2]]
+    # Reference: HF's own hidden states (final norm replaced by the identity, so the last one is h_L), one unpadded
+    # forward per probe chunk, every token pooled, and the score by its definition in float64
+    plain = copy.deepcopy(model)
+    plain.model.norm = nn.Identity()
+    with torch.no_grad():
+        per_chunk = [plain(torch.tensor([ids]), output_hidden_states=True).hidden_states for ids in probe.tokens]
+    states = [torch.cat([hs[i][0] for hs in per_chunk]) for i in range(5)]
+    ref = [lstsq_linearity(states[i], states[i + 1]) for i in range(4)]
+    assert [steps[-1][2]["scores"][str(b)] for b in range(4)] == pytest.approx(ref, abs=1e-8)
+    assert ranking == [int(b) for b in np.argsort(ref)[::-1][:2]]  # the most linear blocks first
     assert steps[-1][1].changed == ranking
     one, _ = orders(model, probe, "linearity", "remove", 2, protect_first=True, protect_last=True)
     assert all(b not in (0, 3) for b in one[-1])

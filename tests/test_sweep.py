@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from references import enumerated_permutation_p
 from scipy import stats as st
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,11 +232,16 @@ def test_compare_reproduces_means_spreads_and_differences(sweep, compared):
     for col in expected["none"]:
         recipe = diff[col]["recipe"]
         assert recipe["delta"] == pytest.approx(np.mean(expected["cos05"][col]) - np.mean(expected["none"][col]))
-        ref = st.ttest_ind(expected["cos05"][col], expected["none"][col], equal_var=True)
+        a, b = expected["cos05"][col], expected["none"][col]
+        ref = st.ttest_ind(a, b, equal_var=True)
         if np.isfinite(ref.statistic):  # seeds with spread: Student's t over the seed values
-            assert recipe["test"] == "t" and recipe["p"] == pytest.approx(ref.pvalue)
-            assert recipe["ci95"] == pytest.approx(tuple(ref.confidence_interval(0.95)))
-        assert recipe["significant"] == (recipe["p"] < 0.05)
+            assert recipe["test"] == "t" and recipe["ci95"] == pytest.approx(tuple(ref.confidence_interval(0.95)))
+            ref_p = ref.pvalue
+        elif np.ptp(a + b) == 0:  # every seed of both variants scored the same
+            ref_p = 1.0
+        else:  # no spread within either variant: the exact permutation test over the seed labels
+            ref_p = enumerated_permutation_p(a, b)
+        assert recipe["p"] == pytest.approx(ref_p) and recipe["significant"] == (ref_p < 0.05)
     for col in ("val-loss", "linearity", "linearity-wo-res"):
         assert diff[col]["model"] is None  # no per-document samples: the recipe question only
     # the model question, against scipy's paired bootstrap of the per-document differences of the seed means
@@ -275,16 +281,57 @@ def test_compare_markdown_marks_only_significant_differences(compared):
     assert "No distribution-free test can reach p < 0.05 with 2 + 2 seeds (smallest p = 0.33)" in md
 
 
-def test_compare_writes_readable_plots(compared):
-    from matplotlib.image import imread
+def test_compare_plots_draw_each_variants_seed_mean(sweep, tmp_path, saved_figures):
+    """The figures as drawn: labels, one legend entry and one line per variant, and each line is the mean over the
+    seeds of what the runs logged (read here from their jsonl files)."""
+    from figures import has_raw_tex, legend, lines
 
-    out, _ = compared
-    for name in ("loss_curves.png", "linearity_wo_res_vs_step.png", "linearity_per_layer.png",
-                 "norm_ratio_per_layer.png"):
-        path = out / name
-        assert path.stat().st_size > 10_000, name
-        img = imread(path)
-        assert img.shape[0] > 300 and img[..., :3].std() > 0.05, name  # not blank
+    from sweep.compare import group_runs
+    from sweep.plots import write_plots
+    from sweep.runs import find_runs
+
+    runs = sweep["runs"]
+    names = write_plots(group_runs(find_runs([sweep["root"] / "abl"]).runs, ["none", "cos05"]), tmp_path)
+    assert sorted(names) == sorted(saved_figures) == ["linearity_per_layer.png", "linearity_wo_res_vs_step.png",
+                                                       "loss_curves.png", "norm_ratio_per_layer.png"]
+    assert all((tmp_path / n).stat().st_size > 10_000 and not has_raw_tex(saved_figures[n]) for n in names)
+
+    def seed_mean(label, key):
+        curves = [{r["step"]: r[key] for r in read_jsonl(runs[f"{label}/seed{s}"] / "metrics.jsonl") if key in r}
+                  for s in (1, 2)]
+        steps = sorted(set(curves[0]) & set(curves[1]))
+        return steps, [np.mean([c[s] for c in curves]) for s in steps]
+
+    axes = saved_figures["loss_curves.png"].axes
+    assert [ax.get_title() for ax in axes] == ["validation loss", "training loss (cross-entropy + λ·regularizer)",
+                                               "training cross-entropy"]
+    for ax, key in zip(axes, ("val/loss", "train/loss", "train/ce")):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "loss (nats per token)")
+        assert legend(ax) == ["none (n=2)", "cos05 (n=2)"]
+        drawn = lines(ax)
+        assert list(drawn) == legend(ax)
+        for label in ("none", "cos05"):
+            steps, ys = seed_mean(label, key)
+            x, y = drawn[f"{label} (n=2)"]
+            assert x == pytest.approx(steps) and y == pytest.approx(ys)
+        styles = [(ln.get_linestyle(), ln.get_marker()) for ln in ax.get_lines()]
+        assert len(set(styles)) == len(styles)  # equal curves stay visible: no two variants share a style
+
+    [ax] = saved_figures["linearity_wo_res_vs_step.png"].axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "mean linearity score w/o residual")
+    assert legend(ax) == ["none (n=2)", "cos05 (n=2)"]
+    for name, key, ylabel in (("linearity_per_layer.png", "linearity_wo_res", "linearity score w/o residual"),
+                              ("norm_ratio_per_layer.png", "norm_ratio",
+                               r"$\|h_{i+1} - h_i\| \,/\, \|h_{i+1}\|$")):
+        [ax] = saved_figures[name].axes
+        assert (ax.get_xlabel(), ax.get_ylabel()) == (r"block $i$ (pair $h_i \to h_{i+1}$)", ylabel)
+        drawn = lines(ax)
+        for label in ("none", "cos05"):
+            finals = [read_jsonl(runs[f"{label}/seed{s}"] / "linearity.jsonl")[-1] for s in (1, 2)]
+            [(x, y)] = [v for k, v in drawn.items() if k.startswith(f"{label} (n=2), step {finals[0]['step']}")]
+            assert x == pytest.approx(range(len(finals[0][key])))
+            assert y == pytest.approx(np.mean([f[key] for f in finals], axis=0))
+        assert len(drawn) == 2
 
 
 def test_compare_runs_in_progress_and_single_seeds(sweep, tmp_path):

@@ -2,14 +2,14 @@
 with known answers, and a seeded simulation of sweeps with no effect (bench/ablation_calibration.py at scale)."""
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
+from references import enumerated_permutation_p
 from scipy import stats as st
 from sklearn.metrics import f1_score
 
 from bench.ablation_calibration import rejection_rate, simulate
+from core.stats import summarize
 from sweep.stats import (
     bootstrap_replicates,
     combine,
@@ -23,7 +23,6 @@ from sweep.stats import (
     power,
     recipe_difference,
     seeds_needed,
-    summarize,
 )
 
 
@@ -62,20 +61,11 @@ def test_a_significant_recipe_test_has_welchs_p_for_the_means_beside_it():
     assert recipe_difference([4.37, 4.40], [4.40, 4.46]).welch_p is None  # not significant: nothing to add
 
 
-def _enumerated_permutation_p(a, b):
-    """Two-sided exact permutation p of the difference of means, by listing every split of the seed labels."""
-    pooled, n = np.concatenate([a, b]), len(a)
-    observed = np.mean(a) - np.mean(b)
-    splits = np.array([pooled[list(i)].mean() - np.delete(pooled, list(i)).mean()
-                       for i in itertools.combinations(range(len(pooled)), n)])
-    return min(1.0, 2 * min(np.mean(splits >= observed - 1e-12), np.mean(splits <= observed + 1e-12)))
-
-
 @pytest.mark.parametrize("n_a,n_b,floor", [(2, 2, 1 / 3), (3, 3, 0.1), (5, 5, 2 / 252), (2, 3, 0.2)])
 def test_zero_spread_on_both_sides_is_the_exact_permutation_floor_never_zero(n_a, n_b, floor):
     d = recipe_difference([0.572] * n_a, [0.428] * n_b)
     assert d.test.startswith("permutation") and d.delta == pytest.approx(0.144)
-    assert d.p == pytest.approx(floor) == pytest.approx(_enumerated_permutation_p([0.572] * n_a, [0.428] * n_b))
+    assert d.p == pytest.approx(floor) == pytest.approx(enumerated_permutation_p([0.572] * n_a, [0.428] * n_b))
     assert d.p == pytest.approx(min_permutation_p(n_a, n_b)) and d.min_p == d.p > 0
 
 
@@ -115,7 +105,11 @@ def test_constant_answers():
     assert (recipe.p, model.p, recipe.delta, model.delta) == (1.0, 1.0, 0.0, 0.0)
     recipe, model = _both([yes, yes], [no, no], n_boot=999)
     assert recipe.test.startswith("permutation") and recipe.p == pytest.approx(1 / 3)
-    assert model.delta == pytest.approx(yes.mean() - no.mean()) and 1 / 1000 <= model.p < 0.01
+    assert model.delta == pytest.approx(yes.mean() - no.mean())
+    # the shifted-bootstrap p, by resampling the documents themselves with the generator _both hands over
+    diff = yes - no
+    shifted = diff[np.random.default_rng(0).integers(0, diff.size, (999, diff.size))].mean(axis=1) - diff.mean()
+    assert model.p == pytest.approx((1 + np.sum(np.abs(shifted) >= abs(diff.mean()) - 1e-12)) / 1000)
 
 
 def test_all_identical_scores():
@@ -218,8 +212,12 @@ def test_macro_f1_replicates_match_scikit_learn_with_resampling_weights():
         ref = [np.average(pred == gold, weights=counts),
                f1_score(gold, pred, labels=[0, 1, 2], average="macro", zero_division=0, sample_weight=counts)]
         assert replicate == pytest.approx(ref)
+    # whole replicates: accuracy and scikit-learn's F1 of the resampled documents themselves
     reps = bootstrap_replicates([[m]], 50, np.random.default_rng(0))
-    assert reps.shape == (50, 1, 2) and np.all((reps >= 0) & (reps <= 1))
+    ref = [[np.mean(pred[d] == gold[d]), f1_score(gold[d], pred[d], labels=[0, 1, 2], average="macro",
+                                                  zero_division=0)]
+           for d in np.random.default_rng(0).integers(0, 56, (50, 56))]
+    assert reps.shape == (50, 1, 2) and reps[:, 0, :] == pytest.approx(np.array(ref))
 
 
 def test_holm():

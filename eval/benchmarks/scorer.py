@@ -112,19 +112,6 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[TokenPair]
     return out  # type: ignore[return-value]
 
 
-def naive_encode_pair(tokenizer, context: str, continuation: str) -> TokenPair:
-    """One pair at a time, written like lme's ``_encode_pair`` + ``tok_encode`` (reference for tests)."""
-    if context == "":
-        return encode_pairs(tokenizer, [(context, continuation)])[0]
-    context, continuation = _split_trailing_space(context, continuation)
-
-    def enc(s):
-        return tokenizer.encode(s, add_special_tokens=not _starts_with_bos(tokenizer, s))
-
-    whole, ctx = enc(context + continuation), enc(context)
-    return ctx, whole[len(ctx):]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Scoring
 # ----------------------------------------------------------------------------------------------------------------

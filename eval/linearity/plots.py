@@ -36,7 +36,7 @@ def plot_profiles(profiles: dict, path: str | Path) -> Path:
         ax.set_xlabel("normalised depth (block index / (L - 1))")
         ax.set_ylabel("score")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -65,6 +65,13 @@ STATE_TITLES = {
     "loss_no_norm": "Logit lens: loss of lm_head($h_i$)",
     "neglogp_argmax": "Logit lens: $-\\log p(\\mathrm{argmax})$",
 }
+STATE_LABELS = {  # the y-axis of each per-state measurement
+    "anisotropy": "share of variance on the top direction",
+    "intrinsic_dimension": "intrinsic dimension",
+    "loss": "loss (nats per token)",
+    "loss_no_norm": "loss (nats per token)",
+    "neglogp_argmax": "nats",
+}
 
 
 def plot_states(curves: dict[str, dict[str, list[float]]], path: str | Path, xlabel: str = "state $h_i$") -> Path:
@@ -78,9 +85,10 @@ def plot_states(curves: dict[str, dict[str, list[float]]], path: str | Path, xla
                 ax.plot(range(len(c[key])), c[key], marker="o", markersize=3, label=label)
         ax.set_title(STATE_TITLES[key], fontsize=9)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(STATE_LABELS[key])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -109,7 +117,7 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
             means = [r["means"] for r in history]
             heldout_lines(ax, steps, means, key, line.get_color(), "")
             ax.legend(fontsize=7)
-        ax.set_title(f"mean {TITLES[key]}", fontsize=10)
+        ax.set_title(f"{TITLES[key]}, mean over blocks", fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("mean over blocks")
         ax.grid(alpha=0.3)
@@ -118,7 +126,7 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
     for ax, key in zip(axes, TITLES):
         grid = [[r[key][b] for r in history] for b in range(len(history[-1][key]))]
         mesh = ax.pcolormesh(steps, range(len(grid)), grid, shading="nearest", cmap="viridis")
-        heat.colorbar(mesh, ax=ax)
+        heat.colorbar(mesh, ax=ax, label=TITLES[key])
         ax.set_title(TITLES[key], fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("block")
@@ -143,8 +151,9 @@ def states_figure(steps: list[int], measures: list[dict[str, list[float]]]) -> p
                     label=f"$h_{{{i}}}$")
         ax.set_title(STATE_TITLES[key], fontsize=9)
         ax.set_xlabel("step")
+        ax.set_ylabel(STATE_LABELS[key])
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
