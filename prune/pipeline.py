@@ -85,7 +85,7 @@ def run_study(model, tokenizer, study: Study, probe: Probe, evaluation: Evaluati
     ctx = Context(selector, model, probe, states, study.iterative, study.seed, bar)
     for b in builds:
         sharing = [m for m in study.methods if get_method(m).build == b]
-        for k, pruned, record in b(ctx, k_max):
+        for build_s, (k, pruned, record) in _timed(b(ctx, k_max), study.ks):
             for m in sharing:
                 selections[m] = record
             if k not in study.ks:
@@ -101,6 +101,7 @@ def run_study(model, tokenizer, study: Study, probe: Probe, evaluation: Evaluati
                                                                  heldout))
                 results[method][k], docs[method][k] = evaluation.evaluate(variant.model)
                 info["seconds"] = round(time.perf_counter() - t_m, 1)
+                info["build_seconds"] = build_s  # shared by the methods of ``sharing``
                 if k in study.export_ks:
                     info["export"] = str(export(variant, tokenizer, out / "models" / f"{method}_k{k}",
                                                 {**(meta or {}), "criterion": study.criterion, "k": k}))
@@ -123,6 +124,22 @@ def run_study(model, tokenizer, study: Study, probe: Probe, evaluation: Evaluati
               f"{evaluation.settings()['wikitext2']}")
     report.write_outputs(out, record, results, num_blocks, errors, header, comparison)
     return record | {"results": results}
+
+
+def _timed(steps, ks):
+    """(seconds, step) of a build's steps: the time spent making each evaluated k's model, including the steps of
+    any k before it that is not evaluated."""
+    spent, it = 0.0, iter(steps)
+    while True:
+        t = time.perf_counter()
+        try:
+            step = next(it)
+        except StopIteration:
+            return
+        spent += time.perf_counter() - t
+        yield round(spent, 1), step
+        if step[0] in ks:
+            spent = 0.0
 
 
 def _summary(metrics: dict[str, float]) -> str:
