@@ -75,7 +75,8 @@ class Span:
         mlp_out: dict[int, torch.Tensor] = {}  # MLP output of block i - 1 on the original model, per span start
         spans = []
         for k in range(1, k_max + 1):
-            scores = {i: d for i, d in enumerate(angular(last, span=k)) if i in self.starts(ctx.selector, k)}
+            starts = set(self.starts(ctx.selector, k))
+            scores = {i: d for i, d in enumerate(angular(last, span=k)) if i in starts}
             start = min(scores, key=lambda i: (scores[i], i))
             pruned = Pruned.of(ctx.model, "replaceme")
             proj = surgery.check_mergeable(pruned.model, start)
