@@ -12,7 +12,7 @@ from prune_models import logits, sample_ids, small_probe, tiny_model
 from prune import replaceme, surgery
 from prune.criteria import get_criterion
 from prune.methods import METHODS, Context
-from prune.plan import Probe, Selector
+from prune.plan import Probe, Pruned, Selector
 from prune.states import last_token_rows
 
 
@@ -192,3 +192,14 @@ def test_a_study_collects_the_unpruned_model_once(setup, probe, tiny_tokenizer, 
     assert counting.calls == 1 + 1 + 1
     assert all(record["results"][m][0] == record["results"]["remove"][0] for m in study.methods)
     assert all(record["details"][m]["2"]["build_seconds"] >= 0 for m in study.methods)
+
+
+def test_sleb_and_sleb_comp_share_their_first_step(setup):
+    from prune.sleb import Perplexity
+
+    model, ctx = setup
+    ctx = Context(ctx.selector, model, ctx.probe, ctx.states)
+    plain = list(METHODS["sleb"].build(ctx, 2))[-1][2]["order"]
+    comp = list(METHODS["sleb+comp"].build(ctx, 2))[-1][2]["order"]
+    fresh = Perplexity(comp=True).scores(ctx, Pruned.of(model, "remove", comp=True))  # not shared
+    assert comp[0] == plain[0] and comp[0]["scores"] == {str(b): v for b, v in fresh.items()}
