@@ -1,8 +1,10 @@
 """Train a Mistral decoder with an optional residual-stream regularizer, under DeepSpeed.
 
-    python train.py --config configs/tiny_cpu.yaml                       # one process, CPU or one GPU
+    linreg train --config configs/tiny_cpu.yaml                          # one process, CPU or one GPU
     deepspeed [--num_gpus N | --hostfile H] train.py --config configs/cos_reg.yaml [--deepspeed_config ds.json]
-    python train.py --config FILE [--run-dir DIR] [--resume auto|PATH] [--overwrite] [key.sub=value ...]
+    linreg train --config FILE [--run-dir DIR] [--resume auto|PATH] [--overwrite] [key.sub=value ...]
+
+``python train.py`` is ``linreg train``; the DeepSpeed launcher starts the file itself.
 
 The run itself is ``linreg.trainer.Trainer``; this file only reads the command line. The run directory holds
 config.yaml (resolved; a resume reads it back), metrics.jsonl, tb/, checkpoints/, tokenizer/ and export/.
@@ -13,11 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.cli import command
+from core.cli import add_overrides_arg, command, parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser("train", "train.py", __doc__)
     p.add_argument("--config", help="YAML config (may `extends:` others); optional with --resume")
     p.add_argument("--run-dir", help="output directory (default runs/<config name>)")
     p.add_argument("--resume", help="'auto' = latest checkpoint of the run dir (fresh start if none), or a path")
@@ -25,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DeepSpeed launcher")
     p.add_argument("--deepspeed_config", help="DeepSpeed JSON config; overrides the YAML `deepspeed:` block")
     p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200")
+    add_overrides_arg(p, "the run's config")
     return p.parse_args(argv)
 
 

@@ -1,8 +1,8 @@
 """How fine-tuning moves linearity (the paper's Table 1): fine-tune a decoder as a sequence classifier or a pairwise
 reward model, and compare the mean-over-blocks linearity without residual before and after, on one probe text.
 
-    python -m analysis.finetune --model PATH [--model PATH ...] --task boolq --task multirc --task cb --task reward \
-        --seeds 0,1,2 --steps 500 --out DIR [--set train.zero_stage=2 ...]
+    linreg finetune --model PATH[,PATH...] --tasks boolq,multirc,cb,reward --seeds 0,1,2 --steps 500 --out DIR \
+        [train.zero_stage=2 ...]
 
 Protocol:
 
@@ -18,15 +18,16 @@ Protocol:
   -log σ(r_chosen - r_rejected); dialogues longer than ``--max-length`` lose their start (BOS kept), so the final
   replies, where chosen and rejected differ, always stay.
 - **Data**: from the hub, ``aps/super_glue`` train / validation and ``Anthropic/hh-rlhf`` (``helpful-base``)
-  train / test. A data root built by ``python -m data.prepare`` holds both (its manifest lists
+  train / test. A data root built by ``linreg data`` holds both (its manifest lists
   ``superglue/<Task>/train.jsonl`` and ``hh-rlhf/helpful-base-{train,test}.jsonl.gz``), and they are used as they
   are. In other roots (shared/data), SuperGLUE's validation files and ``hh-rlhf/harmless-base-test.jsonl.gz`` are
   carved into train and test parts (``analysis.taskdata``; the output says so): there the train files are the
   32-example FewGLUE subsets and the helpful-base split is missing.
 - **Training** drives linreg's ``Trainer`` (``ClassifierTrainer`` overrides ``forward_loss``): DeepSpeed ZeRO
-  (``--set train.zero_stage=2``), bf16 on GPU, gradient clipping, the cosine schedule with warm-up, checkpoints,
-  ``--resume``-able run dirs, metrics.jsonl and TensorBoard per (task, seed) under ``DIR/runs/``; any Trainer key
-  can be set with ``--set``. The batch stream is a seeded permutation per epoch whose position is checkpointed.
+  (the override ``train.zero_stage=2`` after the options), bf16 on GPU, gradient clipping, the cosine schedule with
+  warm-up, checkpoints, ``--resume``-able run dirs, metrics.jsonl and TensorBoard per (task, seed) under
+  ``DIR/runs/``; any Trainer key can be overridden the same way. The batch stream is a seeded permutation per epoch
+  whose position is checkpointed.
 - **Accuracy** on the test part before (untrained head) and after fine-tuning, with the majority-class rate
   (0.5 for reward pairs: the rate at which r_chosen > r_rejected), so a reader sees whether the model learned.
 - **Linearity**: the paper's probe (``--text``, default the TinyStories validation text; ``eval.linearity``) through
@@ -50,7 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from analysis.profiling import ProbeSpec, add_probe_arguments, probe_from_args, profile_model
+from analysis.profiling import ProbeSpec, probe_from_args, profile_model
 from analysis.report import (
     ResultCache,
     fingerprint,
@@ -62,16 +63,28 @@ from analysis.report import (
     write_csv,
     write_json,
 )
-from core.cli import run_cli
-from core.errors import ConfigError, DataError
+from core.cli import (
+    add_data_root_arg,
+    add_device_args,
+    add_model_args,
+    add_overrides_arg,
+    add_probe_args,
+    add_tasks_arg,
+    command,
+    list_arg,
+    parser,
+    run_cli,
+)
+from core.errors import DataError
 from core.rundir import RunDir
+from eval.linearity.probe import ProbeConfig
 from linreg.trainer import Trainer
 
 TASK_TITLES = {"boolq": "BoolQ", "multirc": "MultiRC", "cb": "CB", "reward": "Reward model (HH-RLHF)"}
 NUM_LABELS = {"boolq": 2, "multirc": 2, "cb": 3, "reward": 1}
 HH_RLHF = "Anthropic/hh-rlhf"
 HH_LOCAL = "hh-rlhf/harmless-base-test.jsonl.gz"
-HH_HELPFUL = "hh-rlhf/helpful-base-{split}.jsonl.gz"  # written by python -m data.prepare
+HH_HELPFUL = "hh-rlhf/helpful-base-{split}.jsonl.gz"  # written by linreg data
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
@@ -335,29 +348,27 @@ def tables(summary: dict, tasks: list[str]) -> str:
 # -- command line ----------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m analysis.finetune", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", action="append", required=True, metavar="PATH", help="decoder to fine-tune (repeatable)")
-    ap.add_argument("--label", action="append", default=[], help="table column per --model")
-    ap.add_argument("--task", action="append", default=[], choices=list(TASK_TITLES),
-                    help="repeatable; default boolq, multirc, cb, reward")
-    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    ap = parser("finetune", "analysis.finetune", __doc__)
+    add_model_args(ap, many=True, help="decoders to fine-tune", label_help="table columns, one per --model")
+    add_tasks_arg(ap, list(TASK_TITLES), list(TASK_TITLES), choices=list(TASK_TITLES))
+    list_arg(ap, "--seeds", of=int, default=[0, 1, 2], metavar="SEED", help="fine-tuning seeds (default 0,1,2)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=FinetuneSettings.steps)
-    ap.add_argument("--batch-size", type=int, default=FinetuneSettings.batch_size)
-    ap.add_argument("--lr", type=float, default=FinetuneSettings.lr)
-    ap.add_argument("--warmup-steps", type=int, default=None, help="default 10%% of --steps")
-    ap.add_argument("--max-length", type=int, default=FinetuneSettings.max_length)
-    ap.add_argument("--train-limit", type=int, help="first N training examples")
-    ap.add_argument("--eval-limit", type=int, help="first N test examples")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a Trainer config override, e.g. train.zero_stage=2 (repeatable)")
-    ap.add_argument("--data-root", help="data root (default $LINREG_DATA_ROOT; none = the HF hub)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add_probe_arguments(ap)
-    args = ap.parse_args(argv)
-    return args
+    g = ap.add_argument_group("fine-tuning")
+    g.add_argument("--steps", type=int, default=FinetuneSettings.steps)
+    g.add_argument("--batch-size", type=int, default=FinetuneSettings.batch_size)
+    g.add_argument("--lr", type=float, default=FinetuneSettings.lr)
+    g.add_argument("--warmup-steps", type=int, default=None, help="default 10%% of --steps")
+    g.add_argument("--max-length", type=int, default=FinetuneSettings.max_length)
+    g.add_argument("--train-limit", type=int, help="first N training examples")
+    g.add_argument("--eval-limit", type=int, help="first N test examples")
+    add_data_root_arg(ap, "none: the HF hub")
+    add_probe_args(ap, ProbeConfig)
+    add_device_args(ap)
+    add_overrides_arg(ap, "the Trainer config of every fine-tuning run, e.g. train.zero_stage=2")
+    return ap.parse_args(argv)
 
 
+@command
 def main(argv=None) -> int:
     from analysis.plots import grouped_bars
     from data.sources import data_root
@@ -365,14 +376,11 @@ def main(argv=None) -> int:
     from model.export import load_model
 
     args = parse_args(argv)
-    tasks = args.task or list(TASK_TITLES)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    tasks, seeds = args.tasks, args.seeds
     settings = FinetuneSettings(args.steps, args.batch_size, args.lr, args.warmup_steps, args.max_length,
-                                train_limit=args.train_limit, eval_limit=args.eval_limit, overrides=tuple(args.set))
-    settings.trainer_config(tasks[0], 0)  # bad --set keys fail here, before any model is loaded
+                                train_limit=args.train_limit, eval_limit=args.eval_limit,
+                                overrides=tuple(args.overrides))
+    settings.trainer_config(tasks[0], 0)  # bad override keys fail here, before any model is loaded
     root = data_root(cli=args.data_root)
     device = torch.device(args.device)
     text, spec = probe_from_args(args, root, device)

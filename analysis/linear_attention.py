@@ -1,7 +1,7 @@
 """The linear-Transformer testbed's study: the Adam−SGD gap across depth and data tails, the optimisation
 measurements, and the linearity profile of the trained models (docs/linear_attention.md).
 
-    python -m analysis.linear_attention runs/la_adam_vs_sgd --out docs/linear_attention_example
+    linreg linear-attention runs/la_adam_vs_sgd --out docs/linear_attention_example
 
 Reads a sweep of ``configs/linear_attention/adam_vs_sgd.yaml`` (variants named ``<adam|sgd>_L<k>_<gauss|heavy>``).
 Per (L, data): the late training loss of each optimizer (the median of its last 5 logged rows, each a mean over
@@ -14,17 +14,15 @@ the residual stream h_0..h_L captured by model/capture.py: every row of every pr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import stats as sps
 
-from core.cli import command
+from core.cli import command, parser, run_cli
 from core.errors import UserError
 
 _VARIANT = re.compile(r"^(adam|sgd)_L(\d+)_(gauss|heavy)$")
@@ -192,7 +190,7 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
 
 @command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser("linear-attention", "analysis.linear_attention", __doc__)
     p.add_argument("sweep_dir", help="the sweep's directory (runs/<name>)")
     p.add_argument("--out", required=True, help="output directory (summary.json, summary.md, PNG figures)")
     args = p.parse_args(argv)
@@ -209,4 +207,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -1,6 +1,6 @@
 """Per-layer linear probes (the paper's Fig. 5): how much of a task a linear classifier reads off each layer's states.
 
-    python -m analysis.probes --model PATH [--model PATH ...] [--task xstorycloze_en] --out DIR
+    linreg probes --model PATH[,PATH...] [--tasks xstorycloze_en,copa] --out DIR
 
 The paper gives no protocol; this one is fixed across models so that they compare:
 
@@ -49,7 +49,7 @@ from analysis.report import (
     write_json,
 )
 from core import precision as core_precision
-from core.cli import run_cli
+from core.cli import add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, parser, run_cli
 from core.errors import ConfigError
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -207,29 +207,28 @@ def chance_level(kind: str, y_eval: np.ndarray) -> float:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m analysis.probes", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", action="append", required=True, metavar="PATH", help="model (repeatable)")
-    ap.add_argument("--label", action="append", default=[], help="legend label per --model")
-    ap.add_argument("--task", action="append", default=[], help="task (repeatable; default xstorycloze_en)")
+    ap = parser("probes", "analysis.probes", __doc__)
+    add_model_args(ap, many=True)
+    add_tasks_arg(ap, [*TWO_CHOICE[:1], "xstorycloze_<lang>", *CLASSIFICATION], ["xstorycloze_en"])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--data-root", help="data root (default $LINREG_DATA_ROOT; none = the HF hub)")
-    ap.add_argument("--train-limit", type=int, help="first N training examples")
-    ap.add_argument("--eval-limit", type=int, help="first N eval examples")
-    ap.add_argument("--seed", type=int, default=0, help="hold-out draw and carving seed")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", choices=core_precision.CHOICES, default="auto")
-    args = ap.parse_args(argv)
-    return args
+    add_data_root_arg(ap, "none: the HF hub")
+    g = ap.add_argument_group("classifier probes")
+    g.add_argument("--train-limit", type=int, help="first N training examples")
+    g.add_argument("--eval-limit", type=int, help="first N eval examples")
+    g.add_argument("--seed", type=int, default=0, help="hold-out draw and carving seed (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default %(default)s)")
+    add_device_args(ap)
+    return ap.parse_args(argv)
 
 
+@command
 def main(argv=None) -> int:
     from analysis.plots import plot_probes
     from data.sources import data_root
     from model.export import load_model
 
     args = parse_args(argv)
-    tasks = args.task or ["xstorycloze_en"]
+    tasks = args.tasks
     kinds = {t: task_kind(t) for t in tasks}
     protocol = ProbeProtocol(seed=args.seed, train_limit=args.train_limit, eval_limit=args.eval_limit)
     root = data_root(cli=args.data_root)

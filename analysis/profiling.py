@@ -49,22 +49,8 @@ def probe_text(path: str | None, root: Path | None, text_field: str = "text") ->
     return read_probe_text(path, text_field), str(Path(path).resolve())
 
 
-def add_probe_arguments(ap) -> None:
-    """The probe options of every command that profiles models (the paper's recipe by default)."""
-    g = ap.add_argument_group("linearity probe (docs/linearity.md)")
-    g.add_argument("--text", help="probe text (.txt or .jsonl); default <data root>/tinystories/valid.txt")
-    g.add_argument("--text-field", default="text", help="text field of a .jsonl probe file")
-    g.add_argument("--num-chunks", type=int, default=ProbeConfig.num_chunks)
-    g.add_argument("--chunk-chars", type=int, default=ProbeConfig.chunk_chars)
-    g.add_argument("--probe-seed", type=int, default=ProbeConfig.seed)
-    g.add_argument("--max-tokens", type=int, default=None, help="cap on pooled probe tokens")
-    g.add_argument("--probe-batch-size", type=int, default=8, help="probe sequences per forward")
-    g.add_argument("--dtype", choices=core_precision.CHOICES, default="auto",
-                   help="forward precision (auto: bf16 autocast on CUDA, fp32 otherwise); scores are float64")
-
-
 def probe_from_args(args, root: Path | None, device) -> tuple[str, ProbeSpec]:
-    """(probe text, ProbeSpec) from the options of ``add_probe_arguments``."""
+    """(probe text, ProbeSpec) from the probe and device options (``core.cli.add_probe_args``, ``add_device_args``)."""
     probe = ProbeConfig(args.num_chunks, args.chunk_chars, args.probe_seed, args.max_tokens)
     probe.validate("probe")
     text, source = probe_text(args.text, root, args.text_field)

@@ -1,19 +1,21 @@
 """Linearity across training checkpoints (the paper's Fig. 2), post hoc: one profile per checkpoint of a series.
 
-    python -m analysis.series --run runs/x [--run LABEL=runs/y] --out DIR
-    python -m analysis.series --model EleutherAI/pythia-160m --revisions step1000,step2000,step4000 --out DIR
-    python -m analysis.series --paths LABEL=ckpt_a,ckpt_b,ckpt_c --out DIR
+    linreg series --run runs/x,runs/y [--label x,y] --out DIR
+    linreg series --model EleutherAI/pythia-160m --revisions step1000,step2000,step4000 --out DIR
+    linreg series --paths ckpt_a,ckpt_b,ckpt_c --label mine --out DIR
 
 A series is a model's checkpoints in step order, from one of
 
 - ``--run RUN_DIR``: every ``checkpoints/step_*`` of a linreg run (whether or not the in-loop linearity evaluator
   was on), read with ``model.export.load_model``;
 - ``--model NAME --revisions R1,R2,...``: revisions (branches) of an HF model, as Pythia (``step1000``) and
-  BLOOM publish their intermediate checkpoints; the k-th ``--revisions`` belongs to the k-th ``--model``;
+  BLOOM publish their intermediate checkpoints; every ``--model`` is read at the same revisions (the Pythia suite
+  names them alike across sizes);
 - ``--paths P1,P2,...``: any list of model directories (HF exports, checkpoint dirs).
 
-Each option is repeatable (several series overlaid) and may start with ``LABEL=``. The step of a checkpoint is the
-number of its ``step_*`` directory, else the last integer in its revision or directory name.
+Several runs and models are several series, overlaid; ``--label`` names them, one per series in the order runs,
+models, paths. The step of a checkpoint is the number of its ``step_*`` directory, else the last integer in its
+revision or directory name.
 
 Every checkpoint gets the paper's probe (``--text``, default the TinyStories validation text of the data root;
 ``--num-chunks`` 128 x ``--chunk-chars`` 512, ``--probe-seed`` 0), see docs/linearity.md. Results are cached in
@@ -41,11 +43,12 @@ from pathlib import Path
 
 import torch
 
-from analysis.profiling import ProbeSpec, add_probe_arguments, probe_from_args, profile_model
+from analysis.profiling import ProbeSpec, probe_from_args, profile_model
 from analysis.report import ResultCache, default_label, fingerprint, write_csv, write_json
-from core.cli import run_cli
+from core.cli import add_data_root_arg, add_device_args, add_probe_args, command, list_arg, parser, run_cli
 from core.errors import ConfigError
 from core.rundir import RunDir, step_of
+from eval.linearity.probe import ProbeConfig
 from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES
 from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args
 
@@ -80,11 +83,6 @@ def step_from_name(name: str) -> int:
     return int(numbers[-1])
 
 
-def split_label(spec: str) -> tuple[str | None, str]:
-    label, sep, rest = spec.partition("=")
-    return (label, rest) if sep and label and "/" not in label else (None, spec)
-
-
 def run_series(run_dir: str) -> list[Checkpoint]:
     tags = RunDir(run_dir).checkpoint_dirs()
     if not tags:
@@ -92,15 +90,19 @@ def run_series(run_dir: str) -> list[Checkpoint]:
     return [Checkpoint(t.name, step_of(t), str(t)) for t in tags]
 
 
-def revision_series(model: str, revisions: str) -> list[Checkpoint]:
-    revs = [r.strip() for r in revisions.split(",") if r.strip()]
+def _items(values: str | list[str]) -> list[str]:
+    return [v.strip() for v in (values.split(",") if isinstance(values, str) else values) if v.strip()]
+
+
+def revision_series(model: str, revisions: str | list[str]) -> list[Checkpoint]:
+    revs = _items(revisions)
     if not revs:
         raise ConfigError(f"--revisions for {model} is empty")
     return sorted((Checkpoint(r, step_from_name(r), model, r) for r in revs), key=lambda c: c.step)
 
 
-def path_series(paths: str) -> list[Checkpoint]:
-    items = [p.strip() for p in paths.split(",") if p.strip()]
+def path_series(paths: str | list[str]) -> list[Checkpoint]:
+    items = _items(paths)
     for p in items:
         if not Path(p).exists():
             raise ConfigError(f"--paths: {p} does not exist")
@@ -108,30 +110,29 @@ def path_series(paths: str) -> list[Checkpoint]:
 
 
 def collect_series(args) -> dict[str, list[Checkpoint]]:
-    """label -> checkpoints in step order, from --run, --model/--revisions and --paths."""
-    if len(args.model) != len(args.revisions):
-        raise ConfigError(f"{len(args.model)} --model for {len(args.revisions)} --revisions: give one list per model")
+    """label -> checkpoints in step order: a series per --run, a series per --model (read at every --revisions) and
+    the series of --paths, named by --label in that order."""
+    if bool(args.model) != bool(args.revisions):
+        raise ConfigError(f"{len(args.model)} --model with {len(args.revisions)} --revisions: every --model is read "
+                          f"at the --revisions, give both")
+    sources = [(default_label(r), lambda r=r: run_series(r)) for r in args.run]
+    sources += [(m, lambda m=m: revision_series(m, args.revisions)) for m in args.model]
+    if args.paths:
+        sources.append((Path(args.paths[0]).resolve().parent.name, lambda: path_series(args.paths)))
+    if not sources:
+        raise ConfigError("no series: give --run RUN_DIR, --model NAME --revisions LIST, or --paths LIST")
+    if args.label and len(args.label) != len(sources):
+        raise ConfigError(f"{len(args.label)} --label for {len(sources)} series: one per --run, per --model, and "
+                          f"one for --paths")
     out: dict[str, list[Checkpoint]] = {}
-
-    def put(label: str, ckpts: list[Checkpoint]) -> None:
+    for label, (_, build) in zip(args.label or [name for name, _ in sources], sources):
         if label in out:
-            raise ConfigError(f"two series are labelled '{label}': prefix one with LABEL=")
+            raise ConfigError(f"two series are labelled '{label}': name them with --label")
+        ckpts = build()
         steps = [c.step for c in ckpts]
         if len(set(steps)) != len(steps):
             raise ConfigError(f"series '{label}' has two checkpoints with the same step: {steps}")
         out[label] = ckpts
-
-    for spec in args.run:
-        label, path = split_label(spec)
-        put(label or default_label(path), run_series(path))
-    for spec, revisions in zip(args.model, args.revisions):
-        label, name = split_label(spec)
-        put(label or name, revision_series(name, revisions))
-    for spec in args.paths:
-        label, paths = split_label(spec)
-        put(label or Path(paths.split(",")[0]).resolve().parent.name, path_series(paths))
-    if not out:
-        raise ConfigError("no series: give --run RUN_DIR, --model NAME --revisions LIST, or --paths LIST")
     return out
 
 
@@ -185,23 +186,24 @@ def state_rows(results: dict[str, list[dict]]):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m analysis.series", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", action="append", default=[], metavar="[LABEL=]RUN_DIR",
-                    help="a linreg run: all its checkpoints/step_* (repeatable)")
-    ap.add_argument("--model", action="append", default=[], metavar="[LABEL=]NAME",
-                    help="an HF model (hub name or directory) whose --revisions to profile (repeatable)")
-    ap.add_argument("--revisions", action="append", default=[], metavar="R1,R2,...",
-                    help="comma-separated revisions of the matching --model, e.g. step1000,step2000")
-    ap.add_argument("--paths", action="append", default=[], metavar="[LABEL=]P1,P2,...",
-                    help="comma-separated model directories forming one series (repeatable)")
+    ap = parser("series", "analysis.series", __doc__)
+    g = ap.add_argument_group("series (one per run, one per model, and one of --paths)")
+    list_arg(g, "--run", default=[], metavar="RUN_DIR", help="linreg runs: all their checkpoints/step_*")
+    list_arg(g, "--model", default=[], metavar="NAME", help="HF models (hub names or directories), each read at "
+             "every --revisions")
+    list_arg(g, "--revisions", default=[], metavar="REV", help="revisions of every --model, e.g. step1000,step2000")
+    list_arg(g, "--paths", default=[], metavar="DIR", help="model directories forming one series")
+    list_arg(g, "--label", default=[], metavar="NAME", help="one per series, in the order runs, models, paths "
+             "(default: the run's name, the model's name, the paths' parent directory)")
     ap.add_argument("--out", required=True, help="output and cache directory")
-    ap.add_argument("--data-root", help="data root (default $LINREG_DATA_ROOT)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add_probe_arguments(ap)
+    add_data_root_arg(ap)
+    add_probe_args(ap, ProbeConfig)
+    add_device_args(ap)
     add_measure_arguments(ap)
     return ap.parse_args(argv)
 
 
+@command
 def main(argv=None) -> int:
     from analysis.plots import plot_series, plot_series_heatmaps, plot_series_states
     from data.sources import data_root

@@ -2,7 +2,7 @@
 completion on Grammar, Creativity, Consistency and Plot (``analysis.judge``), and the table reports the four means
 and their mean, with 95% Student-t intervals over prompts.
 
-    python -m analysis.stories --model PATH [--model PATH ...] --out DIR
+    linreg stories --model PATH[,PATH...] --out DIR
         [--judge-url http://127.0.0.1:8000/v1 --judge-model NAME | --judge-hf PATH]
 
 Protocol (every setting is written to ``DIR/stories_meta.json``):
@@ -50,7 +50,7 @@ from analysis.report import (
     write_csv,
     write_json,
 )
-from core.cli import run_cli
+from core.cli import add_data_root_arg, add_device_args, add_model_args, command, parser, run_cli
 from core.errors import ConfigError, DataError
 
 HUB_STORIES = "roneneldan/TinyStories"
@@ -209,15 +209,14 @@ def plot_summaries(summaries: dict[str, dict], path: Path) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m analysis.stories", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", action="append", default=[], metavar="PATH",
-                    help="model to generate with (an HF dir, a linreg run/checkpoint dir, a hub name; repeatable)")
-    ap.add_argument("--label", action="append", default=[], help="table label per --model (default: its name)")
+    ap = parser("stories", "analysis.stories", __doc__)
+    add_model_args(ap, many=True, required=False, help="models to sample from: model dirs, runs or checkpoints",
+                   label_help="table labels, one per --model (default: their names)")
     ap.add_argument("--reference", action="store_true",
                     help="also grade the stories' true continuations (row 'reference')")
     ap.add_argument("--out", required=True, help="output and cache directory")
     ap.add_argument("--prompts", help="story file (.txt with <|endoftext|> lines, or .jsonl with 'text')")
-    ap.add_argument("--data-root", help="data root (default $LINREG_DATA_ROOT): its tinystories/valid.txt")
+    add_data_root_arg(ap, "its tinystories/valid.txt")
     ap.add_argument("--num-prompts", type=int, default=50)
     ap.add_argument("--opening-words", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens)
@@ -229,13 +228,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--judge-hf", help="a local HF causal LM as judge instead")
     ap.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
     ap.add_argument("--judge-attempts", type=int, default=3, help="requests per completion before it counts as failed")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_args(ap, dtype=False)
     args = ap.parse_args(argv)
     if not args.model and not args.reference:
         ap.error("give --model PATH (one or more) and/or --reference")
     return args
 
 
+@command
 def main(argv=None) -> int:
     from data.sources import data_root
 

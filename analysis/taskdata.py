@@ -3,7 +3,7 @@
 Documents are the rows ``eval.benchmarks.tasks`` reads (HF format, local files parsed exactly as the hub
 datasets; see docs/eval.md). Where the split to train on exists, it is used: XStoryCloze has its own 360-story train
 split locally and on the hub; from the hub (no data root), SuperGLUE tasks use ``train`` and ``validation``.
-In a root that ``python -m data.prepare`` built, SuperGLUE's ``train.jsonl`` files are the full train splits (its
+In a root that ``linreg data`` built, SuperGLUE's ``train.jsonl`` files are the full train splits (its
 manifest says so) and are used as they are. Elsewhere (shared/data) they are the 32-example FewGLUE subsets, too
 few to train on, so the validation file is **carved** into a train part and a test part: a seeded permutation of
 groups of documents, where the documents of one passage (BoolQ, MultiRC) or premise (CB, RTE, COPA) form a group,

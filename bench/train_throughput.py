@@ -74,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--max-docs", type=int, default=4000, help="documents tokenized (the stream cycles over them)")
     p.add_argument("--baselines", choices=["all", "eager", "none"], default="all",
                    help="plain-HF loop rows: eager and each --compile mode, eager only, or none")
+    p.add_argument("--interleave", action="store_true",
+                   help="time each project setup against its own plain eager loop in alternating windows (ABBA), "
+                        "so that drift in the machine's speed hits both alike; the ratio is per pair")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides, all setups")
     p.add_argument("--out", required=True, help="directory for results.md and results.json")
     p.add_argument("--append", action="store_true", help="add to the rows of an existing DIR/results.json")
@@ -232,6 +235,52 @@ def run_project(cfg, run_dir: Path, device, args, keep: dict) -> dict:
     return row
 
 
+def run_pair(cfg, run_dir: Path, device, args, keep: dict) -> list[dict]:
+    """The project step and a plain eager loop of the same model, batch and data, built side by side and timed
+    in alternating windows (project-plain, then plain-project, ...): on a shared machine drift in speed hits
+    both alike, which back-to-back rows cannot promise. Returns [project row, plain row]."""
+    from bench.hf_baseline import PlainHFLoop
+    from core.rundir import RunDir
+    from data.stream import TrainStream
+    from linreg.trainer import Trainer
+
+    t = Trainer(cfg, RunDir(run_dir), overwrite=True, log=False)
+    try:
+        keep.setdefault("tokenizer", t.tokenizer)
+        keep.setdefault("samples", t.stream.samples)
+        stream = TrainStream(t.stream.samples, cfg.train.split(1)[0], 0, 1, cfg.train.seed)
+        loop = PlainHFLoop(cfg, t.tokenizer, stream, device, compile=False, naive_cosine=False)
+        steps = {"project": t.train_step, "plain": loop.step}
+        warm = {}
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                fn()
+            sync(device)
+            warm[name] = time.perf_counter() - t0
+        per_step = {name: [] for name in steps}
+        for r in range(args.repeats):
+            for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    steps[name]()
+                sync(device)
+                per_step[name].append((time.perf_counter() - t0) / args.steps)
+        rows = []
+        for name, times in per_step.items():
+            step_s = statistics.median(times)
+            rows.append({"tokens_per_s": t.tokens_per_step / step_s, "step_s": step_s,
+                         "tokens_per_s_range": [t.tokens_per_step / x for x in (max(times), min(times))],
+                         "mfu": None, "peak_mem_gb": None, "warmup_s": warm[name], "host_syncs_per_step": None,
+                         "steps_run": args.warmup + args.repeats * args.steps})
+        ce, reg = t.meter.mean_losses(t.state.step)
+        rows[0].update(params_m=round(t.params["total"] / 1e6, 2), loss={"ce": ce, "reg": reg})
+        return rows
+    finally:
+        t.close()
+
+
 def run_baseline(cfg, device, args, keep: dict, comp: bool, naive_cosine: bool) -> dict:
     from bench.hf_baseline import PlainHFLoop
     from data.stream import TrainStream
@@ -259,13 +308,15 @@ def add_ratios(rows: list[dict]) -> None:
     Both within one run (one process, one machine)."""
     ok = [r for r in rows if "error" not in r]
     key = lambda r: (r["run"], r["setup"], r["zero"], r["ckpt"], r["compile"])  # noqa: E731
-    none = {key(r): r["step_s"] for r in ok if r["variant"] == "none"}
+    none = {key(r): r["step_s"] for r in ok if r["variant"] == "none" and "pair" not in r}
     plain = {r["run"]: r["tokens_per_s"] for r in ok if r["setup"] == "plain HF" and r["variant"] == "none"
-             and not r["compile"]}
+             and not r["compile"] and "pair" not in r}
+    paired = {(r["run"], r["pair"]): r["tokens_per_s"] for r in ok if r["setup"] == "plain HF" and "pair" in r}
     for r in ok:
         base = none.get(key(r))
-        r["reg_cost"] = r["step_s"] / base - 1 if base and r["variant"] != "none" else None
-        r["vs_plain"] = r["tokens_per_s"] / plain[r["run"]] if r["run"] in plain else None
+        r["reg_cost"] = r["step_s"] / base - 1 if base and r["variant"] != "none" and "pair" not in r else None
+        ref = paired.get((r["run"], r.get("pair"))) if "pair" in r else plain.get(r["run"])
+        r["vs_plain"] = r["tokens_per_s"] / ref if ref else None
 
 
 def render(runs: list[dict], rows: list[dict]) -> str:
@@ -334,6 +385,19 @@ def run_grid(args, work: Path, device) -> tuple[list[dict], object, str]:
         rows.append(row)
         print("bench:", json.dumps(row), flush=True)
 
+    def record_pair(row: dict, cfg) -> None:
+        t0 = time.perf_counter()
+        pair = len(rows)
+        plain = {"setup": "plain HF", "variant": "none", "zero": None, "ckpt": False, "compile": False,
+                 "mem_before_gb": None, "pair": pair}
+        row["pair"] = pair
+        project_row, plain_row = run_pair(cfg, work / "run", device, args, keep)
+        for r, measured in ((row, project_row), (plain, plain_row)):
+            r.update(measured, wall_s=round(time.perf_counter() - t0, 1))
+            rows.append(r)
+            print("bench:", json.dumps(r), flush=True)
+        release(device)
+
     for zero in zeros:
         for ckpt in ckpts:
             for comp in compiles:
@@ -341,8 +405,11 @@ def run_grid(args, work: Path, device) -> tuple[list[dict], object, str]:
                     cfg = load_cfg(args, setup_overrides(args, common, variant, zero, ckpt, comp))
                     row = {"setup": "project", "variant": variant, "zero": zero, "ckpt": ckpt, "compile": comp,
                            "mem_before_gb": allocated_gb(device)}
-                    record(row, run_project, cfg, work / "run", device, args, keep)
-    if args.baselines != "none" and "samples" in keep:
+                    if args.interleave:
+                        record_pair(row, cfg)
+                    else:
+                        record(row, run_project, cfg, work / "run", device, args, keep)
+    if args.baselines != "none" and "samples" in keep and not args.interleave:
         # Always the eager loop: the reference of `× plain eager` within this run.
         for comp in sorted({False, *compiles}) if args.baselines == "all" else [False]:
             for naive in (False, True):
@@ -369,7 +436,9 @@ def main(argv=None) -> int:
     write_report(Path(args.out), args.append, rows, {
         "date": date.today().isoformat(), "device": describe_device(device), "versions": versions(),
         "command": " ".join(["python", "bench/train_throughput.py", *map(shlex.quote, argv or sys.argv[1:])]),
-        "data": data_desc, "timing": f"{args.repeats} windows of {args.steps} steps after {args.warmup} warm-up steps",
+        "data": data_desc, "timing": f"{args.repeats} windows of {args.steps} steps after {args.warmup} warm-up steps"
+                  + (", each project setup alternating window by window with its own plain eager loop (the "
+                     "plain row below it)" if args.interleave else ""),
         "shape": f"{rows[0].get('params_m', '?')}M params, {describe_batch(cfg)}"})
     return 1 if any("error" in r for r in rows) else 0
 

@@ -7,7 +7,7 @@
       checkpoints/       step_XXXXXXXX/ (DeepSpeed's files, rng_rank<r>.pt, meta.json) and ``latest``
       export/            HF model + tokenizer
       linearity.jsonl, plots/, benchmarks/step_XXXXXXXX/   evaluator outputs
-      benchmarks/final/  full-split benchmarks of the final checkpoint (python -m eval --log-samples; sweeps)
+      benchmarks/final/  full-split benchmarks of the final checkpoint (linreg eval --log-samples; sweeps)
       aborted_<n>/       the logs of an attempt killed before its first checkpoint, moved aside by the fresh start
 
 The logs hold each (step, tag) once across crashes and resumes: a resume from step k drops what was logged after

@@ -2,7 +2,7 @@
 
 A data root is the directory that ``$LINREG_DATA_ROOT`` / ``--data-root`` / ``data.root`` names. Training reads
 ``data.train_files`` / ``data.valid_files`` under it; the benchmarks, pruning and the analyses read fixed paths.
-``python -m data.prepare`` builds every file below from the hub (see its docstring); ``../shared/data`` is a small
+``linreg data`` builds every file below from the hub (see its docstring); ``../shared/data`` is a small
 sample in the same layout.
 
 - tinystories: ``roneneldan/TinyStories`` train, validation -> ``tinystories/{train,valid}.txt`` (stories

@@ -1,6 +1,6 @@
 """Build a data root from the HF hub: the training corpora and every evaluation set the commands read.
 
-    python -m data.prepare --root DIR [--only SET ...] [--from DIR] [--force]
+    linreg data --root DIR [--only SET,...] [--from DIR] [--force]
 
 The sets, their hub datasets and the files they become are listed in ``data.catalog``; without ``--only`` every set
 is built. Each file is written in the layout the readers already use (``../shared/data`` is a small sample of it),
@@ -43,7 +43,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.cli import run_cli
+from core.cli import command, list_arg, parser, run_cli
 from core.errors import ConfigError, DataError, MissingDataError, UserError, one_line
 from core.io import fsync_file, write_atomic
 from data.catalog import SETS, DataSet, Part
@@ -64,18 +64,18 @@ def read_manifest(root: str | os.PathLike) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: corrupt manifest ({one_line(e)}); delete it and run python -m data.prepare "
+        raise DataError(f"{path}: corrupt manifest ({one_line(e)}); delete it and run linreg data "
                         f"again") from None
     sets = data.get("sets") if isinstance(data, dict) else None
     if not isinstance(sets, dict) or not all(isinstance(e, dict) and isinstance(e.get("files"), dict)
                                              for e in sets.values()):
         raise DataError(f"{path}: corrupt manifest (no 'sets' mapping of entries with 'files'); delete it and run "
-                        f"python -m data.prepare again")
+                        f"linreg data again")
     return data
 
 
 def prepared(root: str | os.PathLike | None, relpath: str) -> bool:
-    """Whether ``relpath`` under ``root`` is a file ``python -m data.prepare`` wrote (listed in the manifest): the
+    """Whether ``relpath`` under ``root`` is a file ``linreg data`` wrote (listed in the manifest): the
     readers' test for "the full split, not a sample". Cheap: sizes are compared, hashes are not."""
     if root is None:
         return False
@@ -248,10 +248,9 @@ def select(names: list[str] | None) -> list[DataSet]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     sets = "; ".join(f"{s.name} = {s.hub}, {s.purpose}" for s in SETS.values())
-    p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
-                                epilog=f"sets: {sets}")
+    p = parser("data", "data.prepare", __doc__, epilog=f"sets: {sets}.")
     p.add_argument("--root", required=True, help="the data root to build (created if missing)")
-    p.add_argument("--only", nargs="+", metavar="SET", help="build only these sets (default: all)")
+    list_arg(p, "--only", metavar="SET", help="build only these sets (default: all)")
     p.add_argument("--from", dest="from_dir", metavar="DIR",
                    help="read local copies DIR/<hub id> instead of the hub (see the module docstring)")
     p.add_argument("--force", action="store_true", help="rebuild sets the manifest says are finished")
@@ -288,6 +287,7 @@ def prepare_set(root: Path, ds: DataSet, from_dir: Path | None, force: bool) -> 
         write_atomic(root / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
     chosen = select(args.only)

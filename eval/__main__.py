@@ -1,6 +1,6 @@
 """Benchmark a model, checkpoint or export, scored as lm-evaluation-harness scores it (see docs/eval.md).
 
-    python -m eval --model PATH --tasks tinystories,superglue,xstorycloze --out DIR \\
+    linreg eval --model PATH --tasks tinystories,superglue,xstorycloze --out DIR \\
         [--num-fewshot K] [--limit N] [--log-samples] [--data-root DIR]
 
 PATH: an HF model directory (an export), a linreg run directory or a checkpoint directory. Task names: boolq, cb,
@@ -17,29 +17,28 @@ import time
 from pathlib import Path
 
 from core import precision
-from core.cli import command, run_cli
+from core.cli import add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, parser, run_cli
 from core.errors import ConfigError, MissingDataError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="HF model dir, linreg run dir or checkpoint dir")
-    p.add_argument("--tasks", default="superglue,xstorycloze_en,tinystories",
-                   help="comma-separated task and group names (default: %(default)s)")
+    from eval.benchmarks.suite import DEFAULT_TASKS
+    from eval.benchmarks.tasks import GROUPS, TASKS
+
+    p = parser("eval", "eval", __doc__)
+    add_model_args(p, label_help="row label in the tables (default: the model path's name)")
+    add_tasks_arg(p, [*TASKS, *GROUPS], DEFAULT_TASKS, help="task and group names")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num-fewshot", type=int, default=0, help="examples from the train split per prompt (default 0)")
     p.add_argument("--fewshot-seed", type=int, default=1234, help="few-shot sampling seed (lme's default 1234)")
     p.add_argument("--limit", type=int, default=None, help="first N documents per task (logged as <task>_firstN)")
     p.add_argument("--log-samples", action="store_true", help="write samples_<task>.jsonl, one line per document")
-    p.add_argument("--data-root", default=None,
-                   help="local data in the shared/data layout (default $LINREG_DATA_ROOT; none: the HF hub)")
+    add_data_root_arg(p, "none: the HF hub")
     p.add_argument("--cache-dir", default=".cache/linreg",
                    help="tokenised task requests are kept in DIR/benchmarks between runs (default %(default)s, "
                         "training's data.cache_dir)")
     p.add_argument("--no-cache", action="store_true", help="tokenise the tasks without reading or writing the cache")
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--dtype", choices=precision.CHOICES, default="auto",
-                   help="bf16 autocast or fp32; auto: bf16 on GPU, fp32 on CPU")
+    add_device_args(p)
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="tokens per forward batch (default 32768 on GPU, 4096 on CPU)")
     p.add_argument("--max-length", type=int, default=None,
@@ -48,7 +47,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-share-context", action="store_true",
                    help="give every choice its own copy of the context (slower; the numbers are the same)")
     p.add_argument("--step", type=int, default=0, help="global step for the TensorBoard scalars")
-    p.add_argument("--label", default=None, help="row label in the tables (default: the model path's name)")
     args = p.parse_args(argv)
     for flag, value, least in (("--limit", args.limit, 1), ("--num-fewshot", args.num_fewshot, 0),
                                ("--batch-tokens", args.batch_tokens, 1), ("--max-length", args.max_length, 1),
@@ -80,7 +78,7 @@ def main(argv=None) -> int:
     from eval.benchmarks.tasks import expand_task_names
     from model.export import load_model
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device)
     dtype = precision.resolve(args.dtype, device)
     autocast_dtype = precision.autocast_dtype(dtype, device)
 

@@ -159,7 +159,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {tag_dir} was written by {saved['world_size']} ranks with ZeRO-{stage}, this run has "
                 f"{dist.world_size()}: ZeRO partitions the optimizer state by rank. Resume with "
-                f"{saved['world_size']} ranks, or convert it first: python -m linreg.universal {tag_dir}")
+                f"{saved['world_size']} ranks, or convert it first: linreg universal --run {tag_dir}")
         for key, now in self.meta.items():
             if key in saved and saved[key] != now:
                 raise CheckpointError(f"checkpoint {tag_dir} does not match this run: {key} was {saved[key]!r}, "

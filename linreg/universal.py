@@ -5,8 +5,8 @@ loads only on N ranks. DeepSpeed's own converter, ``deepspeed.checkpoint.ds_to_u
 folder per parameter (fp32 weights and Adam moments), which any number of ranks can load. This command runs it on a
 checkpoint of a linreg run and puts the result inside that checkpoint:
 
-    python -m linreg.universal runs/cos                               # the run's newest complete checkpoint
-    python -m linreg.universal runs/cos/checkpoints/step_00001000     # or a given one
+    linreg universal --run runs/cos                               # the run's newest complete checkpoint
+    linreg universal --run runs/cos/checkpoints/step_00001000     # or a given one
 
 It writes ``step_.../universal/`` with a manifest of its own, and leaves the checkpoint's own files as they are. A
 resume with another world size (``--resume auto`` or that checkpoint's path) then loads ``universal/`` by itself;
@@ -16,13 +16,13 @@ only the accumulation is derived again for the new number of ranks.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from core.cli import command, parser, run_cli
 from core.errors import CheckpointError
 from core.rundir import find_checkpoint, verify_checkpoint, write_manifest
 
@@ -88,17 +88,17 @@ def convert(tag_dir: Path) -> Path:
     return tag_dir / UNIVERSAL
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m linreg.universal", description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", type=Path, help="a run dir (its newest complete checkpoint) or a checkpoint dir")
-    args = parser.parse_args(argv)
-    tag_dir = find_checkpoint(args.path)  # verified complete
+    p = parser("universal", "linreg.universal", __doc__)
+    p.add_argument("--run", required=True, type=Path, metavar="RUN_OR_CHECKPOINT",
+                   help="a run dir (its newest complete checkpoint) or a checkpoint dir")
+    args = p.parse_args(argv)
+    tag_dir = find_checkpoint(args.run)  # verified complete
     out = convert(tag_dir)
     print(f"universal checkpoint: {out} (resume with any number of ranks: --resume auto or --resume {tag_dir})")
     return 0
 
 
 if __name__ == "__main__":
-    from core.cli import run_cli
-
     run_cli(main)

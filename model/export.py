@@ -8,11 +8,10 @@ ZeRO stages 1-3 and from the module state for stage 0, after every file has pass
 (``load_weights_file``: a checkpoint from elsewhere cannot run code; README, "What is safe to load"). A run is
 rebuilt from the ``model:`` section of its config.yaml and its tokenizer/ (the layout is ``core.rundir``'s).
 
-    python -m model.export CHECKPOINT_OR_RUN_DIR OUT_DIR
+    linreg export --model CHECKPOINT_OR_RUN_DIR --out OUT_DIR
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from core.cli import command
+from core.cli import add_model_args, command, parser
 from core.config import from_dict, load_yaml_tree
 from core.errors import CheckpointError, ConfigError, UserError
 from core.rundir import RunDir, find_checkpoint, is_checkpoint_dir
@@ -54,7 +53,7 @@ def load_weights_file(path: Path, allow: list[type] = (), mmap: bool = False):
         extra = _unsafe_globals(path, allow) if isinstance(e, pickle.UnpicklingError) else []
         if extra:
             raise CheckpointError(f"{path} is not a plain-weights checkpoint (it pickles {', '.join(extra[:3])}): "
-                                  f"export it with python -m model.export where it was written, or set "
+                                  f"export it with linreg export where it was written, or set "
                                   f"{TRUST_ENV}=1 if you trust this file") from None
         text = str(e).split("WeightsUnpickler error:")[-1].strip() or type(e).__name__
         why = text.splitlines()[0].split(". ")[0]  # torch's first sentence, without its advice on weights_only
@@ -175,11 +174,11 @@ def _looks_like_hub_name(name: str) -> bool:
 
 @command
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Export a linreg checkpoint as a Hugging Face model directory.")
-    p.add_argument("checkpoint", help="run dir, its checkpoints/ dir, or a checkpoints/step_* dir")
-    p.add_argument("out", help="output directory")
+    p = parser("export", "model.export", "Export a linreg checkpoint as a Hugging Face model directory.")
+    add_model_args(p, help="a run dir (its newest complete checkpoint), its checkpoints/ dir, or a step_* dir")
+    p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
-    print(export_checkpoint(args.checkpoint, args.out))
+    print(export_checkpoint(args.model, args.out))
     return 0
 
 

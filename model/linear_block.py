@@ -13,7 +13,7 @@ config.json then has
     "linreg_linear_blocks": {"layers": "<path of the block list, e.g. model.layers>", "indices": [i, ...]}
 
 so ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` loads it anywhere, and linreg's own loader
-(``model.export.load_model``, hence ``python -m eval`` and ``python -m eval.linearity``) builds the same classes
+(``model.export.load_model``, hence ``linreg eval`` and ``linreg linearity``) builds the same classes
 from this module without executing code from the model directory (``causal_lm_class``). ``<Base>`` is any HF causal
 LM class (``MistralForCausalLM``, ``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``OPTForCausalLM``...): the classes
 are made on first access by the module-level ``__getattr__``.

@@ -4,5 +4,5 @@ them, replace them by fitted linear maps or one trained block, optionally heal t
 method the same way against plain removal ("metric vs blocks changed", % retained, paired bootstrap) and export
 models that load with plain ``AutoModelForCausalLM``. See docs/pruning.md.
 
-    python -m prune --model PATH --criterion linearity --methods all --k 1..4 --out DIR
+    linreg prune --model PATH --criterion linearity --methods all --k 1..4 --out DIR
 """

@@ -1,7 +1,7 @@
 """Depth pruning from the command line (see docs/pruning.md).
 
-    python -m prune --model PATH --criterion linearity --methods remove,linear,replaceme,sleb,reverse,... \\
-        --k 1..4 --out DIR [--iterative] [--protect-first] [--protect-last] [--distill-steps N] ...
+    linreg prune --model PATH --criterion linearity --methods remove,linear,replaceme,sleb,reverse,... \\
+        --k 1..4 --out DIR [--iterative] [--protect-first] [--protect-last] [--distill-steps N] ... [KEY=VALUE ...]
 
 Every method of ``prune.methods`` (``--methods all`` runs them all) is built from the same model, probe and seed,
 evaluated on the same data and compared with ``remove`` on the same documents.
@@ -19,8 +19,18 @@ import re
 import time
 from pathlib import Path
 
-from core import precision
-from core.cli import run_cli
+from core.cli import (
+    add_data_root_arg,
+    add_device_args,
+    add_model_args,
+    add_overrides_arg,
+    add_probe_args,
+    add_tasks_arg,
+    command,
+    list_arg,
+    parser,
+    run_cli,
+)
 from core.errors import ConfigError
 from eval.linearity.probe import ProbeConfig
 
@@ -53,37 +63,34 @@ def parse_export_ks(spec: str, ks: list[int]) -> list[int]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from eval.benchmarks.tasks import GROUPS, TASKS
     from prune.criteria import CRITERIA
     from prune.methods import METHODS
 
-    p = argparse.ArgumentParser(prog="python -m prune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="HF model dir or hub name, linreg run dir or checkpoint dir")
+    p = parser("prune", "prune", __doc__)
+    add_model_args(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--criterion", default="linearity", help=f"one of {', '.join(CRITERIA)} (default %(default)s)")
-    p.add_argument("--methods", default="remove,linear", help=f"comma-separated, or all: {', '.join(METHODS)}")
-    p.add_argument("--k", required=True, help="changed blocks: 1..K, K, or a list like 1,2,4")
+    list_arg(p, "--methods", default=["remove", "linear"], metavar="METHOD",
+             help=f"default remove,linear; all, or of {', '.join(METHODS)}")
+    list_arg(p, "--k", required=True, help="changed blocks: 1..K, K (the same), or several like 1,2,4")
     p.add_argument("--iterative", action="store_true", help="re-rank on the pruned model after each change")
     p.add_argument("--protect-first", action="store_true", help="never change block 0")
     p.add_argument("--protect-last", action="store_true", help="never change the last block")
-    p.add_argument("--export-k", default="max", help="ks whose models are exported: max (default), all, none, list")
+    list_arg(p, "--export-k", default=["max"], metavar="K",
+             help="ks whose models are exported: max (default), all, none, or ks")
     p.add_argument("--trust-remote-code", action="store_true", help="for hub models that need it")
-    g = p.add_argument_group("probe (criteria and fits; eval.linearity's recipe)")
-    g.add_argument("--probe-text", default=None, help="default: <data root>/tinystories/valid.txt")
-    g.add_argument("--num-chunks", type=int, default=ProbeConfig.num_chunks)
-    g.add_argument("--chunk-chars", type=int, default=ProbeConfig.chunk_chars)
-    g.add_argument("--seed", type=int, default=ProbeConfig.seed)
-    g.add_argument("--max-tokens", type=int, default=None, help="cap on pooled probe tokens")
-    g.add_argument("--batch-size", type=int, default=8, help="probe sequences per forward")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fits' shuffling and the bootstrap (default 0)")
+    add_probe_args(p, ProbeConfig)
     g = p.add_argument_group("evaluation")
-    g.add_argument("--tasks", default="tinystories,arc_easy", help="benchmark-suite tasks besides WikiText-2")
+    add_tasks_arg(g, [*TASKS, *GROUPS], ["tinystories", "arc_easy"], help="benchmark-suite tasks besides WikiText-2")
     g.add_argument("--limit", type=int, default=None, help="first N documents per task (logged as <task>_firstN)")
     g.add_argument("--context", type=int, default=None, help="WikiText-2 window (default: the model's max length)")
     g.add_argument("--stride", type=int, default=None, help="WikiText-2 stride (default: context / 2)")
     g.add_argument("--wikitext-max-tokens", type=int, default=None, help="score only the first N tokens")
-    g.add_argument("--data-root", default=None, help="default $LINREG_DATA_ROOT")
-    g.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    g.add_argument("--dtype", choices=precision.CHOICES, default="auto", help="evaluation precision")
+    add_data_root_arg(g)
     g.add_argument("--batch-tokens", type=int, default=None, help="benchmark tokens per forward")
+    add_device_args(p)
     g = p.add_argument_group("healing (+distill, +finetune, streamline; a linreg Trainer run per method and k)")
     g.add_argument("--distill-config", default=None, help="YAML over the defaults in prune/distill.py")
     g.add_argument("--distill-steps", type=int, default=None, help="train.max_steps")
@@ -91,9 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--distill-batch", type=int, default=None, help="train.global_batch_size (sequences per step)")
     g.add_argument("--distill-micro-batch", type=int, default=None, help="train.micro_batch_size (per forward)")
     g.add_argument("--distill-seq-len", type=int, default=None, help="data.seq_len")
-    g.add_argument("--distill-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any dotted override of the distillation config, e.g. train.zero_stage=3 (repeatable)")
     g.add_argument("--resume", action="store_true", help="continue distillation runs from their checkpoints")
+    add_overrides_arg(p, "the healing runs' config (after the --distill-* options)")
     return p.parse_args(argv)
 
 
@@ -103,11 +109,12 @@ def distill_overrides(args, out: Path) -> list[str]:
              ("data.seq_len", args.distill_seq_len),
              ("data.root", args.data_root)]
     given = [f"{k}={v}" for k, v in pairs if v is not None]
-    cache = [] if any(s.startswith("data.cache_dir=") for s in args.distill_set) else [
+    cache = [] if any(s.startswith("data.cache_dir=") for s in args.overrides) else [
         f"data.cache_dir={out / 'cache'}"]
-    return given + cache + list(args.distill_set)
+    return given + cache + list(args.overrides)
 
 
+@command
 def main(argv=None) -> int:
     args = parse_args(argv)
     from model.export import load_model
@@ -119,28 +126,28 @@ def main(argv=None) -> int:
     from prune.surgery import blocks
 
     t0 = time.perf_counter()
-    ks = parse_ks(args.k)
+    ks = parse_ks(",".join(args.k))
     from prune.methods import METHODS
 
-    methods = list(METHODS) if args.methods.strip() == "all" else [m.strip() for m in args.methods.split(",")
-                                                                    if m.strip()]
+    methods = list(METHODS) if args.methods == ["all"] else args.methods
     study = Study(criterion=args.criterion, methods=methods, ks=ks, iterative=args.iterative,
                   protect_first=args.protect_first, protect_last=args.protect_last,
-                  export_ks=parse_export_ks(args.export_k, ks), resume=args.resume, seed=args.seed)
+                  export_ks=parse_export_ks(",".join(args.export_k), ks), resume=args.resume,
+                  seed=args.seed)
     out = Path(args.out)
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
     study.check(len(blocks(model)))  # cheap errors before the probe and the evaluation data
-    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
+    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.probe_seed, args.max_tokens)
     probe_cfg.validate("probe")
-    text, source = states.probe_text(args.probe_text, args.data_root)
+    text, source = states.probe_text(args.text, args.data_root)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = getattr(model.config, "max_position_embeddings", None) or 2048
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    evaluation = Evaluation(tokenizer, tasks=tasks, root=args.data_root, limit=args.limit, context=args.context,
+    evaluation = Evaluation(tokenizer, tasks=args.tasks, root=args.data_root, limit=args.limit, context=args.context,
                             stride=args.stride, wikitext_max_tokens=args.wikitext_max_tokens,
                             max_length=min(max_length, 2048), device=args.device, dtype=args.dtype,
                             batch_tokens=args.batch_tokens)
-    probe = Probe(states.make_probe(text, tokenizer, probe_cfg, model, source), args.batch_size, evaluation.device, pad)
+    probe = Probe(states.make_probe(text, tokenizer, probe_cfg, model, source), args.probe_batch_size,
+                  evaluation.device, pad)
     distill_cfg = None
     if study.heals():
         distill_cfg = distill_config(args.distill_config, distill_overrides(args, out), max_length)

@@ -1,5 +1,5 @@
-"""Ablation studies: a sweep file names base config(s), variants (dotted overrides) and seeds; ``python -m sweep``
-trains and benchmarks every (variant, seed) as an ordinary run directory, and ``python -m sweep.compare`` turns
+"""Ablation studies: a sweep file names base config(s), variants (dotted overrides) and seeds; ``linreg sweep``
+trains and benchmarks every (variant, seed) as an ordinary run directory, and ``linreg compare`` turns
 the run directories into the paper's Table 2 with spreads over seeds, differences to a baseline with their
 significance, and training-curve plots. See docs/ablations.md.
 

@@ -1,20 +1,18 @@
-"""python -m sweep SWEEP.yaml [options] [-- LAUNCHER ARGS]: train and benchmark every run of a sweep (runner.py)."""
+"""linreg sweep SWEEP.yaml [options] [-- LAUNCHER ARGS]: train and benchmark every run of a sweep (runner.py)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
-from core.cli import command, run_cli
+from core.cli import command, list_arg, parser, run_cli
 from core.errors import ConfigError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sweep",
-                                description="Train and benchmark every (variant, seed) of a sweep file, one run "
-                                            "after another; finished runs are skipped, unfinished ones resumed.",
-                                epilog="Arguments after `--` go to the launcher, e.g. `-- --num_gpus 8` "
-                                       "(with --launcher deepspeed).")
+    p = parser("sweep", "sweep", "Train and benchmark every (variant, seed) of a sweep file, one run after another; "
+                                 "finished runs are skipped, unfinished ones resumed.",
+               epilog="Arguments after `--` go to the launcher, e.g. `-- --num_gpus 8` (with --launcher deepspeed).")
     p.add_argument("sweep", help="sweep file (YAML): base, variants, seeds, overrides (see docs/ablations.md)")
     p.add_argument("--runs-root", default="runs", help="runs go to RUNS_ROOT/<sweep name>/<variant>/seed<k> "
                    "(default: %(default)s)")
@@ -23,7 +21,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-eval", action="store_true", help="do not benchmark the runs after training")
     p.add_argument("--print-commands", action="store_true",
                    help="print one shell line per pending run (train, then benchmark) and exit")
-    p.add_argument("--only", nargs="+", metavar="VARIANT[/seedK]", help="run only these variants or runs")
+    list_arg(p, "--only", metavar="VARIANT[/seedK]", help="run only these variants or runs")
     if "--" in argv:
         i = argv.index("--")
         args, launcher_args = p.parse_args(argv[:i]), argv[i + 1:]

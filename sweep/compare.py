@@ -1,7 +1,7 @@
 """Compare the variants of an ablation: the paper's Table 2 with spreads over seeds and tested differences.
 
-    python -m sweep.compare RUN_OR_SWEEP_DIR ... [--baseline VARIANT] --out DIR [--allow-mixed] [--n-boot 10000]
-                                                 [--plan DELTA]
+    linreg compare RUN_OR_SWEEP_DIR ... [--baseline VARIANT] --out DIR [--allow-mixed] [--n-boot 10000]
+                                        [--plan DELTA]
 
 Runs are grouped into variants by their resolved configs: runs whose configs differ only in the seed (and in what
 does not change the experiment: ``sweep.runs.NOT_THE_EXPERIMENT``) are seeds of one variant, named after their
@@ -11,7 +11,7 @@ sweep/report.py) and DIR/*.png (sweep/plots.py).
 Cells: mean over seeds ± sample std [95 % t interval], with n. Each difference to the baseline answers two
 questions (``sweep.stats``): is the recipe different (seeds are the units: Student's t over the per-seed values;
 bold = p < 0.05), and are these trained models different on these documents (a paired bootstrap over documents,
-conditional on the seeds; it needs the per-document samples that the sweep runner's ``python -m eval
+conditional on the seeds; it needs the per-document samples that the sweep runner's ``linreg eval
 --log-samples`` writes). Per column, the seed spread pooled over all variants gives the smallest difference the
 sweep could detect (80 % power at alpha 0.05); ``--plan DELTA`` adds the seeds per variant a difference of DELTA
 points needs.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli import command, run_cli
+from core.cli import command, parser, run_cli
 from core.errors import UserError
 from sweep import stats
 from sweep.runs import Run, find_runs
@@ -333,7 +333,7 @@ def _describe(v: Variant, baseline: Variant) -> dict:
 # -- command line --------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sweep.compare", description=__doc__.split("\n\n")[0])
+    p = parser("compare", "sweep.compare", __doc__)
     p.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run directories, or directories above them")
     p.add_argument("--out", required=True, help="output directory (compare.md, compare.json, PNG plots)")
     p.add_argument("--baseline", help="the variant the others are compared with (default: the sweep's, else the first)")
@@ -371,7 +371,7 @@ def main(argv=None) -> int:
     result = compare(variants, baseline, args.n_boot, args.seed, args.plan)
     result["mixed"] = mix
     result["title"] = args.title or sweep.get("name") or Path(args.paths[0]).resolve().name
-    result["command"] = "python -m sweep.compare " + shlex.join(argv if argv is not None else sys.argv[1:])
+    result["command"] = "linreg compare " + shlex.join(argv if argv is not None else sys.argv[1:])
     result["generated"] = datetime.datetime.now().isoformat(timespec="seconds")
 
     from sweep.report import render

@@ -1,7 +1,7 @@
 """Run a sweep on this node, one run after another, or print its commands for a cluster scheduler.
 
-    python -m sweep SWEEP.yaml [--runs-root runs] [--launcher python|deepspeed] [--no-eval] [--print-commands]
-                               [--only VARIANT[/seedK] ...] [-- LAUNCHER ARGS]
+    linreg sweep SWEEP.yaml [--runs-root runs] [--launcher python|deepspeed] [--no-eval] [--print-commands]
+                            [--only VARIANT[/seedK],...] [-- LAUNCHER ARGS]
 
 Each run is ``train.py --config BASE --run-dir <root>/<sweep>/<variant>/seed<k> --resume auto ...`` through the
 normal command line (``deepspeed [launcher args] train.py ...`` with ``--launcher deepspeed``), then, unless

@@ -41,11 +41,11 @@ RUNNER_KEYS = ("train.seed", "name")
 
 @dataclass
 class BenchmarksSpec:
-    """``python -m eval`` on every run's final checkpoint, once (full splits unless ``limit``)."""
+    """``linreg eval`` on every run's final checkpoint, once (full splits unless ``limit``)."""
     enabled: bool = True
     tasks: list[str] = field(default_factory=lambda: ["superglue", "xstorycloze_en", "tinystories"])
     limit: int | None = None  # first N documents per task: for tests only, the results are logged as <task>_firstN
-    args: list[str] = field(default_factory=list)  # more `python -m eval` options, e.g. [--dtype, fp32]
+    args: list[str] = field(default_factory=list)  # more `linreg eval` options, e.g. [--dtype, fp32]
 
     def validate(self, p: str) -> None:
         check(bool(self.tasks), f"{p}.tasks", self.tasks, "name at least one task")
@@ -152,7 +152,7 @@ def write_base_config(spec: SweepSpec, runs_root: str | os.PathLike) -> None:
     target = base_config(spec, runs_root)
     if len(spec.base) > 1:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("# written by python -m sweep: the sweep's base configs, merged in order\n"
+        target.write_text("# written by linreg sweep: the sweep's base configs, merged in order\n"
                           + json.dumps({"extends": spec.base}) + "\n")
 
 

@@ -81,7 +81,7 @@ def test_span_features_are_the_mean_over_the_span(tiny):
 
 def test_cli_on_xstorycloze_and_copa(tiny_hf_model_dir, tmp_path):
     out = tmp_path / "out"
-    argv = ["--model", str(tiny_hf_model_dir), "--label", "tiny", "--task", "xstorycloze_en", "--task", "copa",
+    argv = ["--model", str(tiny_hf_model_dir), "--label", "tiny", "--tasks", "xstorycloze_en,copa",
             "--train-limit", "40", "--eval-limit", "30", "--out", str(out)]
     assert P.main(argv) == 0
     res = json.loads((out / "probes.json").read_text())["results"]

@@ -2,8 +2,9 @@
 path or a value from the command), no traceback, and nothing on disk changed.
 
 The cases call each command's ``main(argv)`` in this process through ``core.cli.command`` (the wrapper every
-``__main__`` uses), so that the whole table costs one import of torch; ``test_main_modules_follow_the_rule`` runs
-a few of them as real subprocesses to check the ``__main__`` wiring. Cases that need a checkpoint copy one tiny
+``__main__`` and ``linreg`` use), so that the whole table costs one import of torch;
+``test_main_modules_follow_the_rule`` runs a few of them as real subprocesses to check the ``__main__`` wiring.
+Every ``linreg`` command has a case (``tests/test_cli.py`` checks). Cases that need a checkpoint copy one tiny
 trained run (module scope). Placeholders in a case's arguments: ``{tmp}`` its own directory, ``{run}`` the trained
 run, ``{hf}`` a tiny HF model dir, ``{data}`` the shared data root, ``{tiny}`` tests/tiny.yaml.
 """
@@ -20,13 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from commands import COMMANDS
 from core.cli import command
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "tiny.yaml"
-MODULES = {"train": "train", "eval": "eval.__main__", "linearity": "eval.linearity.__main__",
-           "export": "model.export", "prune": "prune.__main__", "series": "analysis.series", "sweep": "sweep.__main__",
-           "compare": "sweep.compare", "universal": "linreg.universal", "prepare": "data.prepare"}
+MODULES = {name: c.module for name, c in COMMANDS.items()}
 STORY = "Once upon a time, a little fox found a red ball in the tall grass. " * 12  # ~800 characters
 
 
@@ -109,7 +109,7 @@ PREPS = {f.__name__: f for f in (prep_hostile, prep_damaged, prep_truncated, pre
 
 BAD_JSONL = '{"text": "a story"}\n{"text": \n'
 EV = ["--out", "{tmp}/out", "--tasks", "tinystories"]
-LIN = ["--out", "{tmp}/out"]
+LIN = OUT = ["--out", "{tmp}/out"]
 TXT = ["--text", "{data}/tinystories/valid.txt"]
 C_YAML = ["--config", "{tmp}/c.yaml"]
 TINY_CFG = ["--config", "{tiny}"]
@@ -223,29 +223,32 @@ CASES: dict[str, Case] = {
                                     ["heldout.folds=1"]),
     "linearity-heldout-few-documents": Case("linearity", ["--model", "{hf}", *TXT, *LIN, "--heldout", "--num-chunks",
                                                           "3"], ["valid.txt", "5 documents"]),
-    "linearity-batch-size": Case("linearity", ["--model", "{hf}", *TXT, *LIN, "--batch-size", "0"], ["--batch-size 0"]),
+    "linearity-batch-size": Case("linearity", ["--model", "{hf}", *TXT, *LIN, "--probe-batch-size", "0"],
+                                 ["--probe-batch-size 0"]),
+    "linearity-label-count": Case("linearity", ["--model", "{hf},{hf}", "--label", "a", *TXT, *LIN],
+                                  ["1 --label for 2 --model"]),
     "linearity-run-no-history": Case("linearity", ["--run", "{tmp}/r"], ["{tmp}/r/linearity.jsonl"], {"r/.keep": ""}),
     "linearity-run-bad-history": Case("linearity", ["--run", "{tmp}/r"], ["linearity.jsonl:2:"],
                                       {"r/linearity.jsonl": '{"step": 1}\n{"step": 2, \n'}),
     # -- python -m model.export ---------------------------------------------------------------------------------
-    "export-missing": Case("export", ["{tmp}/gone", "{tmp}/out"], ["{tmp}/gone"]),
-    "export-empty-dir": Case("export", ["{tmp}/empty", "{tmp}/out"], ["{tmp}/empty"], {"empty/.keep": ""}),
-    "export-no-latest": Case("export", ["{tmp}/run", "{tmp}/out"], ["{tmp}/run"], prep="prep_no_latest"),
-    "export-empty-config": Case("export", ["{tmp}/run", "{tmp}/out"], ["config.yaml", "empty"],
+    "export-missing": Case("export", ["--model", "{tmp}/gone", *OUT], ["{tmp}/gone"]),
+    "export-empty-dir": Case("export", ["--model", "{tmp}/empty", *OUT], ["{tmp}/empty"], {"empty/.keep": ""}),
+    "export-no-latest": Case("export", ["--model", "{tmp}/run", *OUT], ["{tmp}/run"], prep="prep_no_latest"),
+    "export-empty-config": Case("export", ["--model", "{tmp}/run", *OUT], ["config.yaml", "empty"],
                                 prep="prep_empty_config"),
-    "export-hostile-checkpoint": Case("export", ["{tmp}/run", "{tmp}/out"], ["plain-weights", "builtins.exec",
+    "export-hostile-checkpoint": Case("export", ["--model", "{tmp}/run", *OUT], ["plain-weights", "builtins.exec",
                                                                                "LINREG_TRUST_CHECKPOINTS"],
                                       prep="prep_hostile"),
-    "export-damaged-file": Case("export", ["{tmp}/run", "{tmp}/out"], ["mp_rank_00_model_states.pt"],
+    "export-damaged-file": Case("export", ["--model", "{tmp}/run", *OUT], ["mp_rank_00_model_states.pt"],
                                 prep="prep_damaged"),
-    "export-out-is-file": Case("export", ["{run}", "{tmp}/out"], ["{tmp}/out"], {"out": "x"}),
+    "export-out-is-file": Case("export", ["--model", "{run}", *OUT], ["{tmp}/out"], {"out": "x"}),
     # -- the other command lines: a couple each ---------------------------------------------------------------
     "prune-bad-k": Case("prune", ["--model", "{hf}", "--out", "{tmp}/out", "--k", "x"], ["--k", "'x'"]),
-    "prune-probe-too-short": Case("prune", ["--model", "{hf}", "--out", "{tmp}/out", "--k", "1", "--probe-text",
+    "prune-probe-too-short": Case("prune", ["--model", "{hf}", "--out", "{tmp}/out", "--k", "1", "--text",
                                             "{tmp}/short.txt"], ["{tmp}/short.txt", "fewer than one chunk"],
                                   {"short.txt": "Once upon a time."}),
     "prune-distill-regularizer": Case("prune", ["--model", "{hf}", "--out", "{tmp}/out", "--k", "1", "--methods",
-                                                "linear+distill", "--distill-set", "regularizer.name=cosine"],
+                                                "linear+distill", "regularizer.name=cosine"],
                                       ["regularizer.name='cosine'", "leave regularizer.name=none"]),
     "prune-unknown-method": Case("prune", ["--model", "{hf}", "--out", "{tmp}/out", "--k", "1", "--methods",
                                            "remove,replacme"], ["unknown method 'replacme'", "replaceme_cos"]),
@@ -255,21 +258,31 @@ CASES: dict[str, Case] = {
     "compare-plan-negative": Case("compare", ["{tmp}", "--out", "{tmp}/out", "--plan", "-1"], ["--plan -1"]),
     "sweep-file-missing": Case("sweep", ["{tmp}/nope.yaml"], ["{tmp}/nope.yaml"]),
     "sweep-file-empty": Case("sweep", ["{tmp}/s.yaml"], ["s.yaml", "empty"], {"s.yaml": ""}),
-    "prepare-unknown-set": Case("prepare", ["--root", "{tmp}/root", "--only", "tinystories", "arcc"],
+    "data-unknown-set": Case("data", ["--root", "{tmp}/root", "--only", "tinystories,arcc"],
                                 ["--only arcc", "'arc'"]),
-    "prepare-corrupt-manifest": Case("prepare", ["--root", "{tmp}/root", "--only", "arc"],
+    "data-corrupt-manifest": Case("data", ["--root", "{tmp}/root", "--only", "arc"],
                                      ["{tmp}/root/MANIFEST.json", "corrupt"], {"root/MANIFEST.json": '{"sets": '}),
-    "prepare-offline": Case("prepare", ["--root", "{tmp}/root", "--only", "wikitext2"],
+    "data-offline": Case("data", ["--root", "{tmp}/root", "--only", "wikitext2"],
                             ["set 'wikitext2'", "Salesforce/wikitext"]),
-    "prepare-from-missing": Case("prepare", ["--root", "{tmp}/root", "--from", "{tmp}/hub"], ["--from {tmp}/hub"]),
+    "data-from-missing": Case("data", ["--root", "{tmp}/root", "--from", "{tmp}/hub"], ["--from {tmp}/hub"]),
     "sweep-batch-for-the-gpus": Case("sweep", ["{tmp}/s.yaml", "--runs-root", "{tmp}/runs", "--", "--num_gpus", "2"],
                                      ["variant a, seed 1", "train.global_batch_size=12", "4 × 2 rank(s)"],
                                      {"s.yaml": f"base: {TINY}\nlauncher: deepspeed\nvariants: {{a: {{}}}}\n"
                                                 "overrides: {train.global_batch_size: 12}\n"}),
-    "universal-missing": Case("universal", ["{tmp}/gone"], ["{tmp}/gone"]),
-    "universal-no-checkpoint": Case("universal", ["{tmp}/run"], ["{tmp}/run"], prep="prep_no_latest"),
-    "universal-zero0": Case("universal", ["{run}"], ["{run}/checkpoints/step_", "ZeRO-0", "nothing to convert"]),
-    "universal-damaged-file": Case("universal", ["{tmp}/run"], ["mp_rank_00_model_states.pt"],
+    "report-missing": Case("report", ["{tmp}/gone.json"], ["{tmp}/gone.json"]),
+    "finetune-unknown-task": Case("finetune", ["--model", "{tmp}/m", "--tasks", "cb,boolqq", "--out", "{tmp}/out"],
+                                  ["--tasks", "'boolqq'"]),
+    "finetune-bad-seeds": Case("finetune", ["--model", "{tmp}/m", "--seeds", "0,x", "--out", "{tmp}/out"],
+                               ["--seeds", "'x'"]),
+    "probes-no-probe-form": Case("probes", ["--model", "{tmp}/m", "--tasks", "copa,tinystories", "--out",
+                                            "{tmp}/out"], ["'tinystories'", "no probe form"]),
+    "stories-nothing-to-sample": Case("stories", ["--out", "{tmp}/out"], ["--model", "--reference"]),
+    "linear-attention-missing": Case("linear-attention", ["{tmp}/gone", "--out", "{tmp}/out"], ["{tmp}/gone"]),
+    "universal-missing": Case("universal", ["--run", "{tmp}/gone"], ["{tmp}/gone"]),
+    "universal-no-checkpoint": Case("universal", ["--run", "{tmp}/run"], ["{tmp}/run"], prep="prep_no_latest"),
+    "universal-zero0": Case("universal", ["--run", "{run}"],
+                            ["{run}/checkpoints/step_", "ZeRO-0", "nothing to convert"]),
+    "universal-damaged-file": Case("universal", ["--run", "{tmp}/run"], ["mp_rank_00_model_states.pt"],
                                    prep="prep_truncated"),
 }
 
@@ -310,8 +323,9 @@ def fill(text: str, env: dict[str, str]) -> str:
 def check_error_line(code: int, err: str, culprit: list[str], env: dict[str, str]) -> None:
     assert "Traceback" not in err, err
     assert code == 2, err
-    last = err.strip().splitlines()[-1] if err.strip() else ""
-    assert last.startswith("error: ") or ": error: " in last, err  # argparse: "prog: error: ..."
+    lines = err.strip().splitlines()
+    last = lines[-1] if lines else ""
+    assert last.startswith("error: ") and sum("error:" in line for line in lines) == 1, err  # argparse's too
     for piece in culprit:
         assert fill(piece, env) in last, f"{fill(piece, env)!r} not in {last!r}"
 
@@ -348,7 +362,7 @@ def test_bad_input(name, request, tmp_path, capsys, monkeypatch):
 
 
 SUBPROCESS = ["train-config-empty", "eval-limit-zero", "linearity-text-missing", "export-missing",
-              "prepare-unknown-set"]
+              "data-unknown-set"]
 
 
 def test_main_modules_follow_the_rule(tmp_path):

@@ -207,7 +207,7 @@ def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint(tmp_path, cach
 
 def test_zero1_resume_on_another_world_size_is_refused_then_resumes_from_its_universal_copy(tmp_path, cache_dir):
     """ZeRO-1 partitions the optimizer state by rank: 1 -> 2 ranks is refused in one line naming the converter;
-    after `python -m linreg.universal` the same resume continues the run as one process would have."""
+    after `linreg universal` the same resume continues the run as one process would have."""
     over = ["train.zero_stage=1", "checkpoint.every=0", "checkpoint.export_at_end=false"]
     reference = RunDir(tmp_path / "one_rank")
     assert Trainer(cfg(cache_dir, *over, "train.max_steps=6"), reference).fit() == 0
@@ -221,12 +221,12 @@ def test_zero1_resume_on_another_world_size_is_refused_then_resumes_from_its_uni
     assert res.returncode != 0
     errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error: ")]
     assert errors and "written by 1 ranks with ZeRO-1, this run has 2" in errors[0], res.stderr[-2000:]
-    assert f"convert it first: python -m linreg.universal {run.checkpoint(3)}" in errors[0]
+    assert f"convert it first: linreg universal --run {run.checkpoint(3)}" in errors[0]
     assert snapshot(run.path) == before
 
     from linreg.universal import main as universal_main
 
-    assert universal_main([str(run.path)]) == 0
+    assert universal_main(["--run", str(run.path)]) == 0
     assert (run.checkpoint(3) / "universal" / "manifest.json").is_file()
     assert {k: v for k, v in snapshot(run.path).items() if "/universal/" not in k} == before  # nothing else touched
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

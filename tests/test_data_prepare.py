@@ -209,7 +209,7 @@ def test_builders_started_together_build_each_set_once(hub_copy, tmp_path, capsy
     from concurrent.futures import ThreadPoolExecutor
 
     root = tmp_path / "root"
-    argv = ["--root", str(root), "--from", str(hub_copy), "--only", "arc", "wikitext2"]
+    argv = ["--root", str(root), "--from", str(hub_copy), "--only", "arc,wikitext2"]
     with ThreadPoolExecutor(3) as pool:  # flock excludes open file descriptions, so threads contend like processes
         codes = list(pool.map(lambda _: command(main)(argv), range(3)))
     out = capsys.readouterr().out

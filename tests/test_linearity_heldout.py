@@ -225,9 +225,9 @@ def test_series_heldout_and_toolkit_outputs(tiny_hf_model_dir, tinystories_valid
     from analysis.series import main as series_main
 
     out = tmp_path / "series"
-    assert series_main(["--paths", f"tiny={tiny_hf_model_dir}", "--out", str(out), "--text", str(tinystories_valid),
-                        "--num-chunks", "24", "--heldout", "--bootstrap", "200", "--toolkit", "--id-tokens", "500",
-                        "--device", "cpu"]) == 0
+    assert series_main(["--paths", str(tiny_hf_model_dir), "--label", "tiny", "--out", str(out), "--text",
+                        str(tinystories_valid), "--num-chunks", "24", "--heldout", "--bootstrap", "200", "--toolkit",
+                        "--id-tokens", "500", "--device", "cpu"]) == 0
     rows = list(csv.DictReader((out / "series.csv").open()))
     assert len(rows) == 2 and all(float(r["heldout_lo"]) <= float(r["heldout"]) <= float(r["heldout_hi"])
                                   for r in rows)

@@ -5,7 +5,7 @@
 
 Every rank runs ``evaluate`` (ZeRO-3 needs all ranks in every forward). Scalars ``eval/<task>/<metric>`` go to
 TensorBoard and metrics.jsonl through the trainer; rank 0 also writes ``<run_dir>/benchmarks/step_<step>/``
-(results.json, results.md, meta.json), the same files ``python -m eval`` writes. Tokenised requests are cached in
+(results.json, results.md, meta.json), the same files ``linreg eval`` writes. Tokenised requests are cached in
 ``<data.cache_dir>/benchmarks`` (``token_cache``), so the runs of a sweep tokenise the tasks once.
 """
 from __future__ import annotations

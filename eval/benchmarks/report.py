@@ -7,15 +7,16 @@ perplexity. Values are percentages (loss and bpb as they are). Results computed 
 
 Compare runs (e.g. baseline vs regularized) from their results.json files:
 
-    python -m eval.benchmarks.report runs/base/eval/results.json runs/cos/eval/results.json [--labels base cos]
+    linreg report runs/base/eval/results.json runs/cos/eval/results.json [--label base,cos]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
+from core.cli import command, list_arg, parser, run_cli
+from core.errors import DataError
 from eval.benchmarks.tasks import GROUPS, TASKS
 
 PAPER_COLUMNS = (  # (column, task, metric)
@@ -99,16 +100,24 @@ def render_report(rows: dict[str, dict[str, dict]], notes: list[str] = ()) -> st
     return "\n".join(parts) + ("\n" + "\n".join(foot) + "\n" if foot else "")
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Tables from one or more results.json files (one row each).")
-    p.add_argument("results", nargs="+", help="results.json files written by python -m eval")
-    p.add_argument("--labels", nargs="*", help="row labels (default: the parent directory names)")
+@command
+def main(argv=None) -> int:
+    p = parser("report", "eval.benchmarks.report", "Tables from one or more results.json files (one row each).")
+    p.add_argument("results", nargs="+", help="results.json files written by linreg eval")
+    list_arg(p, "--label", metavar="NAME", help="row labels, one per file (default: the parent directory names)")
     args = p.parse_args(argv)
-    labels = args.labels or [Path(r).resolve().parent.name for r in args.results]
+    labels = args.label or [Path(r).resolve().parent.name for r in args.results]
     if len(labels) != len(args.results):
-        p.error("give one label per results file")
-    print(render_report({lab: json.loads(Path(r).read_text()) for lab, r in zip(labels, args.results)}))
+        p.error(f"{len(labels)} --label for {len(args.results)} results files: give one per file")
+    results = {}
+    for lab, r in zip(labels, args.results):
+        try:
+            results[lab] = json.loads(Path(r).read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{r}: not a readable results.json ({e.__class__.__name__})") from None
+    print(render_report(results))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

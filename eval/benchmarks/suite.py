@@ -2,7 +2,7 @@
 
 ``BenchmarkSuite`` prepares the tasks once -- documents, prompts, token ids -- and ``run`` scores them with a model
 through the batched ``Scorer`` (multiple-choice tasks) or ``evaluate_loss`` (TinyStories). The CLI
-(``python -m eval``) and the in-loop ``BenchmarksEvaluator`` both use it, so a checkpoint scored either way gets
+(``linreg eval``) and the in-loop ``BenchmarksEvaluator`` both use it, so a checkpoint scored either way gets
 the same numbers (up to bf16 autocast on GPU).
 
 Every rank may take part (``rank``/``world_size``): batches are dealt round-robin to ranks and the results

@@ -12,7 +12,7 @@ window). Reported:
 - ``tokens``, ``bytes``: the counts behind them.
 
 Data: ``<root>/tinystories/valid.txt`` (stories separated by ``<|endoftext|>`` lines) or, without a data root, the
-``validation`` split of ``roneneldan/TinyStories`` (``text`` stripped, empty rows dropped). ``python -m data.prepare``
+``validation`` split of ``roneneldan/TinyStories`` (``text`` stripped, empty rows dropped). ``linreg data``
 writes that split as ``valid.txt``; a ``valid.txt`` its manifest does not list (e.g. shared/data's 1,726-story
 sample) is evaluated with a warning, which the results carry as a note.
 """
@@ -58,7 +58,7 @@ class TinyStories(Task):
         if not prepared(self.data.root, LOCAL_FILE) and not self.notes:
             self.note(f"task '{self.name}': {path} ({len(docs):,} stories) is not the full validation split of "
                       f"{HUB_DATASET} (not in {MANIFEST}); its loss is not comparable with full-split numbers -- "
-                      f"build the split with python -m data.prepare --root DIR --only tinystories")
+                      f"build the split with linreg data --root DIR --only tinystories")
         return docs
 
     def build(self, tokenizer, seq_len: int, limit: int | None = None) -> LossData:

@@ -23,7 +23,7 @@ Definitions (implemented exactly):
   groups=...)`` for every pair of a profile.
 
 Everything is computed in float64 (inputs of any float dtype are upcast exactly), on CPU or GPU.
-Probe sets follow the paper's recipe (``probe``); ``python -m eval.linearity`` profiles models and plots them;
+Probe sets follow the paper's recipe (``probe``); ``linreg linearity`` profiles models and plots them;
 ``evaluator.LinearityEvaluator`` tracks the profile through training. See docs/linearity.md.
 """
 from eval.linearity.heldout import HeldoutConfig, HeldoutResult, HeldoutStats

@@ -1,7 +1,7 @@
 """Linearity profiles from the command line.
 
-    python -m eval.linearity --model PATH [--model PATH ...] (--text FILE | --dataset NAME [--split S]) --out DIR
-    python -m eval.linearity --run RUN_DIR [--out DIR]  # redraw a run's curves (default RUN_DIR/plots)
+    linreg linearity --model PATH[,PATH...] (--text FILE | --dataset NAME [--split S]) --out DIR
+    linreg linearity --run RUN_DIR [--out DIR]  # redraw a run's curves (default RUN_DIR/plots)
 
 PATH: any local AutoModelForCausalLM directory (an HF export, GPT-2, OPT, Llama, Mistral, Pythia...), a linreg
 run directory or a linreg checkpoint directory. Writes DIR/linearity.json (probe settings + full profiles),
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from core import precision
-from core.cli import command, run_cli
+from core.cli import add_device_args, add_model_args, add_probe_args, command, parser, run_cli
 from core.errors import ConfigError, DataError
 from core.rundir import RunDir
 from eval.linearity.heldout import FoldPlan, HeldoutConfig
@@ -31,33 +31,22 @@ from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, mea
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m eval.linearity", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", action="append", default=[], metavar="PATH", help="model directory (repeatable)")
-    ap.add_argument("--label", action="append", default=[], help="legend label per --model (default: its name)")
-    ap.add_argument("--text", help="probe text: .txt (linreg <|endoftext|> format or plain) or .jsonl")
-    ap.add_argument("--dataset", help="probe text from an HF dataset instead (hub name or local directory)")
-    ap.add_argument("--dataset-config", default=None)
-    ap.add_argument("--split", default="validation", help="split of --dataset")
-    ap.add_argument("--text-field", default="text", help="text field of a .jsonl file or a dataset")
+    ap = parser("linearity", "eval.linearity", __doc__)
+    add_model_args(ap, many=True, required=False, label_help="legend labels, one per --model (default: their names)")
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--run", help="a training run directory: redraw its linearity curves and exit")
-    ap.add_argument("--num-chunks", type=int, default=ProbeConfig.num_chunks)
-    ap.add_argument("--chunk-chars", type=int, default=ProbeConfig.chunk_chars)
-    ap.add_argument("--seed", type=int, default=ProbeConfig.seed)
-    ap.add_argument("--max-tokens", type=int, default=None, help="cap on pooled probe tokens")
-    ap.add_argument("--batch-size", type=int, default=8, help="probe sequences per forward")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", choices=precision.CHOICES, default="auto",
-                    help="forward precision: bf16 autocast or fp32 (auto: bf16 on CUDA, fp32 otherwise); "
-                         "scores are float64 anyway")
+    add_probe_args(ap, ProbeConfig, text="or --dataset")
+    g = ap.add_argument_group("probe text from an HF dataset instead of --text")
+    g.add_argument("--dataset", help="hub name or local directory")
+    g.add_argument("--dataset-config", default=None)
+    g.add_argument("--split", default="validation", help="split of --dataset (default %(default)s)")
+    add_device_args(ap)
     ap.add_argument("--final-norm", action="store_true",
                     help="also score the pair (h_{L-1}, final_norm(h_L)) that HF hidden_states end with")
     add_measure_arguments(ap)
     args = ap.parse_args(argv)
     if args.run is None and not (args.model and args.out and (args.text is None) != (args.dataset is None)):
         ap.error("give --model PATH (one or more), --text FILE or --dataset NAME, and --out DIR; or --run RUN_DIR")
-    if args.label and len(args.label) != len(args.model):
-        ap.error(f"{len(args.label)} --label for {len(args.model)} --model")
     return args
 
 
@@ -133,11 +122,11 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = precision.resolve(args.dtype, device)
     autocast_dtype = precision.autocast_dtype(dtype, device)
-    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.seed, args.max_tokens)
+    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.probe_seed, args.max_tokens)
     probe_cfg.validate("probe")
     heldout, toolkit = measures_from_args(args)
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.probe_batch_size < 1:
+        raise ConfigError(f"--probe-batch-size {args.probe_batch_size}: must be >= 1")
     if args.text is not None:
         text, source = read_probe_text(args.text, args.text_field), str(Path(args.text).resolve())
     else:
@@ -150,7 +139,7 @@ def main(argv=None) -> int:
         max_len = getattr(model.config, "max_position_embeddings", None)
         probe = probe_for(text, source, tokenizer, probe_cfg, max_len, model.config, path, heldout)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        prof = model_profile(model, probe, batch_size=args.batch_size, device=device, final_norm=args.final_norm,
+        prof = model_profile(model, probe, batch_size=args.probe_batch_size, device=device, final_norm=args.final_norm,
                              pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype), heldout=heldout,
                              toolkit=toolkit)
         profiles[label] = prof

@@ -3,7 +3,7 @@
 Logs per-block scalars and their means (``linearity/block_00`` .. ``linearity/mean``, the same under
 ``linearity_wo_res/`` and ``norm_ratio/``), appends one record per evaluation to ``run_dir/linearity.jsonl``
 and, at the end, draws ``plots/linearity_vs_step.png`` and ``plots/linearity_heatmaps.png`` in the run directory
-(again on demand with ``python -m eval.linearity --run RUN_DIR``).
+(again on demand with ``linreg linearity --run RUN_DIR``).
 
 Under ZeRO-3 every rank runs the same forwards (parameters are gathered collectively); rank 0 alone keeps the
 states and solves. The probe is tokenized once, at construction.
@@ -112,7 +112,7 @@ class LinearityEvaluator(Evaluator):
         self.labels = pooled_labels(probe, pool_order(probe)) if cfg.toolkit.logit_lens else None
         if cfg.toolkit.logit_lens and getattr(ctx.config.train, "zero_stage", 0) == 3:
             raise ConfigError("eval.linearity.toolkit.logit_lens=true: the logit lens reads lm_head whole, which "
-                              "ZeRO-3 partitions (use zero_stage <= 2, or python -m eval.linearity on a checkpoint)")
+                              "ZeRO-3 partitions (use zero_stage <= 2, or linreg linearity on a checkpoint)")
         self.groups = probe_groups(probe) if cfg.heldout.enabled else None
         if self.groups is not None:
             try:

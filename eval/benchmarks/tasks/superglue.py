@@ -142,7 +142,7 @@ class ReCoRD(SuperGlueTask):
     """Entity cloze: choices are the query with each candidate entity; metrics are token F1 and exact match of the
     most likely entity against the gold answers (max over answers), averaged over queries.
 
-    shared/data has no ReCoRD ``val.jsonl`` (``python -m data.prepare`` writes the full validation split): when it
+    shared/data has no ReCoRD ``val.jsonl`` (``linreg data`` writes the full validation split): when it
     is missing, ``dev32.jsonl`` (32 queries drawn from the *train* split, FewGLUE) is evaluated instead, with a
     warning and a note in the results, under the name ``record_dev32``."""
     folder, hub_name = "ReCoRD", "record"
@@ -157,7 +157,7 @@ class ReCoRD(SuperGlueTask):
             self.split_tag = "dev32"
             self.note(f"task 'record': {path} not found; evaluating {fallback} instead (32 queries from the ReCoRD "
                       f"train split, logged as 'record_dev32'): not comparable with published validation numbers -- "
-                      f"build the validation split with python -m data.prepare --root DIR --only superglue")
+                      f"build the validation split with linreg data --root DIR --only superglue")
             return fallback
         return path
 

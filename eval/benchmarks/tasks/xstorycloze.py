@@ -47,7 +47,7 @@ class XStoryCloze(MultipleChoiceTask):
 
     def hub_rows(self, split: str) -> list[dict]:
         """The hub's rows from its Parquet conversion (the default branch holds a loading script that ``datasets``
-        >= 4 refuses), located as ``python -m data.prepare`` locates them."""
+        >= 4 refuses), located as ``linreg data`` locates them."""
         spec = SETS["xstorycloze"]
         part = next(p for p in spec.parts if p.path.endswith(f".{self.lang}.tsv.split_20_80_{split}.tsv"))
         try:
