@@ -169,7 +169,7 @@ class Selector:
     def scores(self, pruned: Pruned, hs: list[torch.Tensor], eligible: list[int], span: int = 1,
                groups: torch.Tensor | None = None) -> dict[int, float]:
         """Criterion score of each eligible original block (of each span start) on the current model's states;
-        ``groups``: each pooled token's probe sequence (``Probe.groups``)."""
+        ``groups``: each pooled token's probe sequence (``ProbeSet.groups``)."""
         raw = self.criterion(hs, groups, span)
         out = {}
         for pos, orig in enumerate(pruned.alive[: len(raw)]):

@@ -12,7 +12,7 @@ from prune_models import logits, sample_ids, small_probe, tiny_model
 from prune import replaceme, surgery
 from prune.criteria import get_criterion
 from prune.methods import METHODS, Context
-from prune.plan import Probe, Pruned, Selector
+from prune.plan import ProbeSet, Pruned, Selector
 from prune.states import last_token_rows
 
 
@@ -150,7 +150,7 @@ def test_reverse_drops_the_tail(setup):
     assert [p.changed[:] for _, p, _ in METHODS["reverse"].build(ctx, 2)] == [[3], [3, 2]]
 
 
-class CountingProbe(Probe):
+class CountingProbe(ProbeSet):
     """The study's probe, counting its collects (each one a full probe forward of some model)."""
     calls: int = 0
 
