@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.cli import add_overrides_arg, command, parser
+from core.cli import Parser, add_overrides_arg, command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = parser("train", "train.py", __doc__)
+    p = Parser("train", "train.py", __doc__)
     p.add_argument("--config", help="YAML config (may `extends:` others); optional with --resume")
     p.add_argument("--run-dir", help="output directory (default runs/<config name>)")
     p.add_argument("--resume", help="'auto' = latest checkpoint of the run dir (fresh start if none), or a path")

@@ -63,6 +63,7 @@ from analysis.report import (
 )
 from core import stats
 from core.cli import (
+    Parser,
     add_data_root_arg,
     add_device_args,
     add_model_args,
@@ -71,7 +72,6 @@ from core.cli import (
     add_tasks_arg,
     command,
     list_arg,
-    parser,
     run_cli,
 )
 from core.errors import DataError
@@ -369,7 +369,7 @@ def tables(summary: dict, tasks: list[str]) -> str:
 # -- command line ----------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = parser("finetune", "analysis.finetune", __doc__)
+    ap = Parser("finetune", "analysis.finetune", __doc__)
     add_model_args(ap, many=True, help="decoders to fine-tune", label_help="table columns, one per --model")
     add_tasks_arg(ap, finetune_tasks(), DEFAULT_TASKS, choices=finetune_tasks())
     list_arg(ap, "--seeds", of=int, default=[0, 1, 2], metavar="SEED", help="fine-tuning seeds (default 0,1,2)")

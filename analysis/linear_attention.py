@@ -23,7 +23,7 @@ from scipy import stats as sps
 
 from analysis.report import pm
 from core import stats
-from core.cli import command, parser, run_cli
+from core.cli import Parser, command, run_cli
 from core.errors import UserError
 from core.io import write_atomic, write_json
 from core.rundir import RunDir
@@ -195,7 +195,7 @@ def plot(summary: dict, runs: list[tuple[re.Match, dict]], out: Path) -> None:
 
 @command
 def main(argv=None) -> int:
-    p = parser("linear-attention", "analysis.linear_attention", __doc__)
+    p = Parser("linear-attention", "analysis.linear_attention", __doc__)
     p.add_argument("sweep_dir", help="the sweep's directory (runs/<name>)")
     p.add_argument("--out", required=True, help="output directory (summary.json, summary.md, PNG figures)")
     args = p.parse_args(argv)

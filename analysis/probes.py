@@ -47,7 +47,7 @@ from analysis.report import (
     model_identity,
 )
 from core import precision as core_precision
-from core.cli import add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, parser, run_cli
+from core.cli import Parser, add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, run_cli
 from core.errors import ConfigError
 from core.io import write_csv, write_json
 from core.rundir import model_labels
@@ -221,7 +221,7 @@ def chance_level(kind: str, y_eval: np.ndarray) -> float:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = parser("probes", "analysis.probes", __doc__)
+    ap = Parser("probes", "analysis.probes", __doc__)
     add_model_args(ap, many=True)
     add_tasks_arg(ap, list(probe_tasks()), ["xstorycloze_en"])
     ap.add_argument("--out", required=True)

@@ -14,7 +14,7 @@ import csv
 import re
 from pathlib import Path
 
-from core.cli import command, parser, run_cli
+from core.cli import Parser, command, run_cli
 from core.errors import DataError
 
 
@@ -75,7 +75,7 @@ DRAWERS = {"series.csv": series, "finetune.csv": finetune, "probes.csv": probes}
 
 @command
 def main(argv=None) -> int:
-    ap = parser("redraw", "analysis.redraw", __doc__)
+    ap = Parser("redraw", "analysis.redraw", __doc__)
     ap.add_argument("dir", help="an analysis output directory (e.g. docs/analyses_example)")
     out = Path(ap.parse_args(argv).dir)
     found = [draw for table, draw in DRAWERS.items() if (out / table).is_file()]

@@ -45,7 +45,7 @@ import torch
 
 from analysis.profiling import ProfileSpec, probe_from_args, profile_model
 from analysis.report import ResultCache, fingerprint
-from core.cli import add_data_root_arg, add_device_args, add_probe_args, command, list_arg, parser, run_cli
+from core.cli import Parser, add_data_root_arg, add_device_args, add_probe_args, command, list_arg, run_cli
 from core.errors import ConfigError
 from core.io import write_csv, write_json
 from core.rundir import RunDir, model_label, step_of
@@ -187,7 +187,7 @@ def state_rows(results: dict[str, list[dict]]):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = parser("series", "analysis.series", __doc__)
+    ap = Parser("series", "analysis.series", __doc__)
     g = ap.add_argument_group("series (one per run, one per model, and one of --paths)")
     list_arg(g, "--run", default=[], metavar="RUN_DIR", help="linreg runs: all their checkpoints/step_*")
     list_arg(g, "--model", default=[], metavar="NAME", help="HF models (hub names or directories), each read at "

@@ -48,7 +48,7 @@ from analysis.report import (
     pm,
 )
 from core import stats
-from core.cli import add_data_root_arg, add_device_args, add_model_args, command, parser, run_cli
+from core.cli import Parser, add_data_root_arg, add_device_args, add_model_args, command, run_cli
 from core.errors import ConfigError, DataError
 from core.io import write_csv, write_json
 from core.rundir import model_labels
@@ -210,7 +210,7 @@ def plot_summaries(summaries: dict[str, dict], path: Path) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = parser("stories", "analysis.stories", __doc__)
+    ap = Parser("stories", "analysis.stories", __doc__)
     add_model_args(ap, many=True, required=False, help="models to sample from: model dirs, runs or checkpoints",
                    label_help="table labels, one per --model (default: their names)")
     ap.add_argument("--reference", action="store_true",

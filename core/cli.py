@@ -24,7 +24,7 @@ shows the traceback of user errors too). A usage error that argparse finds (a mi
 
     @command                      # main(argv) now returns 2 (and prints one line) on a UserError
     def main(argv=None) -> int:
-        p = parser("eval", "eval", __doc__)
+        p = Parser("eval", "eval", __doc__)
         ...
 
     if __name__ == "__main__":
@@ -66,8 +66,9 @@ def run_cli(main: Callable[[], int | None]) -> None:
 # -- the parser ------------------------------------------------------------------------------------------------------
 
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` named ``linreg <command>`` whose usage errors are ``ConfigError``s (one line, exit 2,
-    through ``command``), whose list options arrive as lists and whose ``--device`` default is resolved."""
+    """The parser of ``linreg <name>`` (``python -m <module>``), described by the first paragraph of ``doc``: its
+    usage errors are ``ConfigError``s (one line, exit 2, through ``command``), its list options arrive as lists and
+    its ``--device`` default is resolved."""
 
     def __init__(self, name: str, module: str, doc: str | None, epilog: str | None = None, **kwargs):
         summary = (doc or "").strip().split("\n\n")[0]
@@ -81,25 +82,19 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         ns, rest = super().parse_known_args(args, namespace)
-        for action in self._actions:
-            value = getattr(ns, action.dest, None)
-            if isinstance(action, ListAction) and isinstance(value, tuple):
-                setattr(ns, action.dest, list(value))  # the default, as a list the caller may change
-        if "device" in vars(ns) and ns.device is None and any(a.dest == "device" for a in self._actions):
+        if getattr(ns, "device", "") is None:  # add_device_args' default
             import torch
 
             ns.device = "cuda" if torch.cuda.is_available() else "cpu"
         for action in self._actions:
+            value = getattr(ns, action.dest, None)
+            if isinstance(action, ListAction) and isinstance(value, tuple):
+                setattr(ns, action.dest, list(value))  # the default, as a list the caller may change
             pairs = getattr(action, "pairs_with", None)
             given, other = getattr(ns, action.dest, None), getattr(ns, pairs or "", None)
             if pairs and given and len(given) != len(other or ()):
                 self.error(f"{len(given)} --{action.dest} for {len(other or ())} --{pairs}: give one per --{pairs}")
         return ns, rest
-
-
-def parser(name: str, module: str, doc: str | None, **kwargs) -> Parser:
-    """The parser of ``linreg <name>`` (``python -m <module>``), described by the first paragraph of ``doc``."""
-    return Parser(name, module, doc, **kwargs)
 
 
 class ListAction(argparse.Action):

@@ -43,7 +43,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.cli import command, list_arg, parser, run_cli
+from core.cli import Parser, command, list_arg, run_cli
 from core.errors import ConfigError, DataError, MissingDataError, UserError, one_line
 from core.io import fsync_file, write_atomic
 from data.catalog import SETS, DataSet, Part
@@ -246,7 +246,7 @@ def select(names: list[str] | None) -> list[DataSet]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     sets = "; ".join(f"{s.name} = {s.hub}, {s.purpose}" for s in SETS.values())
-    p = parser("data", "data.prepare", __doc__, epilog=f"sets: {sets}.")
+    p = Parser("data", "data.prepare", __doc__, epilog=f"sets: {sets}.")
     p.add_argument("--root", required=True, help="the data root to build (created if missing)")
     list_arg(p, "--only", metavar="SET", help="build only these sets (default: all)")
     p.add_argument("--from", dest="from_dir", metavar="DIR",

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 from core import precision
-from core.cli import add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, parser, run_cli
+from core.cli import Parser, add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, run_cli
 from core.errors import ConfigError, MissingDataError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     from eval.benchmarks.tasks import DEFAULT_TASKS, GROUPS, TASKS
 
-    p = parser("eval", "eval", __doc__)
+    p = Parser("eval", "eval", __doc__)
     add_model_args(p, label_help="row label in the tables (default: the model path's name)")
     add_tasks_arg(p, [*TASKS, *GROUPS], DEFAULT_TASKS, help="task and group names")
     p.add_argument("--out", required=True, help="output directory")

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.cli import command, parser, run_cli
+from core.cli import Parser, command, run_cli
 from core.errors import CheckpointError
 from core.rundir import find_checkpoint, verify_checkpoint, write_manifest
 
@@ -90,7 +90,7 @@ def convert(tag_dir: Path) -> Path:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    p = parser("universal", "linreg.universal", __doc__)
+    p = Parser("universal", "linreg.universal", __doc__)
     p.add_argument("--run", required=True, type=Path, metavar="RUN_OR_CHECKPOINT",
                    help="a run dir (its newest complete checkpoint) or a checkpoint dir")
     args = p.parse_args(argv)

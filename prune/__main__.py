@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from core.cli import (
+    Parser,
     add_data_root_arg,
     add_device_args,
     add_model_args,
@@ -28,7 +29,6 @@ from core.cli import (
     add_tasks_arg,
     command,
     list_arg,
-    parser,
     run_cli,
 )
 from core.errors import ConfigError
@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from prune.criteria import CRITERIA
     from prune.methods import METHODS
 
-    p = parser("prune", "prune", __doc__)
+    p = Parser("prune", "prune", __doc__)
     add_model_args(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--criterion", default="linearity", help=f"one of {', '.join(CRITERIA)} (default %(default)s)")

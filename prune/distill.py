@@ -6,10 +6,10 @@ training window:
 
     loss = 1/|P| sum_{(j, i) in P} mean_{b, t, c} (h^student_j - h^teacher_i)^2
 
-- ``linear+distill`` (the paper's "linear replacement + distill (linear)"): only the replacement maps train
-  (``maps_only``).
-- ``remove+distill`` (the paper's "layer removing + distill (all params)"): every parameter of the student trains
-  (``all_params``).
+- ``linear+distill`` (Razzhigaev et al. 2024, "Your Transformer is Secretly Linear", section 5: "linear replacement
+  + distill (linear)"): only the replacement maps train (``maps_only``).
+- ``remove+distill`` (the same paper's "layer removing + distill (all params)"): every parameter of the student
+  trains (``all_params``).
 
 Other methods heal through the same ``heal`` with their own trainable parameters, state pairs or objective
 (``prune.streamline``: one block, one pair; ``prune.reverse``: the plain Trainer's LM loss).

@@ -4,7 +4,7 @@ LS_ho(h_i, h_{i+1}) (``eval.linearity.heldout``): the map of block i is fitted o
 documents (its sequences) and scored on the left-out fold, pooled over the folds, so a block does not look linear
 merely because a d x d map can fit n tokens (the in-sample score of unrelated states is ~d / (n - 1)). Every
 sequence goes whole to one fold: its tokens are correlated, and a fit that saw some of them would score the rest
-too well. ``groups`` gives each pooled token's sequence (``Probe.groups``, i.e. ``eval.linearity.probe_groups``).
+too well. ``groups`` gives each pooled token's sequence (``ProbeSet.groups``, i.e. ``eval.linearity.probe_groups``).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ collected once per study and handed to every build (``Context.states``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ class Context:
     iterative: bool = False
     seed: int = 0
     progress: object = None
+    # What several builds compute alike on the original model, computed by the first that needs it (SLEB's first
+    # step, the same for ``sleb`` and ``sleb+comp``).
+    shared: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

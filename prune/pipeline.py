@@ -67,7 +67,7 @@ def run_study(model, tokenizer, study: Study, probe: ProbeSet, evaluation: Evalu
     if study.heals() and distill_cfg is None:
         raise PruneError("a healing method (+distill, +finetune, streamline) needs a distillation config")
     model = model.eval().requires_grad_(False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     results: dict[str, dict[int, dict[str, float]]] = {m: {} for m in study.methods}
     docs: dict[str, dict[int, dict[str, list]]] = {m: {} for m in study.methods}
     details: dict[str, dict[str, dict]] = {m: {} for m in study.methods}
@@ -85,13 +85,13 @@ def run_study(model, tokenizer, study: Study, probe: ProbeSet, evaluation: Evalu
     ctx = Context(selector, model, probe, states, study.iterative, study.seed, bar)
     for b in builds:
         sharing = [m for m in study.methods if get_method(m).build == b]
-        for k, pruned, record in b(ctx, k_max):
+        for build_s, (k, pruned, record) in _timed(b(ctx, k_max), study.ks):
             for m in sharing:
                 selections[m] = record
             if k not in study.ks:
                 continue
             for method in sharing:
-                t_m = time.perf_counter()
+                t_m, c_m = time.perf_counter(), time.process_time()
                 info = {"changed_blocks": list(pruned.changed), "kept_blocks": list(pruned.alive),
                         "fits": {str(blk): f for blk, f in pruned.fits.items()}}
                 variant, heal = pruned, get_method(method).heal
@@ -100,7 +100,9 @@ def run_study(model, tokenizer, study: Study, probe: ProbeSet, evaluation: Evalu
                                                                  out / "distill" / f"{method}_k{k}", study.resume,
                                                                  heldout))
                 results[method][k], docs[method][k] = evaluation.evaluate(variant.model)
-                info["seconds"] = round(time.perf_counter() - t_m, 1)
+                info["seconds"] = round(time.perf_counter() - t_m, 1)  # healing and evaluation
+                info["cpu_seconds"] = round(time.process_time() - c_m, 1)
+                info["build_seconds"], info["build_cpu_seconds"] = build_s  # shared by the methods of ``sharing``
                 if k in study.export_ks:
                     info["export"] = str(export(variant, tokenizer, out / "models" / f"{method}_k{k}",
                                                 {**(meta or {}), "criterion": study.criterion, "k": k}))
@@ -117,12 +119,30 @@ def run_study(model, tokenizer, study: Study, probe: ProbeSet, evaluation: Evalu
               "fit_errors": [{"block": i, "median": float(np.median(e)), "mean": float(e.mean())}
                              for i, e in enumerate(errors)],
               "distill_config": distill_cfg.to_dict() if study.heals() else None,
-              "wall_s": round(time.perf_counter() - t0, 1)}
+              "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
     header = (f"# Pruning: {meta.get('model', '') if meta else ''}\n\ncriterion `{study.criterion}` "
               f"({'iterative' if study.iterative else 'one-shot'}), {num_blocks} blocks; evaluation "
               f"{evaluation.settings()['wikitext2']}")
     report.write_outputs(out, record, results, num_blocks, errors, header, comparison)
     return record | {"results": results}
+
+
+def _timed(steps, ks):
+    """((wall, CPU) seconds, step) of a build's steps: the time spent making each evaluated k's model, including the
+    steps of any k before it that is not evaluated. CPU seconds are this process's, less sensitive to a shared
+    machine's load than the wall clock."""
+    wall = cpu = 0.0
+    it = iter(steps)
+    while True:
+        t, c = time.perf_counter(), time.process_time()
+        try:
+            step = next(it)
+        except StopIteration:
+            return
+        wall, cpu = wall + time.perf_counter() - t, cpu + time.process_time() - c
+        yield (round(wall, 1), round(cpu, 1)), step
+        if step[0] in ks:
+            wall = cpu = 0.0
 
 
 def _summary(metrics: dict[str, float]) -> str:

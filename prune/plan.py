@@ -3,12 +3,14 @@
 A ``Pruned`` model is a copy of the original with some of its original blocks changed by one *base* method:
 
 - ``remove``  the block is deleted (``surgery.remove_blocks``);
-- ``linear``  the block is replaced by the least-squares map h_i -> h_{i+1} with bias (``fit.fit_map``);
+- ``linear``  the block is replaced by the least-squares map h_i -> h_{i+1} with bias (``fit.fit_map``; Razzhigaev
+              et al. 2024, "Your Transformer is Secretly Linear", section 5);
 - ``merged``  the block is deleted and a map of the preceding block's MLP output is folded into that block's
               down-projection (``surgery.merge_into_previous``), fitted so that the preceding block's new output
-              approximates the deleted block's output.
+              approximates the deleted block's output (ReplaceMe's fold, one block at a time).
 
-- ``remove`` with ``comp`` (Prune&Comp's idea): before block p is deleted, the factor
+- ``remove`` with ``comp`` (the idea of Prune&Comp: Chen et al. 2025, "Prune&Comp: Free Lunch for Layer-Pruned
+              LLMs via Iterative Pruning with Magnitude Compensation"): before block p is deleted, the factor
               a = mean_t ||h_{p+1}[t]|| / mean_t ||h_p[t]|| is measured on the current model; the blocks after the
               gap then add 1/a times what they added (``surgery.scale_contributions``). Because the final norm is
               scale invariant, this is the model whose residual stream is multiplied by a at the gap: the next
@@ -167,7 +169,7 @@ class Selector:
     def scores(self, pruned: Pruned, hs: list[torch.Tensor], eligible: list[int], span: int = 1,
                groups: torch.Tensor | None = None) -> dict[int, float]:
         """Criterion score of each eligible original block (of each span start) on the current model's states;
-        ``groups``: each pooled token's probe sequence (``Probe.groups``)."""
+        ``groups``: each pooled token's probe sequence (``ProbeSet.groups``)."""
         raw = self.criterion(hs, groups, span)
         out = {}
         for pos, orig in enumerate(pruned.alive[: len(raw)]):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli import command, parser, run_cli
+from core.cli import Parser, command, run_cli
 
 _COUNTS = ("/nll", "/tokens", "/bytes")  # bookkeeping values, not curves
 _LOWER_IS_BETTER = ("ppl", "loss", "bpb")
@@ -204,7 +204,7 @@ def redraw(out: Path) -> list[Path]:
 
 @command
 def main(argv=None) -> int:
-    ap = parser("prune-report", "prune.report", "Redraw pruning_vs_k.png and pruning_vs_fraction.png from a pruning "
+    ap = Parser("prune-report", "prune.report", "Redraw pruning_vs_k.png and pruning_vs_fraction.png from a pruning "
                                                 "run's pruning.json.")
     ap.add_argument("dir", help="the run's output directory (holds pruning.json)")
     for path in redraw(Path(ap.parse_args(argv).dir)):

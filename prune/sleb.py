@@ -6,7 +6,8 @@ every removal.
 The calibration set is the study's probe; a candidate's score is the mean next-token NLL over every real probe
 token with that block skipped (a forward hook passes the block's input through), ln(perplexity). Each step costs
 one probe forward per remaining candidate. ``sleb+comp`` compensates the magnitude after each removal
-(``prune.plan``'s ``comp``).
+(``prune.plan``'s ``comp``); its first step, on the unpruned model, is ``sleb``'s, and a study computes it once
+(``methods.Context.shared``).
 """
 from __future__ import annotations
 
@@ -55,17 +56,26 @@ class Perplexity:
     def check(self, selector: Selector, k_max: int) -> None:
         selector.check_k("remove", k_max)
 
+    def scores(self, ctx, pruned: Pruned) -> dict[int, float]:
+        """Probe NLL with each remaining candidate skipped, on the current model."""
+        layers = surgery.blocks(pruned.model)
+        pruned.model.to(torch.device(ctx.probe.device or "cpu"))
+        try:
+            return {b: probe_nll(pruned.model, ctx.probe, layers[pruned.position(b)])
+                    for b in ctx.selector.eligible("remove", pruned.changed)}
+        finally:
+            pruned.model.to("cpu")
+
     def __call__(self, ctx, k_max: int) -> Iterator[tuple[int, Pruned, dict]]:
         pruned = Pruned.of(ctx.model, "remove", self.comp)
         order = []
         for k in range(1, k_max + 1):
-            layers = surgery.blocks(pruned.model)
-            pruned.model.to(torch.device(ctx.probe.device or "cpu"))
-            try:
-                scores = {b: probe_nll(pruned.model, ctx.probe, layers[pruned.position(b)])
-                          for b in ctx.selector.eligible("remove", pruned.changed)}
-            finally:
-                pruned.model.to("cpu")
+            if k == 1 and "sleb_first" in ctx.shared:
+                scores = ctx.shared["sleb_first"]
+            else:
+                scores = self.scores(ctx, pruned)
+                if k == 1:
+                    ctx.shared["sleb_first"] = scores
             block = min(scores, key=lambda b: (scores[b], b))
             order.append({"block": block, "score": scores[block], "scores": {str(b): v for b, v in scores.items()}})
             pruned.change(block, ctx.probe, ctx.states if k == 1 else None)

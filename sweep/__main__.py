@@ -5,12 +5,12 @@ import argparse
 import json
 import sys
 
-from core.cli import command, list_arg, parser, run_cli
+from core.cli import Parser, command, list_arg, run_cli
 from core.errors import ConfigError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = parser("sweep", "sweep", "Train and benchmark every (variant, seed) of a sweep file, one run after another; "
+    p = Parser("sweep", "sweep", "Train and benchmark every (variant, seed) of a sweep file, one run after another; "
                                  "finished runs are skipped, unfinished ones resumed.",
                epilog="Arguments after `--` go to the launcher, e.g. `-- --num_gpus 8` (with --launcher deepspeed).")
     p.add_argument("sweep", help="sweep file (YAML): base, variants, seeds, overrides (see docs/ablations.md)")

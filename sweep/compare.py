@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli import command, parser, run_cli
+from core.cli import Parser, command, run_cli
 from core.config import differences, first_difference
 from core.errors import UserError
 from core.stats import summarize
@@ -357,7 +357,7 @@ def _describe(v: Variant, baseline: Variant) -> dict:
 # -- command line --------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = parser("compare", "sweep.compare", __doc__)
+    p = Parser("compare", "sweep.compare", __doc__)
     p.add_argument("paths", nargs="+", metavar="RUN_OR_SWEEP_DIR", help="run directories, or directories above them")
     p.add_argument("--out", required=True, help="output directory (compare.md, compare.json, PNG plots)")
     p.add_argument("--baseline", help="the variant the others are compared with (default: the sweep's, else the first)")

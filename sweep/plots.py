@@ -32,7 +32,7 @@ def _style(i: int, label: str, n: int) -> dict:
 def _band(ax, x, ys: np.ndarray, style: dict) -> None:
     style = dict(style)
     marker = style.pop("marker")
-    marker = marker if len(x) <= 30 else None  # markers only where they do not merge into a line
+    marker = marker if len(x) <= 30 else None  # markers on a long curve would hide it
     ax.plot(x, ys.mean(axis=0), lw=1.6, marker=marker, ms=4, mfc="none", **style)
     if ys.shape[0] > 1:
         ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=style["color"], alpha=0.2, lw=0)

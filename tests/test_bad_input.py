@@ -182,7 +182,7 @@ CASES: dict[str, Case] = {
     "train-data-not-utf8": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "data.train_files=[{tmp}/t.txt]",
                                           "data.cache_dir={tmp}/cache"], ["t.txt", "UTF-8"],
                                 {"t.txt": b"ok\n\xff bad\n"}),
-    # -- python -m eval -----------------------------------------------------------------------------------------
+    # -- linreg eval --------------------------------------------------------------------------------------------
     "eval-model-missing": Case("eval", ["--model", "{tmp}/gone", *EV], ["{tmp}/gone"]),
     "eval-model-empty-dir": Case("eval", ["--model", "{tmp}/empty", *EV], ["{tmp}/empty"], {"empty/.keep": ""}),
     "eval-model-is-file": Case("eval", ["--model", "{tmp}/m.txt", *EV], ["{tmp}/m.txt"], {"m.txt": "x"}),
@@ -199,7 +199,7 @@ CASES: dict[str, Case] = {
     "eval-fewshot-too-many": Case("eval", ["--model", "{hf}", "--out", "{tmp}/out", "--tasks", "cb", "--num-fewshot",
                                            "100000", "--data-root", "{data}"], ["cb", "100000-shot"]),
     "eval-argparse": Case("eval", ["--model", "{hf}", "--dtype", "fp8", "--out", "{tmp}/out"], ["--dtype", "fp8"]),
-    # -- python -m eval.linearity -------------------------------------------------------------------------------
+    # -- linreg linearity ---------------------------------------------------------------------------------------
     "linearity-model-missing": Case("linearity", ["--model", "{tmp}/gone", *TXT, *LIN], ["{tmp}/gone"]),
     "linearity-no-checkpoint": Case("linearity", ["--model", "{tmp}/run", *TXT, *LIN], ["{tmp}/run"],
                                     prep="prep_no_latest"),
@@ -230,7 +230,7 @@ CASES: dict[str, Case] = {
     "linearity-run-no-history": Case("linearity", ["--run", "{tmp}/r"], ["{tmp}/r/linearity.jsonl"], {"r/.keep": ""}),
     "linearity-run-bad-history": Case("linearity", ["--run", "{tmp}/r"], ["linearity.jsonl:2:"],
                                       {"r/linearity.jsonl": '{"step": 1}\n{"step": 2, \n'}),
-    # -- python -m model.export ---------------------------------------------------------------------------------
+    # -- linreg export ------------------------------------------------------------------------------------------
     "export-missing": Case("export", ["--model", "{tmp}/gone", *OUT], ["{tmp}/gone"]),
     "export-empty-dir": Case("export", ["--model", "{tmp}/empty", *OUT], ["{tmp}/empty"], {"empty/.keep": ""}),
     "export-no-latest": Case("export", ["--model", "{tmp}/run", *OUT], ["{tmp}/run"], prep="prep_no_latest"),

@@ -18,7 +18,7 @@ import pytest
 
 import commands
 from commands import COMMANDS
-from core.cli import ListAction, add_model_args, add_overrides_arg, list_arg, parser
+from core.cli import ListAction, Parser, add_model_args, add_overrides_arg, list_arg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,8 @@ def test_subcommand_help(name, capsys):
     code, out, _ = run_linreg([name, "--help"], capsys)
     assert code == 0
     assert out.startswith(f"usage: linreg {name} ")
-    assert f"python {'-m ' if COMMANDS[name].module != 'train' else ''}" in out  # the equivalent module form
+    module = COMMANDS[name].module
+    assert ("python train.py" if module == "train" else f"python -m {module.removesuffix('.__main__')}") in out
     for flag in SHARED[name]:
         assert re.search(rf"(^|\s|\[){re.escape(flag)}\b", out), f"{flag} not in linreg {name} --help"
     assert not re.search(r"--(set|distill-set|task|probe-text|labels)\b", out)  # the old spellings are gone
@@ -140,7 +141,7 @@ def test_dispatcher_errors(capsys):
 
 def test_one_list_syntax():
     """Comma lists and repeated flags are one syntax: they add up, and a given list replaces the default."""
-    p = parser("demo", "demo", "A demo.")
+    p = Parser("demo", "demo", "A demo.")
     add_model_args(p, many=True)
     list_arg(p, "--seeds", of=int, default=[0, 1, 2])
     list_arg(p, "--tasks", default=["cb"], choices=["cb", "copa", "rte"])

@@ -1,4 +1,4 @@
-"""``python -m data.prepare --from``: a local copy of each hub repository, built here from shared/data's files in
+"""``linreg data --from``: a local copy of each hub repository, built here from shared/data's files in
 the hub's row format, goes through the same ``load_dataset`` path as the hub, and the root it writes reads back,
 through the benchmark, pruning and training readers, as the very rows the copy was made of."""
 from __future__ import annotations

@@ -18,12 +18,12 @@ from prune.plan import Selector
 
 FAMILIES = ["llama-gqa", "mistral-sw", "qwen2", "qwen3", "gemma3", "gpt2", "opt", "pythia", "opt-postln"]
 # One method per distinct build (the healing methods export what their build exports, after training).
-BUILDS = ["remove", "remove+comp", "linear", "merged", "replaceme", "replaceme_cos", "reverse", "sleb", "sublayer",
-          "streamline"]
+BUILDS = ["remove", "remove+comp", "linear", "merged", "replaceme", "replaceme_cos", "reverse", "sleb", "sleb+comp",
+          "sublayer", "streamline"]
 # Gemma-3 normalises the MLP output after its projection: no map can be folded into the projection. Post-LN
 # blocks (OPT-350m) renormalise the residual stream after each sublayer: nothing is added to it to fold, zero or mend.
 REFUSED = {"gemma3": {"merged", "replaceme", "replaceme_cos"},
-           "opt-postln": {"merged", "replaceme", "replaceme_cos", "remove+comp", "sublayer"}}
+           "opt-postln": {"merged", "replaceme", "replaceme_cos", "remove+comp", "sleb+comp", "sublayer"}}
 
 
 @pytest.fixture(scope="module")

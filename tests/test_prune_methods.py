@@ -12,7 +12,7 @@ from prune_models import logits, sample_ids, small_probe, tiny_model
 from prune import replaceme, surgery
 from prune.criteria import get_criterion
 from prune.methods import METHODS, Context
-from prune.plan import Selector
+from prune.plan import ProbeSet, Pruned, Selector
 from prune.states import last_token_rows
 
 
@@ -148,3 +148,58 @@ def test_sleb_picks_the_block_whose_deletion_costs_least(setup, probe):
 def test_reverse_drops_the_tail(setup):
     _, ctx = setup
     assert [p.changed[:] for _, p, _ in METHODS["reverse"].build(ctx, 2)] == [[3], [3, 2]]
+
+
+class CountingProbe(ProbeSet):
+    """The study's probe, counting its collects (each one a full probe forward of some model)."""
+    calls: int = 0
+
+    def collect(self, model, modules=()):
+        self.calls += 1
+        return super().collect(model, modules)
+
+
+def test_each_build_collects_only_what_a_changed_model_needs(setup, probe):
+    """The original model's states come from the context: a change collects the current model's states only when
+    the model has changed since, or when it needs module outputs the shared states lack."""
+    model, ctx = setup
+    counting = CountingProbe(probe.tokens, probe.batch_size, probe.device, probe.pad_id)
+    ctx = Context(ctx.selector, model, counting, ctx.states)
+    need = {"remove": 0, "reverse": 0, "sleb": 0, "streamline": 0,
+            "linear": 2, "remove+comp": 2, "sleb+comp": 2,  # k = 2, 3 change an already changed model
+            "merged": 3,  # every fold needs the preceding MLP's output
+            "sublayer": 1}  # the attention outputs of the original model, once (one-shot)
+    for name, want in need.items():
+        counting.calls = 0
+        list(METHODS[name].build(ctx, 3))
+        assert counting.calls == want, name
+    counting.calls = 0
+    spans = list(METHODS["replaceme"].build(ctx, 3))[-1][2]["spans"]
+    assert counting.calls == len({s["blocks"][0] for s in spans})  # one MLP-output collect per span start
+
+
+def test_a_study_collects_the_unpruned_model_once(setup, probe, tiny_tokenizer, tmp_path):
+    from prune.evaluate import Evaluation
+    from prune.pipeline import Study, run_study
+
+    model, _ = setup
+    counting = CountingProbe(probe.tokens, probe.batch_size, probe.device, probe.pad_id)
+    evaluation = Evaluation(tiny_tokenizer, tasks=("arc_easy",), limit=4, context=64, wikitext_max_tokens=300,
+                            max_length=256)
+    study = Study(criterion="cosine", methods=["remove", "linear", "remove+comp", "reverse"], ks=[1, 2])
+    record = run_study(model, tiny_tokenizer, study, counting, evaluation, tmp_path, log=lambda *_: None)
+    # the unpruned model once (selection, first fits, fit errors); then linear's and remove+comp's k = 2
+    assert counting.calls == 1 + 1 + 1
+    assert all(record["results"][m][0] == record["results"]["remove"][0] for m in study.methods)
+    assert all(record["details"][m]["2"]["build_seconds"] >= 0 for m in study.methods)
+
+
+def test_sleb_and_sleb_comp_share_their_first_step(setup):
+    from prune.sleb import Perplexity
+
+    model, ctx = setup
+    ctx = Context(ctx.selector, model, ctx.probe, ctx.states)
+    plain = list(METHODS["sleb"].build(ctx, 2))[-1][2]["order"]
+    comp = list(METHODS["sleb+comp"].build(ctx, 2))[-1][2]["order"]
+    fresh = Perplexity(comp=True).scores(ctx, Pruned.of(model, "remove", comp=True))  # not shared
+    assert comp[0] == plain[0] and comp[0]["scores"] == {str(b): v for b, v in fresh.items()}

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.cli import command, list_arg, parser, run_cli
+from core.cli import Parser, command, list_arg, run_cli
 from core.errors import DataError
 from eval.benchmarks.tasks import Column, Task, base_name, lookup, registered
 
@@ -129,7 +129,7 @@ def render_report(rows: dict[str, dict[str, dict]], notes: list[str] = ()) -> st
 
 @command
 def main(argv=None) -> int:
-    p = parser("report", "eval.benchmarks.report", "Tables from one or more results.json files (one row each).")
+    p = Parser("report", "eval.benchmarks.report", "Tables from one or more results.json files (one row each).")
     p.add_argument("results", nargs="+", help="results.json files written by linreg eval")
     list_arg(p, "--label", metavar="NAME", help="row labels, one per file (default: the parent directory names)")
     args = p.parse_args(argv)

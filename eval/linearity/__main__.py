@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from core import precision
-from core.cli import add_device_args, add_model_args, add_probe_args, command, parser, run_cli
+from core.cli import Parser, add_device_args, add_model_args, add_probe_args, command, run_cli
 from core.errors import ConfigError
 from core.io import write_csv, write_json
 from core.rundir import RunDir, model_labels
@@ -27,7 +27,7 @@ from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, mea
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = parser("linearity", "eval.linearity", __doc__)
+    ap = Parser("linearity", "eval.linearity", __doc__)
     add_model_args(ap, many=True, required=False, label_help="legend labels, one per --model (default: their names)")
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--run", help="a training run directory: redraw its linearity curves and exit")
