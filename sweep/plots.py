@@ -31,7 +31,8 @@ def _style(i: int, label: str, n: int) -> dict:
 
 def _band(ax, x, ys: np.ndarray, style: dict) -> None:
     style = dict(style)
-    marker = style.pop("marker") if len(x) <= 30 else None
+    marker = style.pop("marker")
+    marker = marker if len(x) <= 30 else None  # a marker per point only where they stay apart
     ax.plot(x, ys.mean(axis=0), lw=1.6, marker=marker, ms=4, mfc="none", **style)
     if ys.shape[0] > 1:
         ax.fill_between(x, ys.min(axis=0), ys.max(axis=0), color=style["color"], alpha=0.2, lw=0)
