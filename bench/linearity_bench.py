@@ -19,7 +19,8 @@ held-out statistics (``groups``: 128 contiguous documents, as the paper's 128 pr
 resamples), the same with the toolkit's anisotropy and intrinsic dimension (``--id-tokens``, default 1024) of
 every state ("all on"; the logit lens needs a model and is left out) and, with ``--baseline``, the
 ``linearity_profile`` of another checkout's score.py (e.g. the main branch), to show that the plain path is not
-slowed. Prints a markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
+slowed; by the wall clock and by the process's CPU time, with the load average before and after. Prints a
+markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
 """
 from __future__ import annotations
 
@@ -176,12 +177,21 @@ def load_baseline(path: str):
     return module
 
 
+def loadavg() -> str:
+    try:
+        return " / ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def heldout_rows(args) -> None:
-    """One row per d: the plain profile, the held-out profile (and a baseline's plain profile), interleaved."""
+    """One row per d: the plain profile, the held-out one, all on (and a baseline's plain profile), interleaved,
+    each timed by the wall clock and by the process's CPU time (steadier on a shared machine)."""
     base = load_baseline(args.baseline) if args.baseline else None
-    print("| device | d | pairs | plain s/profile | held-out s/profile | held-out / plain | all on s/profile "
-          "| all on / plain | baseline s/profile | plain / baseline | max plain - baseline (LS) "
-          "| max in-sample change with held-out |")
+    print(f"load average (1 / 5 / 15 min) before: {loadavg()}")
+    print("| device | d | pairs | plain s wall / CPU | held-out s wall / CPU | held-out / plain wall / CPU "
+          "| all on s wall / CPU | all on / plain wall / CPU | baseline s wall / CPU | plain / baseline wall / CPU "
+          "| max plain - baseline (LS) | max in-sample change with held-out |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     # the logit lens needs a model
     everything = ToolkitConfig(anisotropy=True, intrinsic_dimension=True, id_tokens=args.id_tokens)
@@ -196,22 +206,28 @@ def heldout_rows(args) -> None:
                     "all": lambda: profile_from_states(on_dev, groups=groups, toolkit=everything).pairs}
             if base is not None:
                 runs["base"] = lambda: base.linearity_profile(on_dev)
-            best, out = {k: float("inf") for k in runs}, {}
+            wall, cpu, out = {k: float("inf") for k in runs}, {k: float("inf") for k in runs}, {}
             for _ in range(args.repeats):  # interleaved, fastest of each: a shared machine's load drifts
                 for key, fn in runs.items():
+                    c0 = time.process_time()
                     out[key], t = timed(fn, device)
-                    best[key] = min(best[key], t)
+                    wall[key], cpu[key] = min(wall[key], t), min(cpu[key], time.process_time() - c0)
             change = max(max(abs(p.linearity - q.linearity), abs(p.linearity_wo_res - q.linearity_wo_res))
                          for p, q in zip(out["plain"], out["heldout"]))
+
+            def both(key, over=None):
+                if over is None:
+                    return f"{wall[key]:.2f} / {cpu[key]:.2f}"
+                return f"{wall[key] / wall[over]:.2f}x / {cpu[key] / cpu[over]:.2f}x"
             if base is not None:
                 diff = max(abs(p.linearity - q.linearity) for p, q in zip(out["plain"], out["base"]))
-                base_cols = f"{best['base']:.2f} | {best['plain'] / best['base']:.2f} | {diff:.1e}"
+                base_cols = f"{both('base')} | {both('plain', 'base')} | {diff:.1e}"
             else:
                 base_cols = "n/a | n/a | n/a"
-            print(f"| {device_name(device)} | {d} | {len(out['plain'])} | {best['plain']:.2f} | "
-                  f"{best['heldout']:.2f} | {best['heldout'] / best['plain']:.2f}x | {best['all']:.2f} | "
-                  f"{best['all'] / best['plain']:.2f}x | {base_cols} | {change:.1e} |",
+            print(f"| {device_name(device)} | {d} | {len(out['plain'])} | {both('plain')} | {both('heldout')} | "
+                  f"{both('heldout', 'plain')} | {both('all')} | {both('all', 'plain')} | {base_cols} | {change:.1e} |",
                   flush=True)
+    print(f"load average (1 / 5 / 15 min) after: {loadavg()}")
 
 
 def cases(args, rank_deficient: bool = False):

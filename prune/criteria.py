@@ -6,7 +6,8 @@ every state before the final norm), pooled over the probe tokens (n x d each):
 - ``linearity``         LS(h_i, h_{i+1}), the paper's linearity score (``eval.linearity``'s float64 solver);
                          the most linear block goes first.
 - ``linearity_wo_res``  LS(h_i, h_{i+1} - h_i), the score without the residual; highest first.
-- ``linearity_heldout`` the held-out LS of each block (``prune/linearity_heldout.py``); highest first.
+- ``linearity_heldout`` the held-out LS of each block, on folds of whole probe sequences
+                         (``prune/linearity_heldout.py``); highest first.
 - ``cosine``            ShortGPT's block influence BI_i = 1 - mean_t cos(h_i[t], h_{i+1}[t]); lowest first (the
                          block that changes its input's direction least).
 - ``angular``           Gromov et al.'s angular distance of a span of n contiguous blocks starting at i,
@@ -16,7 +17,8 @@ every state before the final norm), pooled over the probe tokens (n x d each):
                          the best span of n = k blocks (``span_criterion``).
 
 Cosines are computed in float64. Each criterion returns one float per candidate; ``CRITERIA[name].first`` says
-whether the highest or the lowest score is pruned first.
+whether the highest or the lowest score is pruned first. ``Criterion.__call__`` is how callers score: it passes
+``span`` to span criteria and the probe's document ids to those that fit on folds of documents.
 """
 from __future__ import annotations
 
@@ -62,6 +64,17 @@ class Criterion:
     fn: Callable[..., list[float]]
     first: str  # "highest" or "lowest": which score is pruned first
     spans: bool = False  # scores spans of n blocks (angular)
+    documents: bool = False  # needs each pooled token's probe sequence (``groups=``): folds of whole documents
+
+    def __call__(self, states: list[torch.Tensor], groups: torch.Tensor | None = None, span: int = 1) -> list[float]:
+        """Scores of ``states`` pooled over the probe; ``groups``: each token's probe sequence (``probe_groups``)."""
+        if self.spans:
+            return self.fn(states, span=span)
+        if self.documents:
+            if groups is None:
+                raise PruneError("this criterion fits on folds of probe sequences: it needs their token groups")
+            return self.fn(states, groups=groups)
+        return self.fn(states)
 
     def best(self, scores: dict[int, float]) -> int:
         """The candidate to prune first among ``scores`` (ties: the lowest index)."""
@@ -76,7 +89,7 @@ class Criterion:
 CRITERIA: dict[str, Criterion] = {
     "linearity": Criterion(linearity, "highest"),
     "linearity_wo_res": Criterion(linearity_wo_res, "highest"),
-    "linearity_heldout": Criterion(linearity_heldout, "highest"),
+    "linearity_heldout": Criterion(linearity_heldout, "highest", documents=True),
     "cosine": Criterion(cosine, "lowest"),
     "angular": Criterion(angular, "lowest", spans=True),
 }

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from eval.linearity.profile import probe_groups
 from model.linear_block import LinearBlock
 from prune import states as st
 from prune import surgery
@@ -54,6 +55,10 @@ class ProbeSet:
     batch_size: int = 8
     device: torch.device | str | None = None
     pad_id: int = 0
+
+    def groups(self) -> torch.Tensor:
+        """The probe sequence of every token of ``collect``'s pooled states (``eval.linearity.probe_groups``)."""
+        return probe_groups(self.tokens)
 
     def collect(self, model: nn.Module, modules: tuple[nn.Module, ...] = ()):
         """States (and module outputs) on the CPU; the model visits ``device`` for the forwards."""
@@ -159,12 +164,11 @@ class Selector:
         if k_max > n:
             raise PruneError(f"k={k_max} exceeds the {n} blocks {method} may change (protected blocks excluded)")
 
-    def scores(self, pruned: Pruned, hs: list[torch.Tensor], eligible: list[int], span: int = 1) -> dict[int, float]:
-        """Criterion score of each eligible original block (of each span start) on the current model's states."""
-        if self.criterion.spans:
-            raw = self.criterion.fn(hs, span=span)
-        else:
-            raw = self.criterion.fn(hs)
+    def scores(self, pruned: Pruned, hs: list[torch.Tensor], eligible: list[int], span: int = 1,
+               groups: torch.Tensor | None = None) -> dict[int, float]:
+        """Criterion score of each eligible original block (of each span start) on the current model's states;
+        ``groups``: each pooled token's probe sequence (``Probe.groups``)."""
+        raw = self.criterion(hs, groups, span)
         out = {}
         for pos, orig in enumerate(pruned.alive[: len(raw)]):
             members = pruned.alive[pos: pos + span]
@@ -173,12 +177,13 @@ class Selector:
         return out
 
 
-def one_shot_plan(selector: Selector, original: Pruned, hs: list[torch.Tensor], method: str, k_max: int):
+def one_shot_plan(selector: Selector, original: Pruned, hs: list[torch.Tensor], method: str, k_max: int,
+                  groups: torch.Tensor | None = None):
     """(plan, record): plan[k] = the original blocks changed at k (k = 1..k_max), record = what was chosen and why;
-    ``hs``: the original model's states."""
+    ``hs``: the original model's states; ``groups``: their tokens' probe sequences."""
     eligible = selector.eligible(method, [])
     if not selector.criterion.spans:
-        scores = selector.scores(original, hs, eligible)
+        scores = selector.scores(original, hs, eligible, groups=groups)
         ranking = selector.criterion.ranking(scores)
         plan = {k: ranking[:k] for k in range(1, k_max + 1)}
         record = {"mode": "one-shot", "scores": _keyed(scores),
@@ -211,7 +216,7 @@ def build(selector: Selector, model: nn.Module, probe: ProbeSet, method: str, k_
     current = Pruned.of(model, method, comp)
     original = states if states is not None else probe.collect(model)[0]
     if not iterative:
-        plan, record = one_shot_plan(selector, current, original, method, k_max)
+        plan, record = one_shot_plan(selector, current, original, method, k_max, probe.groups())
         for k in range(1, k_max + 1):
             if current.changed != plan[k][: len(current.changed)]:
                 current = Pruned.of(model, method, comp)
@@ -224,7 +229,7 @@ def build(selector: Selector, model: nn.Module, probe: ProbeSet, method: str, k_
     order = []
     for k in range(1, k_max + 1):
         hs = original if k == 1 else probe.collect(current.model)[0]
-        scores = selector.scores(current, hs, selector.eligible(method, current.changed))
+        scores = selector.scores(current, hs, selector.eligible(method, current.changed), groups=probe.groups())
         block = selector.criterion.best(scores)
         order.append({"block": block, "score": scores[block], "scores": _keyed(scores)})
         current.change(block, probe, hs)

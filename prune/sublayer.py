@@ -52,8 +52,7 @@ class Sublayers:
 
     def scores(self, ctx, pruned: Pruned, removed: set) -> dict[tuple[int, int], float]:
         states, alive = sublayer_states(pruned, ctx.probe)
-        crit = ctx.selector.criterion
-        raw = crit.fn(states, span=1) if crit.spans else crit.fn(states)
+        raw = ctx.selector.criterion(states, ctx.probe.groups())
         ok = set(self.eligible(ctx.selector, removed))
         return {(b, s): raw[2 * j + s] for j, b in enumerate(alive) for s in (0, 1) if (b, s) in ok}
 

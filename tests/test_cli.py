@@ -58,7 +58,7 @@ BAD = {
     "compare": (["{tmp}", "--out", "{tmp}/o", "--n-boot", "5"], ["--n-boot 5"]),
     "prune": (["--model", "{tmp}/m", "--out", "{tmp}/o", "--k", "1..x"], ["--k", "'1..x'"]),
     "series": (["--run", "{tmp}/a,{tmp}/b", "--label", "a", "--out", "{tmp}/o"], ["1 --label for 2 series"]),
-    "finetune": (["--model", "{tmp}/m", "--tasks", "rte", "--out", "{tmp}/o"], ["--tasks", "'rte'", "boolq"]),
+    "finetune": (["--model", "{tmp}/m", "--tasks", "copa", "--out", "{tmp}/o"], ["--tasks", "'copa'", "boolq"]),
     "probes": (["--model", "{tmp}/m", "--tasks", "xstorycloze_en,lambada", "--out", "{tmp}/o"], ["'lambada'"]),
     "stories": (["--model", "{tmp}/m", "--label", "a,b", "--out", "{tmp}/o"], ["2 --label for 1 --model"]),
     "linear-attention": (["{tmp}/sweep", "--out", "{tmp}/o"], ["{tmp}/sweep"]),

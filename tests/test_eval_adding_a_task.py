@@ -45,7 +45,7 @@ def test_a_new_task_is_scored_reported_compared_and_analysed(rte_short, tiny_hf_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from analysis.finetune import finetune_tasks, load_task
-    from analysis.probes import ProbeProtocol, load_examples, probe_tasks
+    from analysis.probes import LinearProbeProtocol, load_examples, probe_tasks
     from eval.benchmarks import BenchmarkSuite, write_results
     from sweep.compare import main as compare
 
@@ -75,7 +75,7 @@ def test_a_new_task_is_scored_reported_compared_and_analysed(rte_short, tiny_hf_
     assert "### Other benchmarks (%)" in compare_md and f"| none | 1 | {100 * acc:.1f} |" in compare_md
 
     assert probe_tasks()[rte_short] == "classification"
-    train, test, note = load_examples(rte_short, shared_data, ProbeProtocol())
+    train, test, note = load_examples(rte_short, shared_data, LinearProbeProtocol())
     assert len(train) + len(test) == len(expected) and "carved" in note
     assert rte_short in finetune_tasks()
     train, test, _ = load_task(rte_short, shared_data, 0.5, 0)

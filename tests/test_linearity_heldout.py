@@ -32,6 +32,8 @@ from eval.linearity.plots import STATE_LABELS
 from eval.linearity.profile import probe_batches
 from eval.linearity.state_measures import ToolkitConfig
 from prune.criteria import CRITERIA
+from prune.errors import PruneError
+from prune.plan import ProbeSet
 
 
 def randn(*shape, seed=0):
@@ -170,19 +172,27 @@ def test_refuses_too_few_documents():
 
 
 def test_pruning_criterion_linearity_heldout():
+    """The criterion fits on folds of whole probe sequences: no sequence has tokens on both sides of a fit, and its
+    scores are lstsq's on those explicit document folds. The pruning probe gives the sequences of its pool."""
     x, y, groups = doc_states(1500, 16, 30, seed=11)
     states = [x, x + y, x + y + torch.tanh(3 * y)]
-    scores = CRITERIA["linearity_heldout"].fn(states)
-    assert CRITERIA["linearity_heldout"].first == "highest" and len(scores) == 2
-    contiguous = torch.arange(1500) * 5 // 1500
+    crit = CRITERIA["linearity_heldout"]
+    scores = crit(states, groups)
+    fold = fold_of_tokens(groups)
+    assert all(len(set(fold[groups.numpy() == doc])) == 1 for doc in range(30))
+    assert crit.first == "highest" and len(scores) == 2
     for i, s in enumerate(scores):
-        assert abs(s - heldout_linearity(states[i], states[i + 1], contiguous).heldout) < 1e-12
+        assert abs(s - reference(states[i], states[i + 1], fold)[1]) < 1e-10
+    with pytest.raises(PruneError, match="probe sequences"):
+        crit(states)
+    tokens = [[5] * 4, [6] * 9, [7] * 2]
+    assert ProbeSet(tokens).groups().tolist() == probe_groups(tokens).tolist() == [1] * 9 + [0] * 4 + [2] * 2
 
 
 def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path, saved_figures):
     out = tmp_path / "out"
     assert cli_main(["--model", str(tiny_hf_model_dir), "--text", str(tinystories_valid), "--out", str(out),
-                     "--num-chunks", "24", "--heldout", "--bootstrap", "200"]) == 0
+                     "--num-chunks", "24", "--heldout", "--bootstrap", "200", "--toolkit", "--id-tokens", "300"]) == 0
     result = json.loads((out / "linearity.json").read_text())
     assert result["heldout"]["folds"] == 5
     prof = result["models"][0]["profile"]
@@ -194,7 +204,13 @@ def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path, sav
     rows = list(csv.DictReader((out / "linearity.csv").open()))
     assert len(rows) == 2 and all(float(r["heldout"]) < float(r["linearity"]) for r in rows)
     assert {"heldout_wo_res", "heldout_wo_res_lo", "chance", "chance_heldout"} <= rows[0].keys()
-    assert (out / "linearity.png").is_file()
+    states = list(csv.DictReader((out / "linearity_states.csv").open()))  # --toolkit: one row per state h_0..h_L
+    assert [int(r["state"]) for r in states] == [0, 1, 2]
+    assert all(0 < float(r["anisotropy"]) <= 1 and float(r["intrinsic_dimension"]) > 0 and float(r["loss"]) > 0
+               for r in states)
+    assert prof["toolkit"]["neglogp_argmax"] == [float(r["neglogp_argmax"]) for r in states]
+    state_axes = saved_figures["linearity_states.png"].axes  # one panel per measure, each labelled
+    assert len(state_axes) == 5 and all(ax.get_xlabel() and ax.get_ylabel() for ax in state_axes)
     label = result["models"][0]["label"]
     extra = [f"{label}: {e}" for e in ("held-out", "95 % intervals", "chance (in-sample)", "chance (held-out)")]
     for ax, key in zip(saved_figures["linearity.png"].axes, ("linearity", "linearity_wo_res")):

@@ -20,7 +20,7 @@ from conftest import read_stories
 from transformers import AutoModelForCausalLM
 
 from eval.linearity import linearity_score, pair_stats
-from eval.linearity.toolkit import anisotropy, intrinsic_dimension, logit_lens, two_nearest
+from eval.linearity.toolkit import anisotropy, intrinsic_dimension, logit_lens, top_eigenvalue, two_nearest
 from model.capture import ResidualStream
 
 TOL = 1e-6  # the requirement; the float64 comparisons below reach ~1e-12
@@ -68,13 +68,24 @@ def manifold(n, d, dim, seed=0):
     return x
 
 
-@pytest.mark.parametrize("n,d", [(300, 16), (40, 100), (500, 64)])
+@pytest.mark.parametrize("n,d", [(300, 16), (40, 100), (500, 64), (600, 160)])  # the last by Lanczos
 def test_anisotropy_equals_authors(authors, n, d):
     for x in (manifold(n, d, 4), randn(n, d, seed=5) * torch.logspace(0, 3, d, dtype=torch.float64)):
         with one_thread():
             ref, ref32 = (authors.calculate_anisotropy_torch(t) for t in (x, x.float().double()))
         assert abs(anisotropy(x) - ref) < 1e-12
         assert abs(anisotropy(x.float()) - ref32) < 1e-12  # a float32 state is upcast exactly
+
+
+def test_top_eigenvalue_equals_eigvalsh():
+    """Lanczos against LAPACK: a gapped spectrum, a cluster at the top, a gapless one (the fallback), small orders."""
+    x = randn(500, 200) * torch.logspace(0, -2, 200, dtype=torch.float64)
+    x[:, :3] *= 50  # massive features, as in hidden states
+    cluster = torch.diag(torch.cat([torch.full((5,), 3.0, dtype=torch.float64), torch.rand(195, dtype=torch.float64)]))
+    gapless = torch.diag(torch.linspace(0, 1, 300, dtype=torch.float64))
+    for a in (x.T @ x, cluster, gapless, x[:, :40].T @ x[:, :40], x[:80, :100].T @ x[:80, :100]):
+        ref = float(torch.linalg.eigvalsh(a)[-1])
+        assert abs(top_eigenvalue(a) - ref) <= 1e-13 * ref
 
 
 def test_anisotropy_limits():

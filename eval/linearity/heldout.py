@@ -245,41 +245,54 @@ def chance_target(y: torch.Tensor, plan: FoldPlan, cfg: HeldoutConfig) -> torch.
     return (y @ omega).index_select(0, plan.shuffle)
 
 
+def chance_rss(gram: torch.Tensor, cross: torch.Tensor, energy: float, coef: torch.Tensor) -> float:
+    """||P - X A||^2 = ||P||^2 - 2 <X^T P, A> + <X^T X A, A> of a thin target P (the chance level's): from the
+    products at hand, with no n-row product. A shuffled target is barely explained, so the sum hardly cancels."""
+    return energy - 2 * float((cross * coef).sum()) + float(((gram @ coef) * coef).sum())
+
+
 def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor], t: torch.Tensor,
               cross: torch.Tensor, cross_parts: list[torch.Tensor], chance_y: torch.Tensor, plan: FoldPlan) -> Fits:
     """In-sample and fold fits of the centred, fold-ordered target t (and of the chance target) on x.
 
     x, t: column-centred over all n tokens, rows in fold order; gram, cross: X^T X and X^T T with their per-fold
     parts. One solve per fold with [C_train | C_chance_train] as right-hand side; per fold one product
-    X_f [A | A_f] gives the in-sample and held-out predictions of T at once (the chance target's are thin)."""
+    X_f [A | A_f] gives the in-sample and held-out residuals of T at once. The chance target's residual energies
+    come from its (fold) cross products and the Gram matrices instead (``chance_rss``): it needs no per-document
+    energies, only sums."""
     n, dt = x.shape[0], t.shape[1]
     p_cross, p_parts = fold_cross(x, chance_y, plan)
     coef = fit(gram, torch.cat([cross, p_cross], 1), n)  # in-sample maps of T and of the chance target
     x_means, t_means, p_means = (train_means(v, plan) for v in (x, t, chance_y))
     rows_in = torch.empty(n, dtype=x.dtype, device=x.device)
     rows_ho = torch.empty_like(rows_in)
-    chance_rss = [0.0, 0.0]
-    chance_tot = [float(torch.linalg.vector_norm(chance_y)) ** 2, 0.0]
+    p_energy = float(torch.linalg.vector_norm(chance_y)) ** 2
+    chance_in = chance_rss(gram, p_cross, p_energy, coef[:, dt:])
+    chance_ho = chance_tot = 0.0
     for f, (lo, hi) in enumerate(plan.spans()):
-        n_tr, mx = n - (hi - lo), x_means[f]
+        n_f = hi - lo
+        n_tr, mx = n - n_f, x_means[f]
         g_tr = gram - gram_parts[f] - n_tr * torch.outer(mx, mx)
         rhs = torch.cat([cross - cross_parts[f] - n_tr * torch.outer(mx, t_means[f]),
                          p_cross - p_parts[f] - n_tr * torch.outer(mx, p_means[f])], 1)
         coef_f = fit(g_tr, rhs, n_tr)
         # intercepts: the in-sample fit has none (everything centred); fold f's is m_f(T) - m_f(X) A_f
-        intercept = torch.cat([t_means[f], p_means[f]]) - mx @ coef_f
-        xf, tf, pf = x[lo:hi], t[lo:hi], chance_y[lo:hi]
+        intercept = t_means[f] - mx @ coef_f[:, :dt]
+        xf, tf = x[lo:hi], t[lo:hi]
         pred = xf @ torch.cat([coef[:, :dt], coef_f[:, :dt]], 1)  # n_f x 2 d_t, turned into residuals in place
         rows_in[lo:hi] = torch.linalg.vector_norm(pred[:, :dt].sub_(tf), dim=1) ** 2
-        rows_ho[lo:hi] = torch.linalg.vector_norm(pred[:, dt:].sub_(tf).add_(intercept[:dt]), dim=1) ** 2
+        rows_ho[lo:hi] = torch.linalg.vector_norm(pred[:, dt:].sub_(tf).add_(intercept), dim=1) ** 2
         del pred
-        chance = xf @ torch.cat([coef[:, dt:], coef_f[:, dt:]], 1)
-        m = pf.shape[1]
-        chance_rss[0] += float(torch.linalg.vector_norm(chance[:, :m] - pf)) ** 2
-        chance_rss[1] += float(torch.linalg.vector_norm(chance[:, m:] - pf + intercept[dt:])) ** 2
-        chance_tot[1] += float(torch.linalg.vector_norm(pf - p_means[f])) ** 2
+        # the chance target's fold f about the training means: sums of X_f - m, P_f - m_p and their products
+        mp = p_means[f]
+        sx, sp = -n_tr * mx, -n_tr * mp  # fold sums of centred columns: minus the training sums
+        g_f = gram_parts[f] - torch.outer(sx, mx) - torch.outer(mx, sx) + n_f * torch.outer(mx, mx)
+        c_f = p_parts[f] - torch.outer(sx, mp) - torch.outer(mx, sp) + n_f * torch.outer(mx, mp)
+        energy = float(torch.linalg.vector_norm(chance_y[lo:hi])) ** 2 - 2 * float(sp @ mp) + n_f * float(mp @ mp)
+        chance_ho += chance_rss(g_f, c_f, energy, coef_f[:, dt:])
+        chance_tot += energy
     return Fits(doc_sums(rows_in, plan), doc_sums(rows_ho, plan), t_means,
-                1.0 - chance_rss[0] / chance_tot[0], 1.0 - chance_rss[1] / chance_tot[1])
+                1.0 - chance_in / p_energy, 1.0 - chance_ho / chance_tot)
 
 
 def bootstrap_draws(pairs: list[tuple[torch.Tensor, torch.Tensor]], cfg: HeldoutConfig,

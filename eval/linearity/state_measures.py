@@ -20,7 +20,7 @@ import torch
 
 from core.config import check
 from eval.linearity.heldout import HeldoutConfig
-from eval.linearity.toolkit import ID_FRACTION, intrinsic_dimension, logit_lens
+from eval.linearity.toolkit import ID_FRACTION, intrinsic_dimension, logit_lens, top_eigenvalue
 
 LENS_KEYS = ("loss", "loss_no_norm", "neglogp_argmax")
 STATE_KEYS = ("anisotropy", "intrinsic_dimension", *LENS_KEYS)
@@ -75,7 +75,7 @@ def measures_from_args(args) -> tuple[HeldoutConfig | None, ToolkitConfig | None
 def anisotropy_of_gram(gram: torch.Tensor) -> float:
     """lambda_max / trace of the centred Gram matrix X_c^T X_c (NaN for a constant state)."""
     total = float(gram.diagonal().sum())
-    return float(torch.linalg.eigvalsh(gram)[-1]) / total if total > 0 else float("nan")
+    return top_eigenvalue(gram) / total if total > 0 else float("nan")
 
 
 def pooled_labels(probe: list[list[int]], order: list[int]) -> torch.Tensor:

@@ -7,7 +7,10 @@ hidden states as the linearity score, in float64.
       anisotropy(X) = lambda_1 / sum_k lambda_k   in [1/min(n - 1, d), 1]
 
   (1: every token lies on one line through the mean; the n - 1 cancels). The sum is the trace, ||X_c||_F^2; the
-  largest eigenvalue comes from a symmetric eigensolver on the smaller Gram matrix (X_c^T X_c or X_c X_c^T).
+  largest eigenvalue is that of the smaller Gram matrix (X_c^T X_c or X_c X_c^T), by Lanczos iteration
+  (``top_eigenvalue``): a full symmetric eigensolver spends O(d^3) on a tridiagonal reduction, mostly
+  matrix-vector work, to return d eigenvalues of which one is used (measured at d = 768: 0.06 s against 0.01 s on
+  one thread, and 1.4 s against 0.14 s on two busy ones).
 
 - Intrinsic dimension: the authors' variant of TwoNN (Facco et al. 2017, Sci. Rep. 7:12140). Centre X, divide
   it by the mean row norm; for every point i let r1_i <= r2_i be the Euclidean distances to its two nearest other
@@ -52,6 +55,7 @@ from torch import nn
 from eval.linearity.profile import find_final_norm
 from eval.linearity.score import symmetric_gram
 
+_EPS = torch.finfo(torch.float64).eps
 _ID_EPS = 1e-8  # the authors' threshold on r1 (duplicates) and on mu - 1 (ties), after the mean-norm scaling
 ID_FRACTION = 0.2  # the authors' regression fraction (reduction_factor = 5)
 _CANDIDATES = 8  # neighbours per point kept from the bounds; more than enough unless a point has many duplicates
@@ -59,6 +63,9 @@ _FIRST = 3  # of which recomputed exactly first; the others only where these do 
 _BLOCK_ROWS = 1024  # rows (and columns) of one block of the squared-distance matrix
 _BLOCK_BYTES = 1 << 26  # one band of candidate differences (float64): 64 MiB
 _LENS_ROWS = 1024  # tokens per unembedding product (their float64 logits are rows x vocabulary)
+_LANCZOS_MIN = 64  # below this order the full eigensolver costs as little
+_LANCZOS_CHECK = 8  # Lanczos steps between convergence checks (each a tiny tridiagonal eigenproblem)
+_LANCZOS_STEPS = 96  # then the full eigensolver: a spectrum without a gap at the top (not a hidden state's)
 
 
 def _float64(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -77,7 +84,43 @@ def anisotropy(x: torch.Tensor) -> float:
     total = float(gram.diagonal().sum())
     if total == 0:
         return math.nan
-    return float(torch.linalg.eigvalsh(gram)[-1]) / total
+    return top_eigenvalue(gram) / total
+
+
+def top_eigenvalue(a: torch.Tensor) -> float:
+    """The largest eigenvalue of the symmetric d x d matrix ``a`` (float64): Lanczos from a seeded random vector,
+    with full reorthogonalisation (the Krylov basis is kept, so no ghost eigenvalues), until the residual bound
+    |lambda - theta| <= beta_k |s_k| of the largest Ritz value theta is below d eps theta -- rounding level, as
+    for a backward-stable eigensolver -- or the basis spans the space (then theta is exact). A random start has
+    a component along the top eigenvector with probability one, so the iteration cannot miss it. Hidden states'
+    Gram matrices, with a few dominant directions, converge in a few dozen steps; a matrix that has not after
+    ``_LANCZOS_STEPS`` goes to the full eigensolver (the basis would grow to O(d^3) work)."""
+    d = a.shape[0]
+    if d <= _LANCZOS_MIN:
+        return float(torch.linalg.eigvalsh(a)[-1])
+    q = torch.randn(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(a.device)
+    basis = torch.empty(min(d, _LANCZOS_STEPS), d, dtype=torch.float64, device=a.device)  # rows: Lanczos vectors
+    basis[0] = q / torch.linalg.vector_norm(q)
+    alpha, beta = [], []
+    for k in range(d):
+        w = a @ basis[k]
+        alpha.append(float(w @ basis[k]))
+        for _ in range(2):  # twice is enough (Parlett's "twice is enough")
+            w -= basis[:k + 1].T @ (basis[:k + 1] @ w)
+        b = float(torch.linalg.vector_norm(w))
+        if (k + 1) % _LANCZOS_CHECK == 0 or k == d - 1 or b == 0:
+            tri = torch.diag(torch.tensor(alpha, dtype=torch.float64))
+            if k:
+                off = torch.tensor(beta, dtype=torch.float64)
+                tri += torch.diag(off, 1) + torch.diag(off, -1)
+            theta, s = torch.linalg.eigh(tri)
+            if k == d - 1 or b * abs(float(s[-1, -1])) <= d * _EPS * abs(float(theta[-1])):
+                return float(theta[-1])
+        if k + 1 == _LANCZOS_STEPS:
+            return float(torch.linalg.eigvalsh(a)[-1])
+        beta.append(b)
+        basis[k + 1] = w / b
+    raise AssertionError("unreachable: the loop returns at k = d - 1")
 
 
 def _exact_distances(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
