@@ -116,11 +116,12 @@ def base_profile_wo_res(model_dir, text_path) -> list[float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
+    from eval.linearity.probe import ProbeSetConfig, build_probe, read_probe_text
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     model.model.norm = torch.nn.Identity()
-    probe = build_probe(read_probe_text(text_path), AutoTokenizer.from_pretrained(model_dir), ProbeConfig(12, 400, 0),
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    probe = build_probe(read_probe_text(text_path), tokenizer, ProbeSetConfig(12, 400, 0),
                         max_len=model.config.max_position_embeddings)
     with torch.no_grad():
         per_chunk = [model(torch.tensor([ids]), output_hidden_states=True).hidden_states for ids in probe]
