@@ -303,9 +303,9 @@ def test_compare_plots_draw_each_variants_seed_mean(sweep, tmp_path, saved_figur
         return steps, [np.mean([c[s] for c in curves]) for s in steps]
 
     axes = saved_figures["loss_curves.png"].axes
-    assert [ax.get_title() for ax in axes] == ["validation loss", "training loss (cross-entropy + λ·regularizer)",
-                                               "training cross-entropy"]
-    for ax, key in zip(axes, ("val/loss", "train/loss", "train/ce")):
+    assert [ax.get_title() for ax in axes] == ["validation loss", "training loss (task loss + λ·regularizer)",
+                                               "training task loss (cross-entropy)"]
+    for ax, key in zip(axes, ("val/loss", "train/loss", "train/task_loss")):
         assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "loss (nats per token)")
         assert legend(ax) == ["none (n=2)", "cos05 (n=2)"]
         drawn = lines(ax)
