@@ -26,7 +26,8 @@ from core.cli import command, parser, run_cli
 from core.errors import UserError
 
 _VARIANT = re.compile(r"^(adam|sgd)_L(\d+)_(gauss|heavy)$")
-MEASURES = ("opt/tail_index", "opt/sharpness", "opt/local_smoothness", "opt/dir_sharpness", "opt/grad_norm")
+MEASURES = ("opt/tail_index", "opt/sharpness", "opt/lambda_min", "opt/local_smoothness", "opt/dir_sharpness",
+            "opt/grad_norm", "opt/loss")
 
 
 def testbed_profile(model: torch.nn.Module, prompts: torch.Tensor) -> list[dict]:
@@ -95,14 +96,12 @@ def _late_loss(curves: dict, rows: int = 5) -> float | None:
 def summarize(sweep_dir: Path) -> dict:
     cells: dict[tuple[int, str], dict[str, list]] = {}
     for m, curves in _runs(sweep_dir):
-        late = _late_loss(curves)
-        if late is None:
-            continue
         opt, depth, tails = m.group(1), int(m.group(2)), m.group(3)
         cell = cells.setdefault((depth, tails), {})
-        if "diverged" in curves:
+        if "diverged" in curves:  # counted even when it stopped before its first logged row
             cell.setdefault(f"{opt}:diverged", []).append(1)
             continue
+        late = _late_loss(curves)
         cell.setdefault(opt, []).append(late)
         for key in MEASURES:
             value = _final(curves, key)
@@ -128,16 +127,17 @@ def summarize(sweep_dir: Path) -> dict:
 
 def to_markdown(summary: dict) -> str:
     lines = ["| L | data | Adam loss | SGD loss | SGD − Adam [95 % CI] (p) | diverged Adam / SGD "
-             "| tail index Adam / SGD | sharpness Adam / SGD |", "|---|---|---|---|---|---|---|---|"]
+             "| tail index Adam / SGD | λ_max Adam / SGD | λ_min Adam / SGD |", "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda c: f"{c['mean']:.3f} ± {c['ci95']:.3f} (n={c['n']})" if c else "–"  # noqa: E731
     for r in summary["cells"]:
         gap = r.get("sgd_minus_adam")
         gap_s = f"{gap['diff']:+.3f} [±{gap['ci95']:.3f}] ({gap['p']:.2g})" if gap else "–"
         ti = " / ".join(f"{r.get(f'{o}:opt/tail_index', float('nan')):.2f}" for o in ("adam", "sgd"))
         sh = " / ".join(f"{r.get(f'{o}:opt/sharpness', float('nan')):.3g}" for o in ("adam", "sgd"))
+        lo = " / ".join(f"{r.get(f'{o}:opt/lambda_min', float('nan')):.3g}" for o in ("adam", "sgd"))
         div = f"{r['adam:diverged']} / {r['sgd:diverged']}"
         lines.append(f"| {r['L']} | {r['data']} | {fmt(r.get('adam'))} | {fmt(r.get('sgd'))} | {gap_s} | {div} "
-                     f"| {ti} | {sh} |")
+                     f"| {ti} | {sh} | {lo} |")
     return "\n".join(lines) + "\n"
 
 

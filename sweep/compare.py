@@ -43,6 +43,7 @@ SCALARS = (  # (column, source, key); all lower is better except linearity, whic
     ("tinystories-bpb", "benchmark", ("tinystories", "bpb")),
     ("linearity", "linearity", "linearity"),
     ("linearity-wo-res", "linearity", "linearity_wo_res"),
+    ("icl-loss", "curve", "opt/loss"),  # the linear-attention testbed: squared error on its measurement prompts
 )
 _SEED_DIR = re.compile(r"^seed\d+$")
 
