@@ -195,7 +195,7 @@ def test_a_sample_root_is_evaluated_with_a_warning():
 
     task = get_task("tinystories", DataSource(SHARED))
     assert len(task.documents()) == 1726
-    assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "data.prepare" in task.notes[0]
+    assert len(task.notes) == 1 and "1,726 stories" in task.notes[0] and "linreg data" in task.notes[0]
 
 
 def test_xstorycloze_from_the_hub_reads_the_parquet_conversion():
