@@ -88,10 +88,14 @@ def lanczos_extremes(hvp, dim: int, iters: int, generator: torch.Generator, dtyp
         w = w - vs.T @ (vs @ w)
         w = w - vs.T @ (vs @ w)  # twice is enough (Kahan-Parlett)
         beta = float(w.norm())
+        if not math.isfinite(beta):
+            return math.nan, math.nan
         if len(alphas) == min(iters, dim) or beta <= 1e-12 * max(1.0, max(abs(a) for a in alphas)):
             break  # invariant subspace found: T's eigenvalues are eigenvalues of H
         betas.append(beta)
         basis.append(w / beta)
+    if not np.all(np.isfinite(alphas)):
+        return math.nan, math.nan  # the loss overflowed on these prompts: no curvature to report, no crash
     ritz = eigh_tridiagonal(np.asarray(alphas), np.asarray(betas), eigvals_only=True)
     return float(ritz[0]), float(ritz[-1])
 
