@@ -6,7 +6,7 @@ measurements, and the linearity profile of the trained models (docs/linear_atten
 Reads a sweep of ``configs/linear_attention/adam_vs_sgd.yaml`` (variants named ``<adam|sgd>_L<k>_<gauss|heavy>``).
 Per (L, data): the late training loss of each optimizer (the median of its last 5 logged rows, each a mean over
 its logging interval), mean over seeds with a 95 % t interval, and the SGD − Adam difference with Welch's 95 %
-interval; the last measured tail index, sharpness, local smoothness and gradient norm. Writes summary.json,
+interval; the last measured tail index, λ_max, λ_min, local smoothness and gradient norm. Writes summary.json,
 summary.md and figures.
 
 The linearity profile of a trained model (``testbed_profile``) is the ordinary one (eval/linearity/score.py) on
@@ -151,7 +151,7 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
     for ax, tails in zip(axes, ("gauss", "heavy")):
         for opt, colour in (("adam", "C0"), ("sgd", "C3")):
             rows = [r for r in summary["cells"] if r["data"] == tails and opt in r]
-            # Each seed as a point and the mean as a line: a t interval over 2 seeds spans zero on a log axis.
+            # Each seed as a point and the mean as a line: a t interval over 3 seeds can span zero on a log axis.
             ax.plot([r["L"] for r in rows], [r[opt]["mean"] for r in rows], color=colour,
                     label="Adam" if opt == "adam" else "SGD (momentum 0.9)")
             ax.scatter([r["L"] for r in rows for _ in r[opt]["values"]], [v for r in rows for v in r[opt]["values"]],
