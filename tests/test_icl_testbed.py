@@ -152,6 +152,11 @@ def test_trainer_decreases_the_loss_resumes_bit_exactly_and_logs_measurements(tm
     for key in ("opt/grad_norm", "opt/sharpness", "opt/lambda_min", "opt/dir_sharpness", "opt/local_smoothness"):
         assert np.isfinite(measured[20][key])
     assert 0 < measured[20]["opt/tail_index"] <= 2
+    from sweep.compare import SCALARS, scalar_value
+    from sweep.runs import find_runs
+
+    (source, key), = [(src, k) for c, src, k in SCALARS if c == "icl-loss"]  # compare's column of the testbed loss
+    assert scalar_value(find_runs([full.path]).runs[0], source, key) == measured[20]["opt/loss"]
 
     part = RunDir(tmp_path / "part")
     assert ICLTrainer(_cfg("train.max_steps=10"), part).fit() == 0
