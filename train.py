@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from core import dist
     from linreg.config import resolve_run, to_yaml
+    from linreg.trainers import trainer_class
 
     dist.setup_env(args.local_rank)
     cfg, run = resolve_run(args.config, args.run_dir, args.resume, args.overrides)
@@ -43,12 +44,8 @@ def main(argv=None) -> int:
         print(to_yaml(cfg), end="")
         return 0
 
-    if cfg.model.arch == "linear_attention":
-        from linreg.icl_trainer import ICLTrainer as Trainer
-    else:
-        from linreg.trainer import Trainer
-
-    trainer = Trainer(cfg, run, resume=args.resume, overwrite=args.overwrite, deepspeed_config=args.deepspeed_config)
+    trainer = trainer_class(cfg)(cfg, run, resume=args.resume, overwrite=args.overwrite,
+                                 deepspeed_config=args.deepspeed_config)
     return trainer.fit()
 
 

@@ -10,11 +10,13 @@ Protocol:
   decoder's weights (any source ``model.export.load_model`` reads: a linreg run, checkpoint or export, an HF dir
   or hub name) and a new linear head on the last non-pad token (HF's ``score`` head), initialised from the seed.
   Classification tasks get one logit per class, the reward model one scalar.
-- **Tasks**: ``boolq`` ("question: {q} passage: {p}", 2 classes), ``multirc`` ("question: {q} answer: {a} passage:
-  {p}", is the answer correct, 2 classes), ``cb`` ("premise: {p} hypothesis: {h}"); the passage comes last so
-  that truncation to ``--max-length`` cuts it, not the question. CB is kept as the three-class task it is
-  (entailment / contradiction / neutral, HF's label order) rather than merged into a binary one: merging would
-  change the task and its label balance. ``reward``: Anthropic HH-RLHF preference pairs, loss
+- **Tasks**: every benchmark task with a classification framing (``Task.labels``, ``classification_template``;
+  ``finetune_tasks()`` lists them), by default the paper's ``boolq`` ("question: {q} passage: {p}", 2 classes),
+  ``multirc`` ("question: {q} answer: {a} passage: {p}", is the answer correct, 2 classes), ``cb`` ("premise: {p}
+  hypothesis: {h}"); the passage comes last so that truncation to ``--max-length`` cuts it, not the question. CB
+  is kept as the three-class task it is (entailment / contradiction / neutral, HF's label order) rather than
+  merged into a binary one: merging would change the task and its label balance. ``reward``: Anthropic HH-RLHF
+  preference pairs, loss
   -log σ(r_chosen - r_rejected); dialogues longer than ``--max-length`` lose their start (BOS kept), so the final
   replies, where chosen and rejected differ, always stay.
 - **Data**: from the hub, ``aps/super_glue`` train / validation and ``Anthropic/hh-rlhf`` (``helpful-base``)
@@ -51,18 +53,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from analysis.profiling import ProbeSpec, probe_from_args, profile_model
+from analysis.profiling import ProfileSpec, probe_from_args, profile_model
 from analysis.report import (
     ResultCache,
     fingerprint,
     markdown_table,
-    mean_std,
     model_identity,
-    model_labels,
     pm,
-    write_csv,
-    write_json,
 )
+from core import stats
 from core.cli import (
     add_data_root_arg,
     add_device_args,
@@ -76,12 +75,13 @@ from core.cli import (
     run_cli,
 )
 from core.errors import DataError
-from core.rundir import RunDir
-from eval.linearity.probe import ProbeConfig
+from core.io import write_csv, write_json
+from core.rundir import RunDir, model_labels
+from eval.linearity.probe import ProbeSetConfig
 from linreg.trainer import Trainer
 
-TASK_TITLES = {"boolq": "BoolQ", "multirc": "MultiRC", "cb": "CB", "reward": "Reward model (HH-RLHF)"}
-NUM_LABELS = {"boolq": 2, "multirc": 2, "cb": 3, "reward": 1}
+REWARD, REWARD_TITLE = "reward", "Reward model (HH-RLHF)"
+DEFAULT_TASKS = ("boolq", "multirc", "cb", REWARD)  # the paper's Table 1
 HH_RLHF = "Anthropic/hh-rlhf"
 HH_LOCAL = "hh-rlhf/harmless-base-test.jsonl.gz"
 HH_HELPFUL = "hh-rlhf/helpful-base-{split}.jsonl.gz"  # written by linreg data
@@ -89,12 +89,24 @@ HH_HELPFUL = "hh-rlhf/helpful-base-{split}.jsonl.gz"  # written by linreg data
 
 # -- data ------------------------------------------------------------------------------------------------------------
 
-def classification_text(task: str, doc: dict) -> str:
-    if task == "boolq":
-        return f"question: {doc['question']} passage: {doc['passage']}"
-    if task == "multirc":
-        return f"question: {doc['question']} answer: {doc['answer']} passage: {doc['paragraph']}"
-    return f"premise: {doc['premise']} hypothesis: {doc['hypothesis']}"
+def finetune_tasks() -> list[str]:
+    """What ``--task`` accepts: the registered tasks with a classification framing, and the reward model."""
+    from eval.benchmarks.tasks import registered
+
+    return [t.name for t in registered() if t.classifiable] + [REWARD]
+
+
+def task_title(task: str) -> str:
+    from eval.benchmarks.tasks import describe
+
+    return REWARD_TITLE if task == REWARD else describe(task).display_name
+
+
+def num_labels(task: str) -> int:
+    """Classes of the classifier's head; one scalar for the reward model."""
+    from eval.benchmarks.tasks import describe
+
+    return 1 if task == REWARD else len(describe(task).labels)
 
 
 def load_task(task: str, root, test_fraction: float, seed: int) -> tuple[list, list, str]:
@@ -102,7 +114,7 @@ def load_task(task: str, root, test_fraction: float, seed: int) -> tuple[list, l
     is (chosen, rejected)."""
     from analysis.taskdata import carve, task_splits
 
-    if task == "reward":
+    if task == REWARD:
         if root is None:
             from data.sources import load_hub_split
 
@@ -126,8 +138,9 @@ def load_task(task: str, root, test_fraction: float, seed: int) -> tuple[list, l
         return [(r["chosen"], r["rejected"]) for r in train], [(r["chosen"], r["rejected"]) for r in test], note
     from eval.benchmarks.tasks import DataSource, get_task
 
-    train, test, note = task_splits(get_task(task, DataSource(root)), test_fraction, seed)
-    to_examples = lambda docs: [(classification_text(task, d), int(d["label"])) for d in docs]
+    bench = get_task(task, DataSource(root))
+    train, test, note = task_splits(bench, test_fraction, seed)
+    to_examples = lambda docs: [(bench.classification_text(d), int(d["label"])) for d in docs]
     return to_examples(train), to_examples(test), note
 
 
@@ -257,8 +270,8 @@ class FinetuneSettings:
         from linreg.config import load_config
 
         warmup = self.warmup_steps if self.warmup_steps is not None else self.steps // 10
-        tree = {"name": f"finetune_{task}", "data": {"dataset": HH_RLHF if task == "reward" else "aps/super_glue",
-                                                     "dataset_config": None if task == "reward" else task,
+        tree = {"name": f"finetune_{task}", "data": {"dataset": HH_RLHF if task == REWARD else "aps/super_glue",
+                                                     "dataset_config": None if task == REWARD else task,
                                                      "seq_len": self.max_length},
                 "model": {"max_seq_len": self.max_length},
                 "optim": {"lr": self.lr}, "schedule": {"warmup_steps": warmup},
@@ -271,12 +284,12 @@ class FinetuneSettings:
 
 
 def finetune_one(lm, tokenizer, task: str, seed: int, data: tuple, settings: FinetuneSettings, run_dir: Path,
-                 text: str, spec: ProbeSpec, device) -> dict:
+                 text: str, spec: ProfileSpec, device) -> dict:
     """Fine-tune ``lm`` on ``task`` under ``seed``; accuracy before and after, and the fine-tuned profile."""
     from eval.linearity.evaluator import history_record
 
     train, test, note = data
-    pairwise = task == "reward"
+    pairwise = task == REWARD
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pairwise:
         enc = lambda xs: [(encode(tokenizer, c, settings.max_length, True),
@@ -284,7 +297,7 @@ def finetune_one(lm, tokenizer, task: str, seed: int, data: tuple, settings: Fin
     else:
         enc = lambda xs: [(encode(tokenizer, t, settings.max_length, False), y) for t, y in xs]
     train_enc, test_enc = enc(train), enc(test)
-    clf = classifier_from(lm, tokenizer, NUM_LABELS[task], seed).to(device)
+    clf = classifier_from(lm, tokenizer, num_labels(task), seed).to(device)
     acc_before = accuracy(clf, test_enc, pairwise, pad, device)
     stream = ExampleStream(train_enc, pairwise, settings.batch_size, pad, seed)
     trainer = ClassifierTrainer(settings.trainer_config(task, seed), RunDir(run_dir), resume="auto", model=clf,
@@ -321,12 +334,11 @@ def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
         out.setdefault(rec["model"], {}).setdefault(rec["task"], []).append(rec)
     for tasks in out.values():
         for task, recs in tasks.items():
-            d_wo, sd_wo = mean_std([r["delta_wo_res"] for r in recs])
-            d_lin, sd_lin = mean_std([r["delta_linearity"] for r in recs])
-            tasks[task] = {"delta_wo_res": d_wo, "delta_wo_res_std": sd_wo, "delta_linearity": d_lin,
-                           "delta_linearity_std": sd_lin, "seeds": [r["seed"] for r in recs],
-                           "acc_before": mean_std([r["acc_before"] for r in recs])[0],
-                           "acc_after": mean_std([r["acc_after"] for r in recs])[0],
+            wo, lin = (stats.summarize([r[key] for r in recs]) for key in ("delta_wo_res", "delta_linearity"))
+            tasks[task] = {"delta_wo_res": wo.mean, "delta_wo_res_std": wo.std, "delta_linearity": lin.mean,
+                           "delta_linearity_std": lin.std, "seeds": [r["seed"] for r in recs],
+                           "acc_before": stats.summarize([r["acc_before"] for r in recs]).mean,
+                           "acc_after": stats.summarize([r["acc_after"] for r in recs]).mean,
                            "majority": recs[0]["majority"], "split": recs[0]["split"],
                            "before_wo_res": recs[0]["before"]["means"]["linearity_wo_res"]}
     return out
@@ -334,11 +346,11 @@ def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
 
 def tables(summary: dict, tasks: list[str]) -> str:
     models = list(summary)
-    delta = markdown_table(["task", *models], [[TASK_TITLES[t], *(
+    delta = markdown_table(["task", *models], [[task_title(t), *(
         pm(summary[m][t]["delta_wo_res"], summary[m][t]["delta_wo_res_std"], 4, signed=True) if t in summary[m]
         else "–" for m in models)] for t in tasks])
     acc_cell = lambda s: f"{s['acc_before']:.3f} → {s['acc_after']:.3f} (majority {s['majority']:.3f})"
-    acc = markdown_table(["task", *models], [[TASK_TITLES[t], *(
+    acc = markdown_table(["task", *models], [[task_title(t), *(
         acc_cell(summary[m][t]) if t in summary[m] else "–" for m in models)] for t in tasks])
     seeds = "/".join(map(str, sorted({len(summary[m][t]["seeds"]) for m in models for t in tasks if t in summary[m]})))
     return (f"Δ mean linearity without residual (after − before fine-tuning), mean ± std over {seeds} seeds:\n\n"
@@ -350,7 +362,7 @@ def tables(summary: dict, tasks: list[str]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = parser("finetune", "analysis.finetune", __doc__)
     add_model_args(ap, many=True, help="decoders to fine-tune", label_help="table columns, one per --model")
-    add_tasks_arg(ap, list(TASK_TITLES), list(TASK_TITLES), choices=list(TASK_TITLES))
+    add_tasks_arg(ap, finetune_tasks(), DEFAULT_TASKS, choices=finetune_tasks())
     list_arg(ap, "--seeds", of=int, default=[0, 1, 2], metavar="SEED", help="fine-tuning seeds (default 0,1,2)")
     ap.add_argument("--out", required=True)
     g = ap.add_argument_group("fine-tuning")
@@ -362,7 +374,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--train-limit", type=int, help="first N training examples")
     g.add_argument("--eval-limit", type=int, help="first N test examples")
     add_data_root_arg(ap, "none: the HF hub")
-    add_probe_args(ap, ProbeConfig)
+    add_probe_args(ap, ProbeSetConfig)
     add_device_args(ap)
     add_overrides_arg(ap, "the Trainer config of every fine-tuning run, e.g. train.zero_stage=2")
     return ap.parse_args(argv)
@@ -417,7 +429,7 @@ def main(argv=None) -> int:
         del lm
     summary = summarize(records)
     text_md = tables(summary, tasks)
-    notes = sorted({f"- {TASK_TITLES[r['task']]}: {r['n_train']} train / {r['n_test']} test examples; {r['split']}"
+    notes = sorted({f"- {task_title(r['task'])}: {r['n_train']} train / {r['n_test']} test examples; {r['split']}"
                     for r in records})
     (out / "finetune.md").write_text(text_md + "\nData:\n\n" + "\n".join(notes) + "\n")
     write_csv(out / "finetune.csv", ["model", "task", "seed", "acc_before", "acc_after", "majority",
@@ -428,7 +440,7 @@ def main(argv=None) -> int:
     write_json(out / "finetune.json", {"settings": asdict(settings), "probe": spec.to_dict(), "seeds": seeds,
                                        "summary": summary})
     grouped_bars({m: ([s[t]["delta_wo_res"] for t in tasks], [s[t]["delta_wo_res_std"] for t in tasks])
-                  for m, s in summary.items()}, [TASK_TITLES[t] for t in tasks],
+                  for m, s in summary.items()}, [task_title(t) for t in tasks],
                  "Δ mean linearity w/o residual (± std over seeds)", "Linearity change by fine-tuning",
                  out / "finetune.png")
     print(text_md)

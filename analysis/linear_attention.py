@@ -14,7 +14,6 @@ the residual stream h_0..h_L captured by model/capture.py: every row of every pr
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -22,8 +21,12 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
+from analysis.report import pm
+from core import stats
 from core.cli import command, parser, run_cli
 from core.errors import UserError
+from core.io import write_atomic, write_json
+from core.rundir import RunDir
 
 _VARIANT = re.compile(r"^(adam|sgd)_L(\d+)_(gauss|heavy)$")
 MEASURES = ("opt/tail_index", "opt/sharpness", "opt/lambda_min", "opt/local_smoothness", "opt/dir_sharpness",
@@ -46,9 +49,8 @@ def testbed_profile(model: torch.nn.Module, prompts: torch.Tensor) -> list[dict]
 
 
 def _interval(values: list[float]) -> dict:
-    a = np.asarray(values, dtype=float)
-    half = float(sps.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
-    return {"mean": float(a.mean()), "ci95": half, "n": len(a), "values": a.tolist()}
+    s = stats.summarize(values)
+    return {"mean": s.mean, "ci95": s.half, "n": s.n, "values": [float(v) for v in values]}
 
 
 def _welch(a: list[float], b: list[float]) -> dict:
@@ -60,25 +62,27 @@ def _welch(a: list[float], b: list[float]) -> dict:
             "p": float(sps.ttest_ind(a, b, equal_var=False).pvalue) if va + vb > 0 else float("nan")}
 
 
-def _runs(sweep_dir: Path):
+def _runs(sweep_dir: Path) -> list[tuple[re.Match, dict]]:
     """(variant match, {key: {step: value}}) of every run <sweep>/<variant>/seed<k> with a metrics.jsonl; a run
     that stopped before train.max_steps (a non-finite loss) has ``curves["diverged"]`` set."""
     from core.config import yaml_load
     from linreg.metrics import read_metrics
 
-    for metrics in sorted(sweep_dir.glob("*/seed*/metrics.jsonl")):
-        m = _VARIANT.match(metrics.parent.parent.name)
-        if m is None:
+    out = []
+    for run in map(RunDir, sorted(sweep_dir.glob("*/seed*"))):
+        m = _VARIANT.match(run.path.parent.name)
+        if m is None or not run.metrics.is_file():
             continue
-        max_steps = yaml_load((metrics.parent / "config.yaml").read_text())["train"]["max_steps"]
+        max_steps = yaml_load(run.config.read_text())["train"]["max_steps"]
         curves: dict[str, dict[int, float]] = {}
-        for row in read_metrics(metrics):
+        for row in read_metrics(run.metrics):
             for k, v in row.items():
                 if k != "step":
                     curves.setdefault(k, {})[row["step"]] = float(v)  # non-finite values are logged as strings
         if max(curves.get("train/loss", {0: 0})) < max_steps:
             curves["diverged"] = {}
-        yield m, curves
+        out.append((m, curves))
+    return out
 
 
 def _final(curves: dict, key: str) -> float | None:
@@ -93,9 +97,10 @@ def _late_loss(curves: dict, rows: int = 5) -> float | None:
     return float(np.median([curve[s] for s in sorted(curve)[-rows:]])) if curve else None
 
 
-def summarize(sweep_dir: Path) -> dict:
+def summarize(sweep_dir: Path, runs: list[tuple[re.Match, dict]]) -> dict:
+    """Per (L, data) cell: each optimizer's late loss over seeds, the SGD − Adam gap, the last measurements."""
     cells: dict[tuple[int, str], dict[str, list]] = {}
-    for m, curves in _runs(sweep_dir):
+    for m, curves in runs:
         opt, depth, tails = m.group(1), int(m.group(2)), m.group(3)
         cell = cells.setdefault((depth, tails), {})
         if "diverged" in curves:  # counted even when it stopped before its first logged row
@@ -128,7 +133,7 @@ def summarize(sweep_dir: Path) -> dict:
 def to_markdown(summary: dict) -> str:
     lines = ["| L | data | Adam loss | SGD loss | SGD − Adam [95 % CI] (p) | diverged Adam / SGD "
              "| tail index Adam / SGD | λ_max Adam / SGD | λ_min Adam / SGD |", "|---|---|---|---|---|---|---|---|---|"]
-    fmt = lambda c: f"{c['mean']:.3f} ± {c['ci95']:.3f} (n={c['n']})" if c else "–"  # noqa: E731
+    fmt = lambda c: f"{pm(c['mean'], c['ci95'])} (n={c['n']})" if c else "–"  # noqa: E731
     for r in summary["cells"]:
         gap = r.get("sgd_minus_adam")
         gap_s = f"{gap['diff']:+.3f} [±{gap['ci95']:.3f}] ({gap['p']:.2g})" if gap else "–"
@@ -141,7 +146,7 @@ def to_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
+def plot(summary: dict, runs: list[tuple[re.Match, dict]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +172,7 @@ def plot(summary: dict, sweep_dir: Path, out: Path) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for m, curves in _runs(sweep_dir):
+    for m, curves in runs:
         gn, ls = curves.get("opt/grad_norm", {}), curves.get("opt/local_smoothness", {})
         if not gn:
             continue
@@ -197,11 +202,11 @@ def main(argv=None) -> int:
     sweep_dir, out = Path(args.sweep_dir), Path(args.out)
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: not a directory")
-    summary = summarize(sweep_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (out / "summary.md").write_text(to_markdown(summary))
-    plot(summary, sweep_dir, out)
+    runs = _runs(sweep_dir)
+    summary = summarize(sweep_dir, runs)
+    write_json(out / "summary.json", summary)
+    write_atomic(out / "summary.md", to_markdown(summary))
+    plot(summary, runs, out)
     print(to_markdown(summary), end="")
     return 0
 

@@ -120,7 +120,7 @@ def grouped_bars(groups: dict[str, tuple[list[float], list[float]]], categories:
     width = 0.8 / max(len(groups), 1)
     for k, (label, (values, errors)) in enumerate(groups.items()):
         xs = [c + (k - (len(groups) - 1) / 2) * width for c in range(len(categories))]
-        ax.bar(xs, values, width, yerr=[0 if math.isnan(e) else e for e in errors], capsize=3, label=label)
+        ax.bar(xs, values, width, yerr=[0 if e is None or math.isnan(e) else e for e in errors], capsize=3, label=label)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(range(len(categories)), categories)
     ax.set_ylabel(ylabel)

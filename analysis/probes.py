@@ -4,9 +4,10 @@
 
 The paper gives no protocol; this one is fixed across models so that they compare:
 
-- **Inputs** are the benchmark prompts of ``eval.benchmarks.tasks`` (lme's wording). A *two-choice* task
-  (``xstorycloze_<lang>``, ``copa``) gives two sequences per document, context + " " + ending; a *classification*
-  task (``boolq``, ``cb``, ``rte``, ``wic``, ``wsc``, ``multirc``) gives one, the prompt, with the document's label.
+- **Inputs** are the benchmark prompts of ``eval.benchmarks.tasks`` (lme's wording); each task says how it is
+  probed (``Task.probe_kind``; ``probe_tasks()`` lists them). A *two-choice* task (``xstorycloze_<lang>``,
+  ``copa``) gives two sequences per document, context + " " + ending; a *classification* task (``boolq``, ``cb``,
+  ``rte``, ``wic``, ``wsc``, ``multirc``) gives one, the prompt, with the document's label.
   Context and ending are tokenized apart and concatenated (as lme does), so the ending's positions are exact; a
   sequence longer than the model's context loses the start of its context.
 - **Features**: for layer l = 0..L (0 = the embedding output h_0, l = the output of block l, before the final norm;
@@ -44,17 +45,15 @@ from analysis.report import (
     fingerprint,
     markdown_table,
     model_identity,
-    model_labels,
-    write_csv,
-    write_json,
 )
 from core import precision as core_precision
 from core.cli import add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, parser, run_cli
 from core.errors import ConfigError
+from core.io import write_csv, write_json
+from core.rundir import model_labels
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
-TWO_CHOICE = ("copa", "xstorycloze")
-CLASSIFICATION = ("boolq", "cb", "rte", "wic", "wsc", "multirc", "multirc_fixed")
+KINDS = ("two_choice", "classification")
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,9 @@ class Example:
 
 
 @dataclass(frozen=True)
-class ProbeProtocol:
+class LinearProbeProtocol:
+    """How a linear classifier probe is trained and scored on one layer's states: the held-out share of the
+    train split, the seed, the carving of local validation files, example limits and the regularisation grid."""
     holdout: float = 0.2
     seed: int = 0
     test_fraction: float = 0.5  # carving of local SuperGLUE validation files
@@ -75,14 +76,26 @@ class ProbeProtocol:
     grid: tuple[float, ...] = C_GRID
 
 
+def probe_tasks() -> dict[str, str]:
+    """Every registered task that can be probed, with its kind (``Task.probe_kind``)."""
+    from eval.benchmarks.tasks import registered
+
+    return {t.name: t.probe_kind for t in registered() if t.probe_kind in KINDS}
+
+
 def task_kind(name: str) -> str:
-    base = name.split("_")[0] if name.startswith("xstorycloze") else name
-    if base in TWO_CHOICE:
-        return "two_choice"
-    if base in CLASSIFICATION:
-        return "classification"
-    raise ConfigError(f"task '{name}' has no probe form: two-choice tasks {TWO_CHOICE[0]}, xstorycloze_<lang>; "
-                      f"classification tasks {', '.join(CLASSIFICATION)}")
+    from eval.benchmarks.tasks import expand_task_names
+
+    kinds = probe_tasks()
+    if name in kinds:
+        return kinds[name]
+    try:
+        expand_task_names([name])
+    except ValueError as e:  # not a task at all: the registry's message, with its "did you mean"
+        raise ConfigError(str(e)) from None
+    listed = {k: [t for t, kind in kinds.items() if kind == k] for k in KINDS}
+    raise ConfigError(f"task '{name}' has no probe form: two-choice tasks {', '.join(listed['two_choice'])}; "
+                      f"classification tasks {', '.join(listed['classification'])}")
 
 
 def task_examples(task, docs: list[dict]) -> list[Example]:
@@ -90,7 +103,7 @@ def task_examples(task, docs: list[dict]) -> list[Example]:
     out = []
     for doc in docs:
         text, choices = task.doc_to_text(doc), task.doc_to_choice(doc)
-        if task_kind(task.name) == "two_choice":
+        if task.probe_kind == "two_choice":
             gold = task.gold_index(doc, choices)
             out.append(Example(text, tuple(task.target_delimiter + c.strip() for c in choices), int(gold == 0)))
         elif int(doc["label"]) >= 0:  # unlabelled rows (label -1) are skipped
@@ -98,7 +111,7 @@ def task_examples(task, docs: list[dict]) -> list[Example]:
     return out
 
 
-def load_examples(task_name: str, root, protocol: ProbeProtocol) -> tuple[list[Example], list[Example], str]:
+def load_examples(task_name: str, root, protocol: LinearProbeProtocol) -> tuple[list[Example], list[Example], str]:
     from analysis.taskdata import task_splits
     from eval.benchmarks.tasks import DataSource, get_task
 
@@ -180,7 +193,8 @@ def _fit(x, y, c: float, pairs: bool):
     return clf.fit(x, y)
 
 
-def fit_probe(x_train, y_train, x_eval, y_eval, pairs: bool, protocol: ProbeProtocol = ProbeProtocol()) -> dict:
+def fit_probe(x_train, y_train, x_eval, y_eval, pairs: bool,
+              protocol: LinearProbeProtocol = LinearProbeProtocol()) -> dict:
     """Choose C on a held-out part of train, refit on all of train, score on eval (module docstring)."""
     idx = list(range(len(y_train)))
     random.Random(protocol.seed).shuffle(idx)
@@ -196,7 +210,7 @@ def fit_probe(x_train, y_train, x_eval, y_eval, pairs: bool, protocol: ProbeProt
 
 
 def probe_layers(x_train, y_train, x_eval, y_eval, pairs: bool,
-                 protocol: ProbeProtocol = ProbeProtocol()) -> list[dict]:
+                 protocol: LinearProbeProtocol = LinearProbeProtocol()) -> list[dict]:
     """``fit_probe`` on each layer of [n, layers, d] features."""
     return [fit_probe(x_train[:, layer], y_train, x_eval[:, layer], y_eval, pairs, protocol)
             for layer in range(x_train.shape[1])]
@@ -209,7 +223,7 @@ def chance_level(kind: str, y_eval: np.ndarray) -> float:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = parser("probes", "analysis.probes", __doc__)
     add_model_args(ap, many=True)
-    add_tasks_arg(ap, [*TWO_CHOICE[:1], "xstorycloze_<lang>", *CLASSIFICATION], ["xstorycloze_en"])
+    add_tasks_arg(ap, list(probe_tasks()), ["xstorycloze_en"])
     ap.add_argument("--out", required=True)
     add_data_root_arg(ap, "none: the HF hub")
     g = ap.add_argument_group("classifier probes")
@@ -230,7 +244,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     tasks = args.tasks
     kinds = {t: task_kind(t) for t in tasks}
-    protocol = ProbeProtocol(seed=args.seed, train_limit=args.train_limit, eval_limit=args.eval_limit)
+    protocol = LinearProbeProtocol(seed=args.seed, train_limit=args.train_limit, eval_limit=args.eval_limit)
     root = data_root(cli=args.data_root)
     device = torch.device(args.device)
     dtype = core_precision.autocast_dtype(args.dtype, device)

@@ -1,5 +1,5 @@
-"""What the analyses share around their results: mean ± std over seeds, t-intervals over prompts, markdown
-tables, CSV rows, model labels, and the JSON-lines result caches that make every command resumable.
+"""What the analyses share around their results: mean ± spread cells (the spread from ``core.stats``), markdown
+tables, CSV rows, and the JSON-lines result caches that make every command resumable.
 
 A cache is a jsonl file of records that each carry a ``key``; a command computes the key of every result it
 needs, reads the file, and computes only the missing ones (appending each as soon as it exists, so a crash or an
@@ -8,7 +8,6 @@ stays in the file and is ignored.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -16,26 +15,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from core.io import append_jsonl, read_jsonl
-
-
-def default_label(path: str) -> str:
-    """A model's label: the directory name (``run/step_00000400`` for checkpoint dirs), or a hub name as it is."""
-    from core.rundir import step_of
-
-    p = Path(path)
-    if not p.exists():
-        return path
-    p = p.resolve()
-    return f"{p.parent.parent.name}/{p.name}" if step_of(p) is not None else p.name
-
-
-def model_labels(paths: list[str], labels: list[str]) -> list[str]:
-    """The label of each ``--model``: the ``--label`` given for it, or its ``default_label``."""
-    if labels and len(labels) != len(paths):
-        from core.errors import ConfigError
-
-        raise ConfigError(f"{len(labels)} --label for {len(paths)} --model: give one label per model, or none")
-    return labels or [default_label(p) for p in paths]
 
 
 def model_identity(path: str) -> str:
@@ -73,48 +52,16 @@ class ResultCache:
         return record
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof 1; NaN for a single value)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    m = sum(values) / n
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return m, sd
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its two-sided Student-t confidence interval (NaN half-width below 2 values)."""
-    from scipy.stats import t
-
-    m, sd = mean_std(values)
-    if len(values) < 2:
-        return m, math.nan
-    return m, float(t.ppf(0.5 + level / 2, len(values) - 1)) * sd / math.sqrt(len(values))
-
-
-def pm(mean: float, spread: float, digits: int = 3, signed: bool = False) -> str:
-    """'0.123 ± 0.004' ('+0.123 ± …' when ``signed``); the spread is left out when it is NaN."""
-    if math.isnan(mean):
+def pm(mean: float | None, spread: float | None, digits: int = 3, signed: bool = False) -> str:
+    """'0.123 ± 0.004' ('+0.123 ± …' when ``signed``); the spread is left out where there is no estimate of it
+    (``core.stats``: None at one seed or prompt), the whole cell where there is no mean."""
+    if mean is None or math.isnan(mean):
         return "–"
     head = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
-    return head if math.isnan(spread) else f"{head} ± {spread:.{digits}f}"
+    return head if spread is None or math.isnan(spread) else f"{head} ± {spread:.{digits}f}"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
-    with Path(path).open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return Path(path)
-
-
-def write_json(path: str | Path, obj) -> Path:
-    Path(path).write_text(json.dumps(obj, indent=1, default=str))
-    return Path(path)

@@ -43,12 +43,13 @@ from pathlib import Path
 
 import torch
 
-from analysis.profiling import ProbeSpec, probe_from_args, profile_model
-from analysis.report import ResultCache, default_label, fingerprint, write_csv, write_json
+from analysis.profiling import ProfileSpec, probe_from_args, profile_model
+from analysis.report import ResultCache, fingerprint
 from core.cli import add_data_root_arg, add_device_args, add_probe_args, command, list_arg, parser, run_cli
 from core.errors import ConfigError
-from core.rundir import RunDir, step_of
-from eval.linearity.probe import ProbeConfig
+from core.io import write_csv, write_json
+from core.rundir import RunDir, model_label, step_of
+from eval.linearity.probe import ProbeSetConfig
 from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES
 from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args
 
@@ -115,7 +116,7 @@ def collect_series(args) -> dict[str, list[Checkpoint]]:
     if bool(args.model) != bool(args.revisions):
         raise ConfigError(f"{len(args.model)} --model with {len(args.revisions)} --revisions: every --model is read "
                           f"at the --revisions, give both")
-    sources = [(default_label(r), lambda r=r: run_series(r)) for r in args.run]
+    sources = [(model_label(r), lambda r=r: run_series(r)) for r in args.run]
     sources += [(m, lambda m=m: revision_series(m, args.revisions)) for m in args.model]
     if args.paths:
         sources.append((Path(args.paths[0]).resolve().parent.name, lambda: path_series(args.paths)))
@@ -136,7 +137,7 @@ def collect_series(args) -> dict[str, list[Checkpoint]]:
     return out
 
 
-def profile_series(series: dict[str, list[Checkpoint]], text: str, spec: ProbeSpec, cache: ResultCache,
+def profile_series(series: dict[str, list[Checkpoint]], text: str, spec: ProfileSpec, cache: ResultCache,
                    device: torch.device) -> dict[str, list[dict]]:
     """The profile record of every checkpoint (label -> records in step order); only uncached ones are run."""
     from eval.linearity.evaluator import history_record
@@ -197,7 +198,7 @@ def parse_args(argv=None) -> argparse.Namespace:
              "(default: the run's name, the model's name, the paths' parent directory)")
     ap.add_argument("--out", required=True, help="output and cache directory")
     add_data_root_arg(ap)
-    add_probe_args(ap, ProbeConfig)
+    add_probe_args(ap, ProbeSetConfig)
     add_device_args(ap)
     add_measure_arguments(ap)
     return ap.parse_args(argv)

@@ -31,6 +31,7 @@ Outputs: ``stories.md`` (Table 3 layout), ``stories.json``, ``stories.csv`` (one
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -44,14 +45,13 @@ from analysis.report import (
     fingerprint,
     markdown_table,
     model_identity,
-    model_labels,
     pm,
-    t_interval,
-    write_csv,
-    write_json,
 )
+from core import stats
 from core.cli import add_data_root_arg, add_device_args, add_model_args, command, parser, run_cli
 from core.errors import ConfigError, DataError
+from core.io import write_csv, write_json
+from core.rundir import model_labels
 
 HUB_STORIES = "roneneldan/TinyStories"
 REFERENCE = "reference"
@@ -188,8 +188,8 @@ def summarize(grade_records: list[dict]) -> dict:
            "failure_reasons": sorted({r.get("error") or "unknown" for r in failures})}
     for name, values in [*((c, [g[c] for g in ok]) for c in CRITERIA),
                          ("mean", [sum(g[c] for c in CRITERIA) / len(CRITERIA) for g in ok])]:
-        m, half = t_interval(values)
-        out[name] = {"mean": m, "ci95": half}
+        s = stats.summarize(values)
+        out[name] = {"mean": s and s.mean, "ci95": s and s.half}
     return out
 
 
@@ -203,7 +203,8 @@ def plot_summaries(summaries: dict[str, dict], path: Path) -> Path:
     from analysis.plots import grouped_bars
 
     names = (*CRITERIA, "mean")
-    return grouped_bars({label: ([s[c]["mean"] for c in names], [s[c]["ci95"] for c in names])
+    return grouped_bars({label: ([math.nan if s[c]["mean"] is None else s[c]["mean"] for c in names],
+                                 [s[c]["ci95"] for c in names])
                          for label, s in summaries.items()}, list(COLUMNS), "grade (1-10), 95% interval over prompts",
                         "Judged TinyStories completions", path, ylim=(0, 10))
 

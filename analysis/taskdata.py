@@ -7,7 +7,8 @@ In a root that ``linreg data`` built, SuperGLUE's ``train.jsonl`` files are the 
 manifest says so) and are used as they are. Elsewhere (shared/data) they are the 32-example FewGLUE subsets, too
 few to train on, so the validation file is **carved** into a train part and a test part: a seeded permutation of
 groups of documents, where the documents of one passage (BoolQ, MultiRC) or premise (CB, RTE, COPA) form a group,
-so no passage is in both parts. Every result says which it used (``split_note``).
+so no passage is in both parts. Every result says which it used (``split_note``). Each task says whether its train
+split is whole (``Task.full_train_split``) and which documents belong together (``Task.carve_field``).
 """
 from __future__ import annotations
 
@@ -15,16 +16,6 @@ import random
 from collections.abc import Callable, Hashable
 
 from core.errors import ConfigError
-
-# task -> the document field whose equal values must stay on one side of a carve
-GROUP_FIELDS: dict[str, Callable[[dict], Hashable]] = {
-    "boolq": lambda d: d["passage"],
-    "multirc": lambda d: d["idx"]["paragraph"],
-    "multirc_fixed": lambda d: d["idx"]["paragraph"],
-    "cb": lambda d: d["premise"],
-    "rte": lambda d: d["premise"],
-    "copa": lambda d: d["premise"],
-}
 
 
 def carve(docs: list[dict], test_fraction: float, seed: int,
@@ -43,16 +34,22 @@ def carve(docs: list[dict], test_fraction: float, seed: int,
     return [d for d, k in zip(docs, keys) if k not in test_keys], [d for d, k in zip(docs, keys) if k in test_keys]
 
 
+def field_of(path: str) -> Callable[[dict], Hashable]:
+    """The value at a dotted path of a document ("idx.paragraph")."""
+    def get(doc: dict) -> Hashable:
+        for key in path.split("."):
+            doc = doc[key]
+        return doc
+    return get
+
+
 def task_splits(task, test_fraction: float = 0.5, seed: int = 0) -> tuple[list[dict], list[dict], str]:
     """(train documents, test documents, split note) of an ``eval.benchmarks.tasks`` task object."""
-    from data.prepare import prepared
-
-    full_train = prepared(task.data.root, f"superglue/{getattr(task, 'folder', '')}/train.jsonl")
-    carve_local = task.data.root is not None and task.name.split("_")[0] != "xstorycloze" and not full_train
-    if not carve_local:
+    if task.full_train_split():
         return task.docs("train"), task.docs("validation"), "official train / validation splits"
-    train, test = carve(task.docs("validation"), test_fraction, seed, GROUP_FIELDS.get(task.name))
+    grouped = task.carve_field is not None
+    train, test = carve(task.docs("validation"), test_fraction, seed, field_of(task.carve_field) if grouped else None)
     return train, test, (f"local validation file carved into train/test ({len(train)}/{len(test)} documents, "
                          f"test fraction {test_fraction}, seed {seed}"
-                         f"{', a passage or premise on one side only' if task.name in GROUP_FIELDS else ''}): "
+                         f"{', a passage or premise on one side only' if grouped else ''}): "
                          f"the local train file is the 32-example FewGLUE subset")

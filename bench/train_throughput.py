@@ -228,8 +228,9 @@ def run_project(cfg, run_dir: Path, device, args, keep: dict) -> dict:
         t.meter.reset()
         row.update(measure(lambda s: t.train_step(), args, device, t.flops_per_token,
                            eng.peak_tflops(cfg.logging.peak_tflops), t.tokens_per_step))
-        ce, reg = t.meter.mean_losses(t.state.step)
-        row["loss"] = {"ce": ce, "reg": reg}  # means over every measured micro-step (compile parity reads these)
+        task_loss, reg = t.meter.mean_losses(t.state.step)
+        # means over every measured micro-step (compile parity reads these)
+        row["loss"] = {"task_loss": task_loss, "reg": reg}
     finally:
         t.close()
     return row

@@ -181,7 +181,7 @@ def add_data_root_arg(p: argparse.ArgumentParser, help: str = "") -> None:
 def add_probe_args(p: argparse.ArgumentParser, defaults: Any,
                    text: str | None = "default <data root>/tinystories/valid.txt") -> None:
     """The linearity probe (docs/linearity.md): ``defaults`` carries ``num_chunks``, ``chunk_chars`` and ``seed``
-    (eval.linearity's ``ProbeConfig``, which this layer cannot import); ``text`` ends the help of ``--text`` (None:
+    (eval.linearity's ``ProbeSetConfig``, which this layer cannot import); ``text`` ends the help of ``--text`` (None:
     no ``--text``, the command has its own text)."""
     g = p.add_argument_group("linearity probe (docs/linearity.md)")
     if text is not None:

@@ -58,6 +58,41 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested mapping as ``{dotted key: leaf}`` (an empty mapping is a leaf: ``model.extra: {}`` stays)."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET = _Unset()  # the value of a key one side of a difference lacks
+
+
+def differences(a: dict, b: dict) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (value in a, value in b)}`` for every leaf whose values differ (``UNSET`` where a side lacks
+    the key), in key order; nested and already flattened mappings alike."""
+    fa, fb = flatten(a), flatten(b)
+    keys = sorted(fa.keys() | fb.keys())
+    return {k: (fa.get(k, UNSET), fb.get(k, UNSET)) for k in keys if fa.get(k, UNSET) != fb.get(k, UNSET)}
+
+
+def first_difference(a: dict, b: dict) -> str | None:
+    """``"key (value in a vs value in b)"`` for the first differing leaf, or None when the mappings agree."""
+    for key, (va, vb) in differences(a, b).items():
+        return f"{key} ({va!r} vs {vb!r})"
+    return None
+
+
 def load_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     """Load a YAML file and everything it ``extends``, merged (the file itself last)."""
     path = Path(path).resolve()
@@ -110,6 +145,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_SCALARS = {bool: (bool, "true/false"), int: (int, "an integer"), float: ((int, float), "a number"),
+            str: (str, "a string")}  # annotation -> (accepted Python types, what the error says is expected)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert ``value`` against the annotation ``tp``; raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -147,25 +186,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported annotation {tp}")
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # YAML's 1e3 and 2.0 are floats
+    if tp not in _SCALARS:
+        raise ConfigError(f"{key}: unsupported annotation {tp}")
+    accepted, what = _SCALARS[tp]
+    # bool is an int in Python, but `true` is not a count or a rate
+    if not isinstance(value, accepted) or (tp is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {what}, got {value!r}")
+    return float(value) if tp is float else value
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:

@@ -1,9 +1,13 @@
-"""Small file formats shared by every package: jsonl read with line numbers, append with flush."""
+"""Small file formats shared by every package: jsonl read with line numbers, append with flush, and the atomic
+replace (write a temporary file, fsync it, rename it over the target, fsync the directory) that every file a
+reader may see mid-write goes through."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from core.errors import DataError, MissingDataError
@@ -53,15 +57,33 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a reader sees the old or the new content, never a torn file."""
+def write_atomic(path: str | os.PathLike, data: str | bytes, tmp_name: str | None = None) -> None:
+    """Replace ``path`` with ``data`` (text as UTF-8) so that a reader sees the old or the new content, never a
+    torn file, even after a node crash. ``tmp_name``: the temporary file's name in the same directory (default
+    ``<name>.tmp``), for directories whose readers pick files by a pattern the default would match."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp = path.with_name(tmp_name or path.name + ".tmp")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     fsync_file(tmp)
     os.replace(tmp, path)
     fsync_file(path.parent)
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> Path:
+    """``obj`` as a JSON file (``default=str`` for paths and the like), replaced atomically."""
+    write_atomic(path, json.dumps(obj, indent=indent, default=str) + "\n")
+    return Path(path)
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """A header and rows as a CSV file (the csv module's quoting), replaced atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
+    return Path(path)
 
 
 def trim_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> int:

@@ -80,6 +80,16 @@ class RunDir:
         """The checkpoint ``checkpoints/latest`` names, or None when there is none."""
         return latest_in(self.checkpoints)
 
+    def checkpoint_step(self) -> int | None:
+        """The step of the latest complete checkpoint (its meta.json, else the tag's name), or None."""
+        latest = self.latest_checkpoint()
+        if latest is None:
+            return None
+        meta = latest / "meta.json"
+        if meta.is_file():
+            return int(json.loads(meta.read_text())["step"])
+        return step_of(latest)
+
     def checkpoint_dirs(self) -> list[Path]:
         """Every step_* directory, in step order (not name order: step numbers may outgrow 8 digits)."""
         if not self.checkpoints.is_dir():
@@ -241,6 +251,28 @@ def read_latest(ckpt_root: str | os.PathLike) -> tuple[Path | None, str | None]:
 
 def latest_in(ckpt_root: str | os.PathLike) -> Path | None:
     return read_latest(ckpt_root)[0]
+
+
+def model_label(path: str | os.PathLike) -> str:
+    """A model's label in tables and legends: its directory's name, ``<run>/step_XXXXXXXX`` for a checkpoint
+    directory (the step alone says nothing), a hub name as it is given."""
+    p = Path(path)
+    if not p.exists():
+        return str(path)
+    p = p.resolve()
+    return f"{p.parent.parent.name}/{p.name}" if step_of(p) is not None else p.name
+
+
+def model_labels(paths: list[str], labels: list[str] | None = None) -> list[str]:
+    """The label of each model path: the one given for it, else its ``model_label``, with the parent directory's
+    name put in front of labels that would otherwise repeat (``a/export`` and ``b/export``)."""
+    if labels and len(labels) != len(paths):
+        raise ConfigError(f"{len(labels)} --label for {len(paths)} --model: give one label per model, or none")
+    if labels:
+        return list(labels)
+    out = [model_label(p) for p in paths]
+    return [f"{Path(p).resolve().parent.name}/{lab}" if out.count(lab) > 1 and Path(p).exists() else lab
+            for p, lab in zip(paths, out)]
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -47,6 +47,7 @@ from core.cli import command, list_arg, parser, run_cli
 from core.errors import ConfigError, DataError, MissingDataError, UserError, one_line
 from core.io import fsync_file, write_atomic
 from data.catalog import SETS, DataSet, Part
+from data.sources import load_hub_split
 
 MANIFEST = "MANIFEST.json"
 LOCK = ".prepare.lock"
@@ -119,12 +120,9 @@ class Opened:
 
 
 def load_part(part: Part, source: str, revision: str | None, streaming: bool = True):
-    """The rows of one part: ``datasets.load_dataset`` on ``source`` (a hub id or a local copy of the repository)."""
-    import datasets
-
-    return datasets.load_dataset(source, part.config, split=part.split, streaming=streaming, revision=revision,
-                                 **({"data_dir": part.data_dir} if part.data_dir else {}),
-                                 **({"data_files": part.data_files} if part.data_files else {}))
+    """The rows of one part: ``load_hub_split`` on ``source`` (a hub id or a local copy of the repository)."""
+    return load_hub_split(source, part.config, part.split, data_dir=part.data_dir, streaming=streaming,
+                          revision=revision, data_files=part.data_files)
 
 
 def open_set(ds: DataSet, from_dir: Path | None) -> Opened:
@@ -145,8 +143,8 @@ def open_set(ds: DataSet, from_dir: Path | None) -> Opened:
         streams = [load_part(p, source, revision) for p in ds.parts]
     except Exception as e:
         hint = "" if from_dir else " (offline? --from DIR reads local copies)"
-        raise MissingDataError(f"set '{ds.name}': cannot fetch {where}: {type(e).__name__}: {one_line(e)}"
-                               f"{hint}") from None
+        why = one_line(e) if isinstance(e, UserError) else f"{type(e).__name__}: {one_line(e)}"
+        raise MissingDataError(f"set '{ds.name}': cannot fetch {where}: {why}{hint}") from None
     return Opened(label, streams)
 
 

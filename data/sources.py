@@ -112,15 +112,18 @@ def describe_source(cfg, split: str) -> dict:
 
 
 def load_hub_split(name: str, config: str | None, split: str, hint: str = "", data_dir: str | None = None,
-                   streaming: bool = False):
+                   streaming: bool = False, revision: str | None = None, data_files=None):
     """An HF hub dataset split (``datasets.Dataset``, or ``IterableDataset`` when ``streaming``), or a one-line
     DataError naming it when it cannot be loaded (offline, missing config or split, network errors: the hub raises
-    many kinds). ``data_dir``: a folder of a data-files repository (e.g. ``Anthropic/hh-rlhf``'s ``helpful-base``)."""
+    many kinds). ``name`` may also be a local copy of a repository. ``data_dir``: a folder of a data-files
+    repository (e.g. ``Anthropic/hh-rlhf``'s ``helpful-base``); ``data_files``: files (or patterns) of it;
+    ``revision``: a commit, branch or tag (None: the default branch)."""
     import datasets
 
     try:
-        return datasets.load_dataset(name, config, split=split, streaming=streaming,
-                                     **({"data_dir": data_dir} if data_dir else {}))
+        return datasets.load_dataset(name, config, split=split, streaming=streaming, revision=revision,
+                                     **({"data_dir": data_dir} if data_dir else {}),
+                                     **({"data_files": data_files} if data_files else {}))
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         where = f"{name}/{config or data_dir}" if config or data_dir else name

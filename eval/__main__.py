@@ -4,10 +4,11 @@
         [--num-fewshot K] [--limit N] [--log-samples] [--data-root DIR]
 
 PATH: an HF model directory (an export), a linreg run directory or a checkpoint directory. Task names: boolq, cb,
-copa, multirc, record, rte, wic, wsc, xstorycloze_<lang>, tinystories, multirc_fixed, and the groups superglue and
-xstorycloze. Data: ``--data-root`` (default ``$LINREG_DATA_ROOT``) in the layout of shared/data; without one, the
-HF hub datasets. Writes DIR/results.json ({task: {metric: value}}), DIR/meta.json, DIR/results.md (the tables,
-also printed), DIR/samples_<task>.jsonl with --log-samples, and TensorBoard scalars eval/<task>/<metric> in DIR/tb.
+copa, multirc, record, rte, wic, wsc, xstorycloze_<lang>, tinystories, wikitext2, arc_easy, multirc_fixed, and the
+groups superglue and xstorycloze (``eval.benchmarks.tasks``). Data: ``--data-root`` (default ``$LINREG_DATA_ROOT``)
+in the layout of shared/data; without one, the HF hub datasets. Writes DIR/results.json ({task: {metric: value}}),
+DIR/meta.json, DIR/results.md (the tables, also printed), DIR/samples_<task>.jsonl with --log-samples, and
+TensorBoard scalars eval/<task>/<metric> in DIR/tb.
 """
 from __future__ import annotations
 
@@ -22,8 +23,7 @@ from core.errors import ConfigError, MissingDataError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from eval.benchmarks.suite import DEFAULT_TASKS
-    from eval.benchmarks.tasks import GROUPS, TASKS
+    from eval.benchmarks.tasks import DEFAULT_TASKS, GROUPS, TASKS
 
     p = parser("eval", "eval", __doc__)
     add_model_args(p, label_help="row label in the tables (default: the model path's name)")

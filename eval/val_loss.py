@@ -2,8 +2,9 @@
 
 Uses the same packing as training (sequences of ``data.seq_len`` tokens, EOS between documents) over a fixed
 set of ``data.val_batches`` global batches: the first ``val_batches × train.global_batch_size`` sequences in file
-order, split over the ranks in micro-batches as training splits a step. The set, and so the loss, is the same on
-any number of ranks; the mean is over all its tokens.
+order, split over the ranks in micro-batches as training splits a step. The packed sequences are the windows of
+``model.loss.sliding_windows`` that overlap by one token, scored by its ``window_nll``. The set, and so the loss,
+is the same on any number of ranks; the mean is over all its tokens.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from core import dist
 from data.cache import tokenized_split
 from data.stream import PackedSamples, validation_batches
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
-from model.loss import causal_lm_loss
+from model.loss import window_nll
 
 
 @dataclass
@@ -44,8 +45,7 @@ class ValLossEvaluator(Evaluator):
                                         self.ctx.world_size):
             batch = batch.to(self.ctx.device, non_blocking=True)
             with self.ctx.autocast():
-                logits = model(input_ids=batch[:, :-1]).logits
-            total[0] += causal_lm_loss(logits, batch[:, 1:], reduction="sum").double()
+                total[0] += window_nll(model, batch).sum()
             total[1] += batch[:, 1:].numel()
         dist.all_reduce_sum(total)
         loss = (total[0] / total[1]).item()

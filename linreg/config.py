@@ -14,7 +14,7 @@ from typing import Literal
 
 import yaml
 
-from core.config import apply_overrides, check, from_dict, load_yaml_tree
+from core.config import apply_overrides, check, first_difference, from_dict, load_yaml_tree
 from core.errors import ConfigError
 from core.io import write_atomic
 from data.config import DataConfig, TokenizerConfig
@@ -205,7 +205,7 @@ def resolve_run(config: str | None, run_dir: str | None, resume: str | None, ove
     if resume is not None and run.config.is_file():
         cfg = load_config(run.config, overrides)
         if config is not None:  # the run's own config.yaml wins; a --config that says otherwise is refused
-            diff = _first_difference(load_config(config, overrides).to_dict(), cfg.to_dict())
+            diff = first_difference(load_config(config, overrides).to_dict(), cfg.to_dict())
             if diff is not None:
                 raise ConfigError(f"--config {config} differs from the run's {run.config} at {diff}: a resume uses "
                                   f"the run's config; drop --config, or pass the change as a dotted override")
@@ -213,16 +213,3 @@ def resolve_run(config: str | None, run_dir: str | None, resume: str | None, ove
     if config is None:
         raise ConfigError(f"--resume {resume}: no config.yaml in {run.path}; pass --config")
     return load_config(config, overrides), run
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
-    """The first dotted key whose values differ (with both values), or None."""
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            found = _first_difference(va, vb, f"{prefix}{key}.")
-            if found is not None:
-                return found
-        elif va != vb:
-            return f"{prefix}{key} ({va!r} vs {vb!r})"
-    return None

@@ -2,8 +2,8 @@
 
 Same loop, engine, checkpoints, resume, regularizers and logging as a language model; what differs is only what
 the loop is fed and how a loss is made: the model is ``model/linear_attention.py``'s linear Transformer, the stream
-``data/icl_regression.py``'s prompts, the loss the squared error (y_hat - y_q)^2 averaged over prompts (reported
-as ``train/ce``, the meter's name for the data loss), and no tokenizer or HF export. A "token" in the throughput
+``data/icl_regression.py``'s prompts, the task loss the squared error (y_hat - y_q)^2 averaged over prompts
+(``train/task_loss``), and no tokenizer or HF export. A "token" in the throughput
 columns is one row of a prompt (n+1 per prompt).
 
 With ``measure:`` set, the optimisation measurements of ``linreg/opt_measures.py`` are logged on their own
@@ -61,12 +61,7 @@ class ICLTrainer(Trainer):
 
     def forward_loss(self, batch, step: int):
         prompts, targets = (t.to(self.device, non_blocking=True) for t in batch)
-        if self.capture is not None:
-            with self.capture:
-                pred = self.engine(prompts)
-            reg = self.regularizer(self.capture.take(), step)
-        else:
-            pred, reg = self.engine(prompts), None
+        pred, reg = self.forward_regularized(step, prompts)
         return torch.nn.functional.mse_loss(pred.float(), targets.float()), reg
 
     def train_step(self) -> None:

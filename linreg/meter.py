@@ -4,6 +4,9 @@ Losses are summed on the device in float64 over the micro-steps of a *window* (t
 the training step never waits for the host. A row is due every ``logging.every`` steps and at the last step;
 producing it is the one host sync: the window's sums are all-reduced over ranks, checked for NaN/Inf, averaged,
 and joined by tokens/s, MFU, peak memory and step time. Time spent in evaluators is paused out of the window.
+``train/loss`` is ``train/task_loss`` (the objective the trainer's ``forward_loss`` returns: next-token
+cross-entropy for a language model, the squared error on the testbed, the layer-wise MSE of distillation, a
+classifier's loss) plus ``train/reg`` (the regularizer; 0 without one).
 
 The window is part of the checkpoint (``state_dict``): a run preempted mid-window resumes the same window, so
 its next row equals the uninterrupted run's bit for bit. Checkpoint and preemption steps check the losses for
@@ -36,7 +39,7 @@ class StepMeter:
         self.tokens_per_step, self.flops_per_token, self.peak_tflops = tokens_per_step, flops_per_token, peak_tflops
         self.device = device
         self.on_nonfinite = ""  # appended to the non-finite error; the Trainer names the last good checkpoint there
-        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [ce, reg] over the window's micro-steps
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [task loss, reg] over the window's micro-steps
         self.steps = 0  # optimizer steps in the window
         self._t0 = time.perf_counter()
         self._paused = 0.0
@@ -47,8 +50,8 @@ class StepMeter:
         return step % self.every == 0 or step == self.max_steps
 
     # -- accumulation (no host sync) ---------------------------------------------------------------------------
-    def add(self, ce: torch.Tensor, reg: torch.Tensor | None) -> None:
-        self.sums[0] += ce.detach()
+    def add(self, task_loss: torch.Tensor, reg: torch.Tensor | None) -> None:
+        self.sums[0] += task_loss.detach()
         if reg is not None:
             self.sums[1] += reg.detach()
 
@@ -66,12 +69,13 @@ class StepMeter:
 
     # -- host syncs ------------------------------------------------------------------------------------------------
     def mean_losses(self, step: int) -> tuple[float, float]:
-        """(ce, reg) averaged over the window's micro-steps on every rank; raises NonFiniteLossError."""
+        """(task loss, reg) averaged over the window's micro-steps on every rank; raises NonFiniteLossError."""
         sums = dist.all_reduce_sum(self.sums.clone())
-        ce, reg = (sums / (max(self.steps, 1) * self.micro_steps * self.world)).tolist()
-        if not (math.isfinite(ce) and math.isfinite(reg)):
-            raise NonFiniteLossError(f"non-finite loss at step {step}: ce={ce}, reg={reg}{self.on_nonfinite}")
-        return ce, reg
+        task, reg = (sums / (max(self.steps, 1) * self.micro_steps * self.world)).tolist()
+        if not (math.isfinite(task) and math.isfinite(reg)):
+            raise NonFiniteLossError(f"non-finite loss at step {step}: task_loss={task}, reg={reg}"
+                                     f"{self.on_nonfinite}")
+        return task, reg
 
     def check_finite(self, step: int) -> None:
         """Before a checkpoint: never save a state whose losses went NaN/Inf. The window stays open."""
@@ -80,11 +84,12 @@ class StepMeter:
 
     def row(self, step: int, lr: float, grad_norm: float | None = None, **extra: float) -> dict[str, float]:
         """The training row of ``step``; closes the window."""
-        ce, reg = self.mean_losses(step)
+        task, reg = self.mean_losses(step)
         dt = max(time.perf_counter() - self._t0 - self._paused, 1e-9)
         tok_s = self.steps * self.tokens_per_step / dt
-        out = {"train/loss": ce + reg, "train/ce": ce, "train/reg": reg, "train/lr": lr, "train/tokens_per_s": tok_s,
-               **extra, "train/mem_gb": peak_memory_gb(self.device), "train/step_time_s": dt / max(self.steps, 1)}
+        out = {"train/loss": task + reg, "train/task_loss": task, "train/reg": reg, "train/lr": lr,
+               "train/tokens_per_s": tok_s, **extra, "train/mem_gb": peak_memory_gb(self.device),
+               "train/step_time_s": dt / max(self.steps, 1)}
         if grad_norm is not None:
             out["train/grad_norm"] = float(grad_norm)
         if self.peak_tflops:

@@ -9,6 +9,7 @@ files, with one rule (``core.rundir.log_filter``), so each (step, tag) is in eve
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import ConfigError
-from core.io import fsync_file, read_jsonl
+from core.io import fsync_file, read_jsonl, write_atomic
 from core.rundir import RunDir
 
 
@@ -99,13 +100,11 @@ def trim_tensorboard(tb_dir: Path, keep: Callable[[int, str], bool]) -> int:
         if not (changed or torn):
             continue
         dropped += changed
-        tmp = path.with_name(_TRIMMING)
-        with tmp.open("wb") as f:
-            writer = RecordWriter(f)
-            for raw in kept:
-                writer.write(raw)
-        fsync_file(tmp)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        writer = RecordWriter(buf)
+        for raw in kept:
+            writer.write(raw)
+        write_atomic(path, buf.getvalue(), tmp_name=_TRIMMING)
     return dropped
 
 

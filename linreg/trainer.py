@@ -283,21 +283,24 @@ class Trainer:
         """The engine's module (an HF causal LM), e.g. for evaluation."""
         return self.engine.module
 
+    def forward_regularized(self, step: int, *args, **kwargs):
+        """(the engine's output, the regularizer on the residual states that forward captured, or None without a
+        regularizer) for one micro-batch: every objective that takes the regularizer goes through here."""
+        if self.capture is None:
+            return self.engine(*args, **kwargs), None
+        with self.capture:
+            out = self.engine(*args, **kwargs)
+        return out, self.regularizer(self.capture.take(), step)
+
     def forward_loss(self, batch, step: int):
-        """(loss, reg or None) of one micro-batch from the stream: next-token cross-entropy plus the regularizer.
-        Workflows with another objective (distillation, classification) override this."""
+        """(task loss, regularizer or None) of one micro-batch from the stream; the task loss is the objective
+        without the regularizer (logged as ``train/task_loss``): here next-token cross-entropy. Workflows with
+        another objective (distillation's MSE, a classifier's cross-entropy) override this."""
         from model.loss import causal_lm_loss
 
         batch = batch.to(self.device, non_blocking=True)
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        if self.capture is not None:
-            with self.capture:
-                logits = self.engine(input_ids=inputs).logits
-            reg = self.regularizer(self.capture.take(), step)
-        else:
-            logits = self.engine(input_ids=inputs).logits
-            reg = None
-        return causal_lm_loss(logits, targets), reg
+        out, reg = self.forward_regularized(step, input_ids=batch[:, :-1])
+        return causal_lm_loss(out.logits, batch[:, 1:]), reg
 
     def train_step(self) -> None:
         """One optimizer step (all micro-steps). Losses accumulate on the device in the meter: no host sync."""
@@ -305,13 +308,13 @@ class Trainer:
         accum = self.grad_accum
         measure_norm = self._own_grad_norm and self.meter.due(step + 1)
         for micro in range(accum):
-            ce, reg = self.forward_loss(self.stream.next_batch(), step)
-            self.engine.backward(ce if reg is None else ce + reg)
+            task_loss, reg = self.forward_loss(self.stream.next_batch(), step)
+            self.engine.backward(task_loss if reg is None else task_loss + reg)
             if measure_norm and micro == accum - 1:  # gradients are gone after engine.step()
                 self._grad_norm = torch.linalg.vector_norm(torch.stack(
                     [p.grad.detach().norm() for p in self.engine.module.parameters() if p.grad is not None]))
             self.engine.step()
-            self.meter.add(ce, reg)
+            self.meter.add(task_loss, reg)
         self.state.step += 1
         self.state.tokens_seen += self.tokens_per_step
         self.meter.step_done()

@@ -32,7 +32,8 @@ from core.cli import (
     run_cli,
 )
 from core.errors import ConfigError
-from eval.linearity.probe import ProbeConfig
+from data.sources import data_root
+from eval.linearity.probe import ProbeSetConfig, probe_text
 
 
 def parse_ks(spec: str) -> list[int]:
@@ -81,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
              help="ks whose models are exported: max (default), all, none, or ks")
     p.add_argument("--trust-remote-code", action="store_true", help="for hub models that need it")
     p.add_argument("--seed", type=int, default=0, help="seed of the fits' shuffling and the bootstrap (default 0)")
-    add_probe_args(p, ProbeConfig)
+    add_probe_args(p, ProbeSetConfig)
     g = p.add_argument_group("evaluation")
     add_tasks_arg(g, [*TASKS, *GROUPS], ["tinystories", "arc_easy"], help="benchmark-suite tasks besides WikiText-2")
     g.add_argument("--limit", type=int, default=None, help="first N documents per task (logged as <task>_firstN)")
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
     from prune.distill import distill_config
     from prune.evaluate import Evaluation
     from prune.pipeline import Study, run_study
-    from prune.plan import Probe
+    from prune.plan import ProbeSet
     from prune.surgery import blocks
 
     t0 = time.perf_counter()
@@ -137,17 +138,17 @@ def main(argv=None) -> int:
     out = Path(args.out)
     model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
     study.check(len(blocks(model)))  # cheap errors before the probe and the evaluation data
-    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.probe_seed, args.max_tokens)
+    probe_cfg = ProbeSetConfig(args.num_chunks, args.chunk_chars, args.probe_seed, args.max_tokens)
     probe_cfg.validate("probe")
-    text, source = states.probe_text(args.text, args.data_root)
+    text, source = probe_text(args.text, data_root(cli=args.data_root), args.text_field)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = getattr(model.config, "max_position_embeddings", None) or 2048
     evaluation = Evaluation(tokenizer, tasks=args.tasks, root=args.data_root, limit=args.limit, context=args.context,
                             stride=args.stride, wikitext_max_tokens=args.wikitext_max_tokens,
                             max_length=min(max_length, 2048), device=args.device, dtype=args.dtype,
                             batch_tokens=args.batch_tokens)
-    probe = Probe(states.make_probe(text, tokenizer, probe_cfg, model, source), args.probe_batch_size,
-                  evaluation.device, pad)
+    probe = ProbeSet(states.make_probe(text, tokenizer, probe_cfg, model, source), args.probe_batch_size,
+                     evaluation.device, pad)
     distill_cfg = None
     if study.heals():
         distill_cfg = distill_config(args.distill_config, distill_overrides(args, out), max_length)

@@ -17,7 +17,7 @@ from torch import nn
 
 from prune import distill, replaceme, reverse, sleb, streamline, sublayer
 from prune.errors import PruneError
-from prune.plan import Probe, Pruned, Selector, build
+from prune.plan import ProbeSet, Pruned, Selector, build
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Context:
     """What every build gets: the selection rule of ``--criterion``, the original model and its probe states."""
     selector: Selector
     model: nn.Module
-    probe: Probe
+    probe: ProbeSet
     states: list[torch.Tensor]  # h_0..h_L of the original model on the probe
     iterative: bool = False
     seed: int = 0

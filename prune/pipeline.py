@@ -24,7 +24,7 @@ from prune.evaluate import Evaluation
 from prune.export import export
 from prune.fit import fit_map, token_errors
 from prune.methods import Context, get_method
-from prune.plan import Probe, Selector
+from prune.plan import ProbeSet, Selector
 
 
 @dataclass
@@ -58,7 +58,7 @@ def fit_errors(hs) -> list[np.ndarray]:
     return [token_errors(fit_map(hs[i], hs[i + 1]), hs[i], hs[i + 1]).numpy() for i in range(len(hs) - 1)]
 
 
-def run_study(model, tokenizer, study: Study, probe: Probe, evaluation: Evaluation, out: Path, *,
+def run_study(model, tokenizer, study: Study, probe: ProbeSet, evaluation: Evaluation, out: Path, *,
               distill_cfg=None, meta: dict | None = None, log=print) -> dict:
     from prune.surgery import blocks
 

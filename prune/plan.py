@@ -47,8 +47,9 @@ BASE_METHODS = ("remove", "linear", "merged")
 
 
 @dataclass
-class Probe:
-    """The probe token lists and how to run them (shared by the criteria and the fits)."""
+class ProbeSet:
+    """A built probe set (``eval.linearity.probe``): its token lists and how to run them through a model (shared
+    by the criteria and the fits)."""
     tokens: list[list[int]]
     batch_size: int = 8
     device: torch.device | str | None = None
@@ -93,7 +94,7 @@ class Pruned:
         every kept block (a block that replaces a span stands for the span's output)."""
         return [(0, 0)] + [(j + 1, self.targets.get(orig, orig) + 1) for j, orig in enumerate(self.alive)]
 
-    def change(self, block: int, probe: Probe, states: list[torch.Tensor] | None = None) -> None:
+    def change(self, block: int, probe: ProbeSet, states: list[torch.Tensor] | None = None) -> None:
         """Change original block ``block``; ``states``: h_0..h_L of the current model if the caller has them."""
         pos = self.position(block)
         if self.method == "remove":
@@ -198,7 +199,7 @@ def _keyed(scores: dict[int, float]) -> dict[str, float]:
     return {str(b): v for b, v in sorted(scores.items())}
 
 
-def build(selector: Selector, model: nn.Module, probe: Probe, method: str, k_max: int, iterative: bool,
+def build(selector: Selector, model: nn.Module, probe: ProbeSet, method: str, k_max: int, iterative: bool,
           progress=None, states: list[torch.Tensor] | None = None, comp: bool = False
           ) -> Iterator[tuple[int, Pruned, dict]]:
     """Yield (k, pruned model, selection record so far) for k = 1..k_max; each model is the next's start when the

@@ -60,9 +60,11 @@ def cosine_map(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> LinearMap:
 class Span:
     solver: str  # "lstsq" or "cosine"
 
-    def starts(self, selector: Selector, k: int) -> list[int]:
+    def starts(self, selector: Selector, k: int) -> range:
+        """First blocks of the spans of ``k`` blocks that may be merged: after block 0, within the last
+        unprotected block."""
         last = selector.num_blocks - 1 - (1 if selector.protect_last else 0)
-        return [i for i in range(1, selector.num_blocks - k + 1) if i + k - 1 <= last]
+        return range(1, min(selector.num_blocks - k, last - k + 1) + 1)
 
     def check(self, selector: Selector, k_max: int) -> None:
         selector.check_k("merged", k_max)
@@ -75,7 +77,8 @@ class Span:
         mlp_out: dict[int, torch.Tensor] = {}  # MLP output of block i - 1 on the original model, per span start
         spans = []
         for k in range(1, k_max + 1):
-            scores = {i: d for i, d in enumerate(angular(last, span=k)) if i in self.starts(ctx.selector, k)}
+            starts = self.starts(ctx.selector, k)
+            scores = {i: d for i, d in enumerate(angular(last, span=k)) if i in starts}
             start = min(scores, key=lambda i: (scores[i], i))
             pruned = Pruned.of(ctx.model, "replaceme")
             proj = surgery.check_mergeable(pruned.model, start)

@@ -19,7 +19,7 @@ from torch import nn
 from eval.linearity.profile import probe_batches
 from model.loss import causal_lm_loss
 from prune import surgery
-from prune.plan import Probe, Pruned, Selector
+from prune.plan import ProbeSet, Pruned, Selector
 
 
 def _passthrough(module, args, kwargs, output):
@@ -28,7 +28,7 @@ def _passthrough(module, args, kwargs, output):
 
 
 @torch.no_grad()
-def probe_nll(model: nn.Module, probe: Probe, skip: nn.Module | None = None) -> float:
+def probe_nll(model: nn.Module, probe: ProbeSet, skip: nn.Module | None = None) -> float:
     """Mean next-token NLL over the probe's real tokens, with the block ``skip`` passed through if given. The model
     runs where it is: the caller moves it to the probe's device once for all its candidates."""
     device = next(model.parameters()).device

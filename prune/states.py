@@ -1,46 +1,29 @@
 """The probe set and the residual states pruning decisions and fits are made on.
 
 The probe is ``eval.linearity``'s (the paper's recipe by default: 128 random 512-character chunks of the text,
-each tokenised on its own, every token pooled); the default text is TinyStories validation
-(``<data root>/tinystories/valid.txt``, or the hub's ``roneneldan/TinyStories`` validation split without a data
-root). ``collect`` runs the probe through a model with ``eval.linearity``'s ``StateCollector`` (h_0..h_L before
-the final norm, real tokens only, pooled) and can record the outputs of extra modules on the same tokens (the MLP
-output projection a merged map is fitted on).
+each tokenised on its own, every token pooled; the default text is ``eval.linearity.probe.probe_text``'s).
+``collect`` runs the probe through a model with ``eval.linearity``'s ``StateCollector`` (h_0..h_L before the final
+norm, real tokens only, pooled) and can record the outputs of extra modules on the same tokens (the MLP output
+projection a merged map is fitted on).
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from data.sources import data_root
-from eval.linearity.probe import ProbeConfig, build_probe, read_probe_dataset, read_probe_text
+from core.errors import DataError
+from eval.linearity.probe import ProbeSetConfig, checked_probe
 from eval.linearity.profile import StateCollector, probe_batches
 from prune.errors import PruneError
 
 
-def probe_text(path: str | None = None, root: str | None = None) -> tuple[str, str]:
-    """(text, description): ``path`` if given, else TinyStories validation from the data root or the hub."""
-    if path is not None:
-        return read_probe_text(path), str(Path(path).resolve())
-    base = data_root(cli=root)
-    if base is not None:
-        valid = base / "tinystories" / "valid.txt"
-        return read_probe_text(valid), str(valid.resolve())
-    return read_probe_dataset("roneneldan/TinyStories", "validation"), "roneneldan/TinyStories:validation"
-
-
-def make_probe(text: str, tokenizer, cfg: ProbeConfig, model: nn.Module, source: str = "") -> list[list[int]]:
+def make_probe(text: str, tokenizer, cfg: ProbeSetConfig, model: nn.Module, source: str) -> list[list[int]]:
+    """``checked_probe`` for ``model``; a probe too small for it is a refused pruning request."""
     try:
-        probe = build_probe(text, tokenizer, cfg, max_len=getattr(model.config, "max_position_embeddings", None))
-    except ValueError as e:  # fewer characters than one chunk
-        raise PruneError(f"{source or 'probe text'}: {e}") from None
-    n, d = sum(len(p) for p in probe), model.config.hidden_size
-    if n <= d + 1:
-        raise PruneError(f"probe has {n} tokens for hidden size {d}: a linear fit or linearity score needs more "
-                         f"than d + 1 tokens (raise --num-chunks / --chunk-chars or give a longer --probe-text)")
-    return probe
+        return checked_probe(text, tokenizer, cfg, source=source, width=model.config.hidden_size,
+                             max_len=getattr(model.config, "max_position_embeddings", None))
+    except DataError as e:
+        raise PruneError(str(e)) from None
 
 
 @torch.no_grad()

@@ -32,42 +32,66 @@ from pathlib import Path
 import numpy as np
 
 from core.cli import command, parser, run_cli
+from core.config import differences, first_difference
 from core.errors import UserError
+from core.stats import summarize
 from sweep import stats
 from sweep.runs import Run, find_runs
 
 ALPHA = stats.ALPHA
-SCALARS = (  # (column, source, key); all lower is better except linearity, which is what the paper raises
-    ("val-loss", "curve", "val/loss"),
-    ("tinystories-loss", "benchmark", ("tinystories", "loss")),
-    ("tinystories-bpb", "benchmark", ("tinystories", "bpb")),
-    ("linearity", "linearity", "linearity"),
-    ("linearity-wo-res", "linearity", "linearity_wo_res"),
-    ("icl-loss", "curve", "opt/loss"),  # the linear-attention testbed: squared error on its measurement prompts
-)
 _SEED_DIR = re.compile(r"^seed\d+$")
+
+
+def lookup(results: dict | None, task: str) -> tuple[str | None, dict | None]:
+    """eval's ``lookup`` (the full split wins), imported on first use so that this module loads without torch."""
+    from eval.benchmarks.tasks import lookup as task_lookup
+
+    return task_lookup(results, task)
 
 
 def table2_columns():
     """(column, task, metric) of the paper's Table 2, as eval's report lays it out."""
-    from eval.benchmarks.report import PAPER_COLUMNS
+    from eval.benchmarks.report import paper_columns
 
-    return PAPER_COLUMNS
+    return [(c.label, t, c.metric) for t, c in paper_columns()]
 
 
-def lookup(results: dict | None, task: str) -> tuple[str | None, dict | None]:
-    """(logged name, metrics) of ``task`` in a results.json; a full-split result wins over subset/fallback ones
-    (logged as ``<task>_first<N>``, ``record_dev32``)."""
-    from eval.benchmarks.report import base_name
+def _present(runs: list[Run]) -> set[str]:
+    from eval.benchmarks.tasks import base_name
 
-    if not results:
-        return None, None
-    if task in results:
-        return task, results[task]
-    for logged, metrics in results.items():
-        if base_name(logged) == task:
-            return logged, metrics
-    return None, None
+    return {base_name(logged) for r in runs for logged in (r.benchmarks or {})}
+
+
+def other_columns(runs: list[Run]) -> list[tuple[str, str, str]]:
+    """(column, task, metric) of the benchmarks the runs have results for beyond Table 2: the percent columns of
+    their tasks' tables (eval's report), named ``<task>`` or, for a task with several, ``<task>-<column>``."""
+    from eval.benchmarks.report import group_tables, paper_columns
+
+    paper = {(t, c.metric) for t, c in paper_columns()}
+    present = _present(runs)
+    out = []
+    for table in group_tables(present):
+        cols = [(t, c) for t, c in table.columns
+                if t in present and c.fmt == "percent" and (t, c.metric) not in paper]
+        for t, c in cols:
+            several = sum(t == u for u, _ in cols) > 1
+            out.append((f"{t}-{c.label}" if several else t, t, c.metric))
+    return out
+
+
+def scalar_columns(runs: list[Run]) -> list[tuple[str, str, object]]:
+    """(column, source, key): the validation loss, the compared columns of the loss tasks (eval's defaults and any
+    with results: ``<task>-<metric>``) and linearity. All lower is better except linearity, which is what the
+    paper raises; ``icl-loss`` (the linear-attention testbed's loss) where the runs log it."""
+    from eval.benchmarks.tasks import DEFAULT_TASKS, expand_task_names, registered
+
+    shown = set(expand_task_names(DEFAULT_TASKS)) | _present(runs)
+    losses = [(f"{t.name}-{c.label}", "benchmark", (t.name, c.metric)) for t in registered() if t.name in shown
+              for c in t.columns if c.fmt != "percent" and c.compared]
+    # the linear-attention testbed's loss on its measurement prompts, where runs log it
+    icl = [("icl-loss", "curve", "opt/loss")] if any("opt/loss" in r.curves for r in runs) else []
+    return [("val-loss", "curve", "val/loss"), *losses, ("linearity", "linearity", "linearity"),
+            ("linearity-wo-res", "linearity", "linearity_wo_res"), *icl]
 
 
 @dataclass
@@ -91,12 +115,6 @@ def _label(runs: list[Run]) -> str:
     names = [r.path.name for r in runs]
     prefix = names[0][:next((i for i, cs in enumerate(zip(*names)) if len(set(cs)) > 1), min(map(len, names)))]
     return prefix.rstrip("-_.") or "+".join(names)
-
-
-def first_difference(a: dict, b: dict) -> str:
-    keys = sorted(set(a) | set(b))
-    k = next(k for k in keys if a.get(k, "<unset>") != b.get(k, "<unset>"))
-    return f"{k} ({a.get(k, '<unset>')!r} vs {b.get(k, '<unset>')!r})"
 
 
 def group_runs(runs: list[Run], order: list[str] = ()) -> list[Variant]:
@@ -140,8 +158,7 @@ def mixed(variants: list[Variant], baseline: Variant) -> list[str]:
 
 
 def differs(v: Variant, baseline: Variant) -> dict:
-    a, b = v.experiment, baseline.experiment
-    return {k: a.get(k) for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")}
+    return {k: v.experiment.get(k) for k in differences(v.experiment, baseline.experiment)}
 
 
 # -- per-run values ------------------------------------------------------------------------------------------------
@@ -192,33 +209,36 @@ def task_metric(run: Run, task: str, metrics: list[str]) -> tuple[stats.Metric |
 
 def _cell(values: list[float], seeds: list) -> dict:
     kept = [(v, s) for v, s in zip(values, seeds) if v is not None and np.isfinite(v)]
-    summary = stats.summarize([v for v, _ in kept])
+    summary = summarize([v for v, _ in kept])
     base = summary.to_dict() if summary else {"n": 0, "mean": None, "std": None, "ci95": None}
     return {**base, "values": [v for v, _ in kept], "seeds": [s for _, s in kept]}
 
 
 def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, seed: int = 0,
             plan: float | None = None) -> dict:
-    columns = table2_columns()
-    names = [c for c, _, _ in columns] + ["mean"]
     runs = [r for v in variants for r in v.runs]
+    paper, others, scalar_cols = table2_columns(), other_columns(runs), scalar_columns(runs)
+    columns = paper + others
+    n_paper = len(paper)  # names: the Table 2 columns, their mean, then the other benchmarks' columns
+    names = [c for c, _, _ in paper] + ["mean"] + [c for c, _, _ in others]
     index = {id(r): i for i, r in enumerate(runs)}
     notes: list[str] = []
 
-    # Per run: the Table 2 values (from results.json) and their plain mean (only when all columns are there).
+    # Per run: the benchmark values (from results.json) and the plain Table 2 mean (only when all its columns are
+    # there).
     point = np.full((len(runs), len(names)), np.nan)
     subset: set[str] = set()
     for i, r in enumerate(runs):
         values, sub = benchmark_values(r, columns)
         subset |= sub
-        point[i, :-1] = values
-        point[i, -1] = np.mean(values) if np.all(np.isfinite(values)) else np.nan
+        point[i, :n_paper], point[i, n_paper + 1:] = values[:n_paper], values[n_paper:]
+        point[i, n_paper] = np.mean(values[:n_paper]) if np.all(np.isfinite(values[:n_paper])) else np.nan
 
     # Bootstrap replicates of every run on the same resampled documents, task by task (NaN where not possible).
     rng = np.random.default_rng(seed)
     reps = np.full((n_boot, len(runs), len(names)), np.nan)
-    col = 0
-    for task, metrics in _tasks(columns):
+    for (task, metrics), first in zip(_tasks(columns), _first_columns(columns)):
+        col = names.index(first)
         width = len(metrics)
         found = [(i, *task_metric(r, task, metrics)) for i, r in enumerate(runs) if lookup(r.benchmarks, task)[0]]
         usable = [(i, m, d) for i, m, d, why in found if m is not None]
@@ -237,8 +257,7 @@ def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, see
                                  f"{_run_label(runs[usable[0][0]])} (not paired: no model question)")
             r_t = stats.bootstrap_replicates([[m for _, m in same]], n_boot, rng)
             reps[:, [i for i, _ in same], col:col + width] = r_t
-        col += width
-    reps[:, :, -1] = reps[:, :, :-1].mean(axis=2)  # the Table 2 mean, replicate by replicate
+    reps[:, :, n_paper] = reps[:, :, :n_paper].mean(axis=2)  # the Table 2 mean, replicate by replicate
 
     def rows(v):
         return [index[id(r)] for r in v.runs]
@@ -247,7 +266,7 @@ def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, see
     cells = {v.label: {c: _cell(list(point[rows(v), j]), seeds[v.label]) for j, c in enumerate(names)}
              for v in variants}
     scalars = {v.label: {c: _cell([scalar_value(r, src, key) for r in v.runs], seeds[v.label])
-                         for c, src, key in SCALARS} for v in variants}
+                         for c, src, key in scalar_cols} for v in variants}
     diffs: dict[str, dict] = {}
     for v in variants:
         if v is baseline:
@@ -261,7 +280,7 @@ def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, see
         out = {}
         for j, c in enumerate(names):
             out[c] = _question(cells[v.label][c]["values"], cells[baseline.label][c]["values"], model.get(j))
-        for c, _, _ in SCALARS:
+        for c, _, _ in scalar_cols:
             out[c] = _question(scalars[v.label][c]["values"], scalars[baseline.label][c]["values"], None)
         diffs[v.label] = out
 
@@ -276,13 +295,14 @@ def compare(variants: list[Variant], baseline: Variant, n_boot: int = 10000, see
             "model": model.to_dict() if model else None}
     all_cells = {lab: {**cells[lab], **scalars[lab]} for lab in cells}
     planning = {c: _planning(all_cells, c, baseline.label, plan if c in names else None)
-                for c in [*names, *(c for c, _, _ in SCALARS)]}
+                for c in [*names, *(c for c, _, _ in scalar_cols)]}
     if subset:
         notes.append("not the full validation split: " + ", ".join(sorted(subset))
                      + " (first N documents, or ReCoRD's dev32 fallback: 32 queries of the train split)")
     return {"baseline": baseline.label, "alpha": ALPHA, "power": stats.POWER, "n_boot": n_boot,
             "bootstrap_seed": seed, "plan_delta": plan,
-            "columns": {"benchmarks": names, "scalars": [c for c, _, _ in SCALARS]},
+            "columns": {"benchmarks": names[:n_paper + 1], "other": names[n_paper + 1:],
+                        "scalars": [c for c, _, _ in scalar_cols]},
             "variants": [_describe(v, baseline) for v in variants],
             "cells": all_cells, "differences": differences, "planning": planning, "notes": list(dict.fromkeys(notes))}
 
@@ -315,7 +335,7 @@ def _planning(cells: dict, column: str, baseline: str, plan: float | None) -> di
 
 
 def _tasks(columns):
-    """[(task, [metric, ...])] in column order (a task's columns are adjacent in Table 2)."""
+    """[(task, [metric, ...])] in column order (a task's columns are adjacent)."""
     out: list[tuple[str, list[str]]] = []
     for _, task, metric in columns:
         if out and out[-1][0] == task:
@@ -323,6 +343,11 @@ def _tasks(columns):
         else:
             out.append((task, [metric]))
     return out
+
+
+def _first_columns(columns) -> list[str]:
+    """The name of each task's first column, in the order of ``_tasks``."""
+    return [c for j, (c, task, _) in enumerate(columns) if j == 0 or columns[j - 1][1] != task]
 
 
 def _describe(v: Variant, baseline: Variant) -> dict:

@@ -67,9 +67,9 @@ def write_plots(variants, out: Path) -> list[str]:
 
     written = []
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, key, title in zip(axes, ("val/loss", "train/loss", "train/ce"),
-                              ("validation loss", "training loss (cross-entropy + λ·regularizer)",
-                               "training cross-entropy")):
+    for ax, key, title in zip(axes, ("val/loss", "train/loss", "train/task_loss"),
+                              ("validation loss", "training loss (task loss + λ·regularizer)",
+                               "training task loss (cross-entropy)")):
         for i, v in enumerate(variants):
             x, ys = _common_curve(v.runs, key)
             if x.size:

@@ -1,6 +1,7 @@
 """compare.md from compare.json's data: what was compared, the Table 2 layout with spreads, the differences to the
 baseline as two questions (is the recipe different; are these trained models different on these documents), what
-the sweep could have detected, TinyStories and linearity, and the notes a reviewer needs (subsets, incomplete runs).
+the sweep could have detected, the other benchmarks the runs have, the loss tasks and linearity, and the notes a
+reviewer needs (subsets, incomplete runs).
 """
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ def _recipe_caption(result: dict, columns: list[str]) -> list[str]:
             "recipe changes nothing\", spread included, and Welch's test of the means alone does not reach "
             f"{alpha} (its p beside); the recipe changes the scores, but the size of the mean difference is not "
             "established.")
-    weak = sorted((a, b, min_permutation_p(a, b)) for a, b in _seed_pairs(result, columns)
-                  if min_permutation_p(a, b) > alpha)
+    floors = ((a, b, min_permutation_p(a, b)) for a, b in _seed_pairs(result, columns))
+    weak = sorted((a, b, m) for a, b, m in floors if m > alpha)
     if weak:
         seeds = ", ".join(f"{a} + {b} seeds (smallest p = {m:.2f})" for a, b, m in weak)
         text += (f" **No distribution-free test can reach p < {alpha} with {seeds}** (an exact permutation "
@@ -142,6 +143,7 @@ def chance(result: dict) -> tuple[int, int, float, int, int]:
 
 def render(result: dict) -> str:
     bench, scalars = result["columns"]["benchmarks"], result["columns"]["scalars"]
+    other = result["columns"].get("other", [])
     lines = [f"# Ablation: {result['title']}", "",
              f"Made by `{result['command']}` ({result['generated']}).", ""]
     if result.get("mixed"):
@@ -163,10 +165,13 @@ def render(result: dict) -> str:
               "(seeds are the units; bold) and, for the benchmarks, *are these trained models different on these "
               "documents* (conditional on the seeds). \"smallest detectable\": the difference the recipe test "
               f"finds with 80 % power at α = {alpha}, from the seed spread pooled over all variants.", ""]
-    lines += _table(result, bench, 100.0, lambda c: 1, "Benchmarks (Table 2 layout, %; mean = plain mean of the 11 "
-                    "columns)", model=True)
+    lines += _table(result, bench, 100.0, lambda c: 1, "Benchmarks (Table 2 layout, %; mean = plain mean of the "
+                    f"{len(bench) - 1} columns)", model=True)
+    if other:
+        lines += _table(result, other, 100.0, lambda c: 1, "Other benchmarks (%)", model=True)
     lines += _table(result, scalars, 1.0, lambda c: 4,
-                    "TinyStories and linearity (final step; val-loss: the in-loop validation loss)", model=False)
+                    "Language-model loss and linearity (final step; val-loss: the in-loop validation loss)",
+                    model=False)
     lines += ["### How to read this", "",
               f"- {n_sig} of {n_tests} recipe tests have p < {alpha}. Chance alone would give about "
               f"{expected:.1f}: {alpha} × the {n_live} tests that can reach p < {alpha} at all (the other "

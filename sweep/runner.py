@@ -14,7 +14,6 @@ checkpoint (train.py's preemption path); the sweep then stops and the same comma
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -24,22 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.rundir import RunDir, step_of
+from core.rundir import RunDir
 from sweep.spec import RunPlan, SweepSpec
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train.py"
-
-
-def checkpoint_step(run: RunDir) -> int | None:
-    """The step of the run's latest complete checkpoint (meta.json, else the tag's name), or None."""
-    latest = run.latest_checkpoint()
-    if latest is None:
-        return None
-    meta = latest / "meta.json"
-    if meta.is_file():
-        return int(json.loads(meta.read_text())["step"])
-    return step_of(latest)
 
 
 def benchmarks_current(run: RunDir) -> bool:
@@ -64,7 +52,7 @@ class Status:
 
 def status(plan: RunPlan) -> Status:
     run = RunDir(plan.run_dir)
-    step = checkpoint_step(run)
+    step = run.checkpoint_step()
     return Status(trained=step is not None and step >= plan.max_steps, step=step, scored=benchmarks_current(run))
 
 

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from core.config import yaml_load
+from core.config import flatten, yaml_load
 from core.errors import UserError
 from core.io import iter_jsonl
 from core.rundir import RunDir
-from sweep.runner import checkpoint_step
 
 # Config keys that do not change what a run computes (or that name it): runs differing only in these, and in
 # the seed, are seeds of one variant. The micro-batch and the accumulation only split the same global batch
@@ -25,15 +24,7 @@ NOT_THE_EXPERIMENT = ("name", "train.seed", "logging", "checkpoint", "data.cache
                       "train.grad_accum_steps")
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+_RENAMED = {"train/ce": "train/task_loss"}  # old metrics.jsonl key -> its name now
 
 
 def _ignored(key: str) -> bool:
@@ -69,7 +60,7 @@ class Run:
     @cached_property
     def step(self) -> int | None:
         """The latest checkpoint's step."""
-        return checkpoint_step(self.run)
+        return self.run.checkpoint_step()
 
     @cached_property
     def meta(self) -> dict:
@@ -79,14 +70,15 @@ class Run:
 
     @cached_property
     def curves(self) -> dict[str, dict[int, float]]:
-        """metrics.jsonl as {key: {step: value}}; non-finite values (logged as strings) are dropped."""
+        """metrics.jsonl as {key: {step: value}}; non-finite values (logged as strings) are dropped. Runs logged
+        before the task loss had its name say ``train/ce``: read as ``train/task_loss``."""
         out: dict[str, dict[int, float]] = {}
         if self.run.metrics.is_file():
             for _, row in iter_jsonl(self.run.metrics):
                 step = row.get("step")
                 for k, v in row.items():
                     if k != "step" and isinstance(v, (int, float)):
-                        out.setdefault(k, {})[int(step)] = float(v)
+                        out.setdefault(_RENAMED.get(k, k), {})[int(step)] = float(v)
         return {k: dict(sorted(v.items())) for k, v in out.items()}
 
     @cached_property

@@ -10,7 +10,8 @@
       cos05: {regularizer.name: cosine, regularizer.weight: 0.5}
     launcher: python                 # or deepspeed (then `launcher_args`, or the CLI's `-- ARGS`, go before train.py)
     launcher_args: []
-    benchmarks: {enabled: true, tasks: [superglue, xstorycloze_en, tinystories], limit: null, args: []}
+    benchmarks: {enabled: true, tasks: [superglue, xstorycloze_en, tinystories], limit: null, args: []}  # eval's
+                                     # default tasks; names are checked against its registry when the file loads
     wandb: {project: linreg, mode: offline}      # optional: logging.wandb for every run, grouped by sweep/variant
 
 Paths in the file are relative to the file. A sweep file may ``extends:`` another (as configs do: mappings such as
@@ -39,16 +40,28 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # a directory name on ever
 RUNNER_KEYS = ("train.seed", "name")
 
 
+def _default_tasks() -> list[str]:
+    from eval.benchmarks.tasks import DEFAULT_TASKS
+
+    return list(DEFAULT_TASKS)
+
+
 @dataclass
 class BenchmarksSpec:
     """``linreg eval`` on every run's final checkpoint, once (full splits unless ``limit``)."""
     enabled: bool = True
-    tasks: list[str] = field(default_factory=lambda: ["superglue", "xstorycloze_en", "tinystories"])
+    tasks: list[str] = field(default_factory=_default_tasks)
     limit: int | None = None  # first N documents per task: for tests only, the results are logged as <task>_firstN
     args: list[str] = field(default_factory=list)  # more `linreg eval` options, e.g. [--dtype, fp32]
 
     def validate(self, p: str) -> None:
+        from eval.benchmarks.tasks import expand_task_names
+
         check(bool(self.tasks), f"{p}.tasks", self.tasks, "name at least one task")
+        try:  # a typo fails here, when the file loads, not after every run has trained
+            expand_task_names(self.tasks)
+        except ValueError as e:
+            raise ConfigError(f"{p}.tasks: {e}") from None
         check(self.limit is None or self.limit >= 1, f"{p}.limit", self.limit, "must be >= 1 or null")
 
 

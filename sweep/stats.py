@@ -37,8 +37,8 @@ A variant is a training recipe run with several seeds; every run is scored on th
    δ is that of Student's t with noncentrality ``δ / (σ √(1/n_a + 1/n_b))``, where σ is the seed-to-seed standard
    deviation (``pooled_sd``: pooled over every variant of the sweep, which is the best estimate the sweep has).
 
-**Spread over seeds** (``summarize``): mean, sample standard deviation (ddof 1) and the 95 % Student-t interval
-``mean ± t(0.975, n−1) · std / √n``. With n = 1 there is no spread and no interval.
+**Spread over seeds**: ``core.stats.summarize`` (mean, sample standard deviation, 95 % Student-t interval; None
+where n = 1 gives no estimate).
 
 A benchmark score is ``finish(weights @ features)``: a function of per-document sums, so a bootstrap replicate is
 one matrix product (``Metric``). Accuracy, ReCoRD F1/EM: features = the per-document scores, finish = divide by the
@@ -56,28 +56,6 @@ from scipy import stats as st
 
 ALPHA = 0.05
 POWER = 0.8
-
-
-@dataclass
-class Summary:
-    n: int
-    mean: float
-    std: float | None  # None for n = 1
-    ci95: tuple[float, float] | None
-
-    def to_dict(self) -> dict:
-        return {"n": self.n, "mean": self.mean, "std": self.std, "ci95": list(self.ci95) if self.ci95 else None}
-
-
-def summarize(values) -> Summary | None:
-    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if x.size == 0:
-        return None
-    if x.size == 1:
-        return Summary(1, float(x[0]), None, None)
-    std = float(x.std(ddof=1))
-    half = float(st.t.ppf(0.975, x.size - 1)) * std / np.sqrt(x.size)
-    return Summary(int(x.size), float(x.mean()), std, (float(x.mean() - half), float(x.mean() + half)))
 
 
 @dataclass

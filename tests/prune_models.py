@@ -74,9 +74,9 @@ def tiny_model(family: str, tokenizer, layers: int = 4, dtype=torch.float32, **e
 
 
 def probe_tokens(tokenizer, text_path, num_chunks: int = 12) -> list[list[int]]:
-    from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
+    from eval.linearity.probe import ProbeSetConfig, build_probe, read_probe_text
 
-    return build_probe(read_probe_text(text_path), tokenizer, ProbeConfig(num_chunks=num_chunks), max_len=256)
+    return build_probe(read_probe_text(text_path), tokenizer, ProbeSetConfig(num_chunks=num_chunks), max_len=256)
 
 
 def sample_ids(tokenizer, text_path) -> torch.Tensor:
@@ -97,8 +97,8 @@ def logits(model, ids, hooks=()) -> torch.Tensor:
 
 
 def small_probe(tokenizer, text_path, num_chunks: int = 10):
-    """A ``prune.plan.Probe`` of ``num_chunks`` chunks, all in one batch."""
-    from prune.plan import Probe
+    """A ``prune.plan.ProbeSet`` of ``num_chunks`` chunks, all in one batch."""
+    from prune.plan import ProbeSet
 
-    return Probe(probe_tokens(tokenizer, text_path, num_chunks=num_chunks), batch_size=num_chunks,
+    return ProbeSet(probe_tokens(tokenizer, text_path, num_chunks=num_chunks), batch_size=num_chunks,
                  pad_id=tokenizer.pad_token_id)

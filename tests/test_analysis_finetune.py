@@ -52,8 +52,8 @@ def test_pairwise_loss_and_encoding(tiny_tokenizer):
 
 
 def test_trainer_fine_tune_learns_a_separable_task(tiny_hf_model_dir, tinystories_valid, tmp_path):
-    from analysis.profiling import ProbeSpec
-    from eval.linearity.probe import ProbeConfig, read_probe_text
+    from analysis.profiling import ProfileSpec
+    from eval.linearity.probe import ProbeSetConfig, read_probe_text
     from model.export import load_model
 
     lm, tok = load_model(tiny_hf_model_dir)
@@ -62,7 +62,7 @@ def test_trainer_fine_tune_learns_a_separable_task(tiny_hf_model_dir, tinystorie
     sad = [(f"{q} {i}. It was dark, cold and it rained.", 0) for i in range(24)]
     train, test = happy[:16] + sad[:16], happy[16:] + sad[16:]
     settings = FT.FinetuneSettings(steps=30, batch_size=8, lr=3e-3, max_length=32)
-    spec = ProbeSpec("valid", ProbeConfig(12, 400, 0))
+    spec = ProfileSpec("valid", ProbeSetConfig(12, 400, 0))
     res = FT.finetune_one(lm, tok, "boolq", 0, (train, test, "constructed"), settings, tmp_path / "run",
                           read_probe_text(tinystories_valid), spec, "cpu")
     assert res["acc_after"] == 1.0 and res["majority"] == 0.5

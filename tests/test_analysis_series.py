@@ -43,7 +43,7 @@ def ls_wo_res_numpy(x: np.ndarray, y: np.ndarray) -> float:
 def test_run_checkpoints_in_step_order_cached_and_exact(tiny_run, tinystories_valid, tmp_path, monkeypatch):
     import torch
 
-    from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
+    from eval.linearity.probe import ProbeSetConfig, build_probe, read_probe_text
     from model.export import load_model
 
     out = tmp_path / "out"
@@ -66,7 +66,7 @@ def test_run_checkpoints_in_step_order_cached_and_exact(tiny_run, tinystories_va
 
     # Block 0 of the step-8 checkpoint against numpy on HF's hidden states (h_0, h_1 are pre-norm there).
     model, tok = load_model(tiny_run.checkpoint(8))
-    probe = build_probe(read_probe_text(tinystories_valid), tok, ProbeConfig(12, 400, 0),
+    probe = build_probe(read_probe_text(tinystories_valid), tok, ProbeSetConfig(12, 400, 0),
                         max_len=model.config.max_position_embeddings)
     hs = []
     with torch.no_grad():

@@ -258,6 +258,10 @@ CASES: dict[str, Case] = {
     "compare-plan-negative": Case("compare", ["{tmp}", "--out", "{tmp}/out", "--plan", "-1"], ["--plan -1"]),
     "sweep-file-missing": Case("sweep", ["{tmp}/nope.yaml"], ["{tmp}/nope.yaml"]),
     "sweep-file-empty": Case("sweep", ["{tmp}/s.yaml"], ["s.yaml", "empty"], {"s.yaml": ""}),
+    "sweep-task-typo": Case("sweep", ["{tmp}/s.yaml", "--runs-root", "{tmp}/runs"],
+                            ["benchmarks.tasks", "unknown task 'xstorycloze_english'", "did you mean"],
+                            {"s.yaml": f"base: {TINY}\nvariants: {{a: {{}}}}\n"
+                                       "benchmarks: {tasks: [cb, xstorycloze_english]}\n"}),
     "data-unknown-set": Case("data", ["--root", "{tmp}/root", "--only", "tinystories,arcc"],
                                 ["--only arcc", "'arc'"]),
     "data-corrupt-manifest": Case("data", ["--root", "{tmp}/root", "--only", "arc"],

@@ -21,7 +21,7 @@ def test_compiled_step_matches_eager(tmp_path):
     eager, compiled = json.loads((out / "results.json").read_text())["rows"]
     assert (eager["compile"], compiled["compile"]) == (False, True)
     assert eager["loss"]["reg"] > 0  # the hooks captured the states in both
-    for k in ("ce", "reg"):
+    for k in ("task_loss", "reg"):
         want, got = eager["loss"][k], compiled["loss"][k]
         assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), (k, eager, compiled)
     table = (out / "results.md").read_text()

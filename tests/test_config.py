@@ -43,6 +43,11 @@ def test_unknown_key_in_yaml_file(tmp_path):
     ("regularizer.name=cosin", r"regularizer.name='cosin': unknown regularizer"),
     ("data.seq_len=100000", r"data.seq_len=100000: exceeds model.max_seq_len"),
     ("train.gradient_checkpointing=maybe", r"expected true/false"),
+    # a YAML scalar of one kind is not taken for another (bool is an int in Python)
+    ("train.max_steps=true", r"train.max_steps: expected an integer, got True"),
+    ("optim.lr=true", r"optim.lr: expected a number, got True"),
+    ("train.gradient_checkpointing=1", r"expected true/false, got 1"),
+    ("name=3", r"name: expected a string, got 3"),
 ])
 def test_type_and_range_errors(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -63,3 +68,22 @@ def test_extends_cycle(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_integral_floats_are_integers():
+    cfg = load_config(REPO_CONFIGS / "tiny_cpu.yaml", ["train.max_steps=2e2", "optim.lr=1"])
+    assert cfg.train.max_steps == 200 and type(cfg.train.max_steps) is int
+    assert cfg.optim.lr == 1.0 and type(cfg.optim.lr) is float
+
+
+def test_differences_of_nested_and_flattened_mappings():
+    from core.config import UNSET, differences, first_difference, flatten
+
+    a = {"name": "x", "model": {"hidden_size": 64, "extra": {}}}
+    b = {"name": "x", "model": {"hidden_size": 128}}
+    assert flatten(a) == {"name": "x", "model.hidden_size": 64, "model.extra": {}}
+    assert differences(a, b) == {"model.extra": ({}, UNSET), "model.hidden_size": (64, 128)}
+    assert differences(flatten(a), flatten(b)) == differences(a, b)
+    assert first_difference(a, b) == "model.extra ({} vs <unset>)"
+    assert first_difference(b, a) == "model.extra (<unset> vs {})"
+    assert first_difference(a, {**a}) is None

@@ -134,7 +134,7 @@ def test_benchmark_readers_get_the_hub_rows_back(prepared_root):
 
 def test_other_readers_get_the_hub_rows_back(prepared_root):
     from data.sources import read_jsonl_documents, read_txt_documents
-    from prune.evaluate import read_wikitext_rows
+    from eval.benchmarks.wikitext2 import read_wikitext_rows
 
     assert read_wikitext_rows(prepared_root / "wikitext2" / "wiki.test.raw") == \
         read_wikitext_rows(SHARED / "wikitext2" / "wiki.test.raw")

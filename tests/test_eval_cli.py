@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from eval.benchmarks.loss import evaluate_loss
 from eval.benchmarks.tasks import DataSource, expand_task_names, get_task
-from eval.benchmarks.tinystories import evaluate_loss
 
 REPO = Path(__file__).resolve().parents[1]
 

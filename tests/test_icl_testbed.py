@@ -152,11 +152,12 @@ def test_trainer_decreases_the_loss_resumes_bit_exactly_and_logs_measurements(tm
     for key in ("opt/grad_norm", "opt/sharpness", "opt/lambda_min", "opt/dir_sharpness", "opt/local_smoothness"):
         assert np.isfinite(measured[20][key])
     assert 0 < measured[20]["opt/tail_index"] <= 2
-    from sweep.compare import SCALARS, scalar_value
+    from sweep.compare import scalar_columns, scalar_value
     from sweep.runs import find_runs
 
-    (source, key), = [(src, k) for c, src, k in SCALARS if c == "icl-loss"]  # compare's column of the testbed loss
-    assert scalar_value(find_runs([full.path]).runs[0], source, key) == measured[20]["opt/loss"]
+    run = find_runs([full.path]).runs[0]
+    (source, key), = [(src, k) for c, src, k in scalar_columns([run]) if c == "icl-loss"]  # compare's testbed loss
+    assert scalar_value(run, source, key) == measured[20]["opt/loss"]
 
     part = RunDir(tmp_path / "part")
     assert ICLTrainer(_cfg("train.max_steps=10"), part).fit() == 0
@@ -210,3 +211,18 @@ def test_a_block_is_linear_within_a_prompt_and_not_across_prompts():
     h0, h1, _ = stream.take()
     assert linearity_score(h0[0], h1[0]) == pytest.approx(1.0, abs=1e-9)
     assert linearity_score(h0.reshape(-1, 6), h1.reshape(-1, 6)) < 0.99
+
+
+def test_trainer_registry_and_the_regularized_testbed_loss(tmp_path):
+    from linreg.trainer import Trainer
+    from linreg.trainers import trainer_class
+
+    assert trainer_class(_cfg()) is ICLTrainer
+    assert trainer_class(load_config(CONFIG.parents[1] / "tiny_cpu.yaml")) is Trainer
+    run = RunDir(tmp_path / "reg")
+    cfg = _cfg("train.max_steps=3", "measure=null", "regularizer.name=cosine", "regularizer.weight=0.5")
+    assert ICLTrainer(cfg, run).fit() == 0
+    rows = [r for r in read_metrics(run.metrics) if "train/loss" in r]
+    assert len(rows) == 3
+    for r in rows:  # the regularizer is computed on the testbed's states and logged apart from the squared error
+        assert r["train/reg"] > 0 and r["train/loss"] == pytest.approx(r["train/task_loss"] + r["train/reg"], abs=1e-6)

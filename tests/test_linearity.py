@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.linearity import ProbeConfig, build_probe, linearity_profile, linearity_score, pair_stats, sample_chunks
+from eval.linearity import ProbeSetConfig, build_probe, linearity_profile, linearity_score, pair_stats, sample_chunks
 from eval.linearity.probe import read_probe_text
 
 TOL = 1e-8  # the issue asks for 1e-6; the implementation reaches float64 rounding on these problems
@@ -271,11 +271,11 @@ def test_probe_is_the_papers_recipe(tinystories_valid, tiny_tokenizer):
     assert all(ids[0] == tiny_tokenizer.bos_token_id for ids in probe)  # default special tokens: BOS per chunk
     assert probe[5] == tiny_tokenizer(want[5])["input_ids"]
     with pytest.warns(UserWarning, match="longer than the model's 40 positions"):
-        capped = build_probe(text, tiny_tokenizer, ProbeConfig(num_chunks=16, chunk_chars=256, seed=3, max_tokens=500),
-                             max_len=40)
+        capped = build_probe(text, tiny_tokenizer,
+                             ProbeSetConfig(num_chunks=16, chunk_chars=256, seed=3, max_tokens=500), max_len=40)
     assert sum(map(len, capped)) == 500 and max(map(len, capped)) <= 40
     with pytest.warns(UserWarning, match="only 2 chunks"):
-        assert len(sample_chunks(text[:1100], ProbeConfig(num_chunks=8))) == 2
+        assert len(sample_chunks(text[:1100], ProbeSetConfig(num_chunks=8))) == 2
 
 
 def test_probe_text_from_a_dataset(tmp_path, tinystories_valid):

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from eval.linearity import (
     HeldoutConfig,
-    ProbeConfig,
+    ProbeSetConfig,
     anisotropy,
     build_probe,
     heldout_linearity,
@@ -213,7 +213,7 @@ def test_state_measures_match_the_toolkit():
 def test_pooled_logit_lens_ends_at_the_models_loss(tiny_hf_model_dir, tinystories_valid, tiny_tokenizer):
     """At h_L with the final norm the lens is the model's own next-token loss: HF's loss on the padded batch."""
     model = AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir, torch_dtype=torch.float32)
-    probe = build_probe(read_probe_text(tinystories_valid), tiny_tokenizer, ProbeConfig(num_chunks=6))
+    probe = build_probe(read_probe_text(tinystories_valid), tiny_tokenizer, ProbeSetConfig(num_chunks=6))
     prof = model_profile(model, probe, toolkit=ToolkitConfig(logit_lens=True), pad_id=0)
     (ids, mask), = probe_batches(probe, len(probe), pad_id=0)
     with torch.no_grad():

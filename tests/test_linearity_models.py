@@ -24,7 +24,7 @@ from transformers import (
     OPTForCausalLM,
 )
 
-from eval.linearity import ProbeConfig, build_probe, linearity_profile, model_profile, pair_stats, read_probe_text
+from eval.linearity import ProbeSetConfig, build_probe, linearity_profile, model_profile, pair_stats, read_probe_text
 from eval.linearity.__main__ import main as cli_main
 from eval.linearity.plots import read_history
 
@@ -63,7 +63,7 @@ def test_profile_from_hooks_equals_independent_forward(family, tiny_tokenizer, t
         builder, norm_path = FAMILIES[family]
         model = builder(len(tiny_tokenizer))
     model.eval()
-    probe = build_probe(probe_text, tiny_tokenizer, ProbeConfig(num_chunks=6), max_len=256)
+    probe = build_probe(probe_text, tiny_tokenizer, ProbeSetConfig(num_chunks=6), max_len=256)
     # Ours: padded batches through forward hooks (pre final norm), plus a hook on the final norm.
     prof = model_profile(model, probe, batch_size=4, final_norm=True, pad_id=tiny_tokenizer.pad_token_id)
 

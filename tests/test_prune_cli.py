@@ -12,7 +12,10 @@ import pytest
 import torch
 from prune_models import tiny_model
 
-from prune.evaluate import Evaluation, prepare_wikitext, wikitext_metrics, windows
+from eval.benchmarks.loss import evaluate_loss
+from eval.benchmarks.tasks import DataSource, get_task
+from model.loss import sliding_windows as windows
+from prune.evaluate import Evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,12 +41,13 @@ def test_windows_predict_every_token_once():
 
 def test_wikitext_matches_hf_sliding_window_recipe(tiny_tokenizer, shared_data):
     model = tiny_model("mistral", tiny_tokenizer)
-    data = prepare_wikitext(shared_data / "wikitext2" / "wiki.test.raw", tiny_tokenizer, 64, 24, max_tokens=700)
-    got = wikitext_metrics(model, data, device="cpu", batch_size=4)
+    task = get_task("wikitext2", DataSource(shared_data))
+    data = task.build(tiny_tokenizer, 63, stride=24, max_tokens=700)
+    got = evaluate_loss(model, data, device="cpu", batch_tokens=4 * 64, metrics=task.metric_names)
     ids = data.ids[None]  # HF's perplexity guide, with the exact count of scored labels
     nll, count, prev_end = 0.0, 0, 0
     for begin in range(0, ids.size(1), data.stride):
-        end = min(begin + data.context, ids.size(1))
+        end = min(begin + 64, ids.size(1))
         trg = end - prev_end
         x = ids[:, begin:end]
         labels = x.clone()
@@ -60,9 +64,9 @@ def test_wikitext_matches_hf_sliding_window_recipe(tiny_tokenizer, shared_data):
     # losslessly), not the offsets the code cuts the text at.
     scored_text = tiny_tokenizer.decode(data.ids.tolist(), skip_special_tokens=True)
     assert scored_text.startswith(" = Robert Boulter = \n")
-    assert (data.words, data.bytes) == (len(scored_text.split()), len(scored_text.encode("utf-8")))
-    assert got["word_ppl"] == pytest.approx(math.exp(got["nll"] / data.words))
-    assert got["bpb"] == pytest.approx(got["nll"] / math.log(2) / data.bytes)
+    assert (data.num_words, data.num_bytes) == (len(scored_text.split()), len(scored_text.encode("utf-8")))
+    assert got["word_ppl"] == pytest.approx(math.exp(got["nll"] / data.num_words))
+    assert got["bpb"] == pytest.approx(got["nll"] / math.log(2) / data.num_bytes)
 
 
 def run(args):

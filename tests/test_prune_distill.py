@@ -12,13 +12,13 @@ from prune_models import probe_tokens, tiny_model
 from model.linear_block import LinearBlock
 from prune.distill import Healing, distill_config, heldout_batches
 from prune.methods import METHODS
-from prune.plan import Probe, Pruned
+from prune.plan import ProbeSet, Pruned
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_tokenizer, tinystories_valid, tmp_path_factory):
     model = tiny_model("mistral", tiny_tokenizer).requires_grad_(False)
-    probe = Probe(probe_tokens(tiny_tokenizer, tinystories_valid, num_chunks=8), pad_id=tiny_tokenizer.pad_token_id)
+    probe = ProbeSet(probe_tokens(tiny_tokenizer, tinystories_valid, num_chunks=8), pad_id=tiny_tokenizer.pad_token_id)
     cache = tmp_path_factory.mktemp("distill_cache")
     cfg = distill_config(None, ["train.max_steps=25", "optim.lr=3e-3", "data.seq_len=32", "data.max_docs=300",
                                 "train.global_batch_size=4", "train.micro_batch_size=4", "schedule.warmup_steps=2",

@@ -10,7 +10,7 @@ from torch import nn
 
 from prune.criteria import get_criterion
 from prune.errors import PruneError
-from prune.plan import Probe, Selector, build
+from prune.plan import ProbeSet, Selector, build
 
 
 class Add(nn.Module):
@@ -60,7 +60,7 @@ class Toy(nn.Module):
 
 @pytest.fixture(scope="module")
 def probe(tiny_tokenizer, tinystories_valid):
-    return Probe(probe_tokens(tiny_tokenizer, tinystories_valid, num_chunks=8), pad_id=tiny_tokenizer.pad_token_id)
+    return ProbeSet(probe_tokens(tiny_tokenizer, tinystories_valid, num_chunks=8), pad_id=tiny_tokenizer.pad_token_id)
 
 
 def orders(model, probe, criterion="cosine", method="remove", k=3, **kw):

@@ -13,14 +13,14 @@ from prune import surgery
 from prune.errors import PruneError
 from prune.export import export
 from prune.fit import fit_map
-from prune.plan import Probe, Pruned
+from prune.plan import ProbeSet, Pruned
 
 FAMILIES = ["mistral", "llama", "gpt2", "opt"]
 
 
 @pytest.fixture(scope="module")
 def probe(tiny_tokenizer, tinystories_valid):
-    return Probe(probe_tokens(tiny_tokenizer, tinystories_valid), batch_size=8, pad_id=tiny_tokenizer.pad_token_id)
+    return ProbeSet(probe_tokens(tiny_tokenizer, tinystories_valid), batch_size=8, pad_id=tiny_tokenizer.pad_token_id)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from scipy import stats as st
 from sklearn.metrics import f1_score
 
 from bench.ablation_calibration import rejection_rate, simulate
+from core.stats import summarize
 from sweep.stats import (
     bootstrap_replicates,
     combine,
@@ -23,7 +24,6 @@ from sweep.stats import (
     power,
     recipe_difference,
     seeds_needed,
-    summarize,
 )
 
 

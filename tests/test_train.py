@@ -44,13 +44,13 @@ def test_end_to_end(tmp_path, cache_dir):
     rows = read_metrics(run_dir / "metrics.jsonl")
     train_rows = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in train_rows] == list(range(1, 21))
-    for key in ("train/ce", "train/reg", "train/lr", "train/tokens_per_s", "train/grad_norm", "train/mem_gb"):
+    for key in ("train/task_loss", "train/reg", "train/lr", "train/tokens_per_s", "train/grad_norm", "train/mem_gb"):
         assert key in train_rows[-1]
     assert train_rows[-1]["train/reg"] > 0  # the tiny config uses the cosine regularizer
-    assert abs(train_rows[0]["train/loss"] - train_rows[0]["train/ce"] - train_rows[0]["train/reg"]) < 1e-6
+    assert abs(train_rows[0]["train/loss"] - train_rows[0]["train/task_loss"] - train_rows[0]["train/reg"]) < 1e-6
     val = {r["step"]: r["val/loss"] for r in rows if "val/loss" in r}
     assert set(val) == {10, 20}
-    assert train_rows[-1]["train/ce"] < train_rows[0]["train/ce"] - 0.3
+    assert train_rows[-1]["train/task_loss"] < train_rows[0]["train/task_loss"] - 0.3
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_00000020"
     assert (run_dir / "config.yaml").is_file() and (run_dir / "tokenizer" / "tokenizer.json").is_file()

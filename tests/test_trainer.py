@@ -75,5 +75,5 @@ def test_preempted_off_cadence_resumes_into_the_uninterrupted_curve(tmp_path, ca
     a, b = rows(full, "train/loss"), rows(part, "train/loss")
     assert sorted(a) == sorted(b) == [10, 20, 30]
     for s in a:
-        for key in ("train/loss", "train/ce", "train/reg", "train/lr", "train/grad_norm", "train/tokens"):
+        for key in ("train/loss", "train/task_loss", "train/reg", "train/lr", "train/grad_norm", "train/tokens"):
             assert a[s][key] == b[s][key], (s, key, a[s][key], b[s][key])

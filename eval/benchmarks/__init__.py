@@ -1,7 +1,10 @@
-"""Benchmarks scored as lm-evaluation-harness scores them: SuperGLUE, XStoryCloze, TinyStories (docs/eval.md).
+"""Benchmarks scored as lm-evaluation-harness scores them: SuperGLUE, XStoryCloze, ARC-Easy, and the loss tasks
+TinyStories and WikiText-2 (docs/eval.md).
 
-- ``tasks/``: one file per task family and the registry (``TASKS``, ``GROUPS``);
-- ``scorer.py``: batched log-likelihoods (planning, shared contexts); ``tinystories.py``: loss and bits per byte;
+- ``tasks/``: the task base classes, one file per task family and the registry (``TASKS``, ``GROUPS``,
+  ``DEFAULT_TASKS``);
+- ``scorer.py``: batched log-likelihoods (planning, shared contexts); ``loss.py``: loss tasks (loss, bits per
+  byte, perplexity over sliding windows), ``tinystories.py`` and ``wikitext2.py`` the two of them;
 - ``suite.py``: ``BenchmarkSuite`` (prepare once, score any model) and the result files;
 - ``report.py``: the Table 2 markdown; ``evaluator.py``: the in-loop evaluator; ``linreg eval``: the CLI.
 """

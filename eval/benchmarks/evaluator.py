@@ -20,8 +20,8 @@ from core.errors import ConfigError
 from data.sources import data_root
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
 from eval.benchmarks.scorer import resolve_max_length
-from eval.benchmarks.suite import DEFAULT_TASKS, BenchmarkSuite, results_to_scalars, write_results
-from eval.benchmarks.tasks import expand_task_names
+from eval.benchmarks.suite import BenchmarkSuite, results_to_scalars, write_results
+from eval.benchmarks.tasks import DEFAULT_TASKS, expand_task_names
 
 
 @dataclass
@@ -33,7 +33,7 @@ class BenchmarksEvalConfig(EvaluatorConfig):
     fewshot_seed: int = 1234
     batch_tokens: int | None = None  # tokens (rows x padded length) per forward; None: 32768 on GPU, 4096 on CPU
     max_length: int | None = None  # None: the model's (lme rule: config.max_position_embeddings)
-    seq_len: int | None = None  # TinyStories window; None: min(max_length, 2048)
+    seq_len: int | None = None  # loss tasks' window; None: min(max_length, 2048)
     share_context: bool = True  # one copy of a context shared by its choices (SDPA models; same numbers)
 
     def validate(self, p: str) -> None:

@@ -1,9 +1,15 @@
-"""Markdown tables in the layout of the paper's Table 2, from ``{task: {metric: value}}`` result dicts.
+"""Markdown tables of ``{task: {metric: value}}`` result dicts, laid out from what the tasks say about themselves
+(``Task.group``, ``columns``, ``paper_columns``; ``eval.benchmarks.tasks``).
 
-Table 1: boolq, cb-acc, cb-f1, copa, multirc, record-f1, record-em, rte, wic, wsc, xstorycloze-en and their plain
-mean; Table 2: XStoryCloze accuracy per language and their mean; Table 3: TinyStories loss / bits per byte /
-perplexity. Values are percentages (loss and bpb as they are). Results computed on a subset or on a fallback split
-(logged as ``<task>_first<N>``, ``record_dev32``) are marked with a dagger and listed under the tables.
+- The paper's Table 2 layout: every task's ``paper_columns`` (boolq, cb-acc, cb-f1, copa, multirc, record-f1,
+  record-em, rte, wic, wsc, xstorycloze-en) and their plain mean.
+- Then one table per group (``Group``) over its tasks' ``columns``: a group with a mean (XStoryCloze per language)
+  lists all its members once one has a result, so that its mean compares across rows; a ``split`` group (loss
+  tasks, ARC) gets one table per task; other groups list the tasks that have results.
+
+Values are shown as their column says (percentages; loss and bpb as they are). Results computed on a subset or on
+a fallback split (logged as ``<task>_first<N>``, ``record_dev32``) are marked with a dagger and listed under the
+tables.
 
 Compare runs (e.g. baseline vs regularized) from their results.json files:
 
@@ -12,86 +18,107 @@ Compare runs (e.g. baseline vs regularized) from their results.json files:
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.cli import command, list_arg, parser, run_cli
 from core.errors import DataError
-from eval.benchmarks.tasks import GROUPS, TASKS
+from eval.benchmarks.tasks import Column, Task, base_name, lookup, registered
 
-PAPER_COLUMNS = (  # (column, task, metric)
-    ("boolq", "boolq", "acc"), ("cb-acc", "cb", "acc"), ("cb-f1", "cb", "f1"), ("copa", "copa", "acc"),
-    ("multirc", "multirc", "acc"), ("record-f1", "record", "f1"), ("record-em", "record", "em"),
-    ("rte", "rte", "acc"), ("wic", "wic", "acc"), ("wsc", "wsc", "acc"), ("xstorycloze-en", "xstorycloze_en", "acc"),
-)
-XSC_COLUMNS = tuple((g.rsplit("_", 1)[1], g, "acc") for g in GROUPS["xstorycloze"])
-TINY_COLUMNS = (("loss", "tinystories", "loss"), ("bpb", "tinystories", "bpb"), ("ppl", "tinystories", "ppl"))
+PAPER_TITLE = "SuperGLUE and XStoryCloze-en (Table 2 layout, %)"
 
 
-def base_name(logged: str) -> str:
-    """'record_dev32_first100' -> 'record': the longest task or group name the logged name starts with."""
-    names = [n for n in (*TASKS, *GROUPS) if logged == n or logged.startswith(n + "_")]
-    return max(names, key=len) if names else logged
+@dataclass
+class Table:
+    title: str
+    columns: list[tuple[str, Column]]  # (task, column)
+    mean: bool = False
 
 
-def _lookup(results: dict[str, dict], task: str, metric: str) -> tuple[float | None, str | None]:
+def paper_columns(tasks: list[Task] | None = None) -> list[tuple[str, Column]]:
+    """(task, column) of the paper's Table 2, in registry order."""
+    return [(t.name, c) for t in (tasks if tasks is not None else registered()) for c in t.paper_columns]
+
+
+def group_tables(present: Iterable[str], tasks: list[Task] | None = None) -> list[Table]:
+    """The per-group tables (module docstring) for results of the tasks ``present`` (registry names)."""
+    tasks = tasks if tasks is not None else registered()
+    present = set(present)
+    groups: dict[str, list[Task]] = {}
+    for t in tasks:
+        if t.columns:
+            groups.setdefault(t.group.name, []).append(t)
+    out = []
+    for members in groups.values():
+        group = members[0].group
+        if not group.mean:
+            members = [t for t in members if t.name in present]
+        elif not any(t.name in present for t in members):
+            continue
+        if group.split:
+            for t in members:
+                percent = all(c.fmt == "percent" for c in t.columns)
+                out.append(Table(t.display_name + (" (%)" if percent else ""), [(t.name, c) for c in t.columns]))
+        elif members:
+            out.append(Table(group.title, [(t.name, c) for t in members for c in t.columns], group.mean))
+    return out
+
+
+def report_tables(present: Iterable[str]) -> list[Table]:
+    tasks = registered()
+    return [Table(PAPER_TITLE, paper_columns(tasks), mean=True), *group_tables(present, tasks)]
+
+
+def value(results: dict[str, dict], task: str, metric: str) -> tuple[float | None, str | None]:
     """(value, logged name) of ``task``'s metric; the full-split result wins over subset/fallback ones."""
-    if task in results and metric in results[task]:
-        return results[task][metric], task
-    for logged, metrics in results.items():
-        if base_name(logged) == task and metric in metrics:
-            return metrics[metric], logged
-    return None, None
+    logged, metrics = lookup(results, task, metric)
+    return (metrics[metric], logged) if logged is not None else (None, None)
 
 
 def paper_mean(results: dict[str, dict]) -> float | None:
     """Plain mean of the Table 2 columns present (fractions, not percent); None when none is present."""
-    values = [v for _, t, m in PAPER_COLUMNS if (v := _lookup(results, t, m)[0]) is not None]
+    values = [v for t, c in paper_columns() if (v := value(results, t, c.metric)[0]) is not None]
     return sum(values) / len(values) if values else None
 
 
-def _fmt(value: float | None, metric: str) -> str:
-    if value is None or math.isnan(value):
-        return "–"
-    if metric in ("loss", "bpb"):
-        return f"{value:.4f}"
-    return f"{value:.2f}" if metric == "ppl" else f"{100 * value:.1f}"
-
-
-def _table(rows: dict[str, dict[str, dict]], columns, mean: bool, marked: set[str]) -> str | None:
-    if not any(_lookup(r, t, m)[0] is not None for r in rows.values() for _, t, m in columns):
-        return None
-    header = ["model", *(c for c, _, _ in columns)] + (["mean"] if mean else [])
+def _table(rows: dict[str, dict[str, dict]], table: Table, marked: set[str]) -> tuple[str | None, bool]:
+    """(markdown, whether a mean covers only some columns); None when no row has a value."""
+    if not any(value(r, t, c.metric)[0] is not None for r in rows.values() for t, c in table.columns):
+        return None, False
+    header = ["model", *(c.label for _, c in table.columns)] + (["mean"] if table.mean else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    partial_any = False
     for label, results in rows.items():
         cells, values = [label], []
-        for _, task, metric in columns:
-            value, logged = _lookup(results, task, metric)
+        for task, column in table.columns:
+            v, logged = value(results, task, column.metric)
             mark = "†" if logged is not None and logged != task else ""
             if mark:
                 marked.add(logged)
-            cells.append(_fmt(value, metric) + mark)
-            if value is not None:
-                values.append(value)
-        if mean:
-            partial = "" if len(values) == len(columns) else "*"
-            cells.append((_fmt(sum(values) / len(values), "acc") + partial) if values else "–")
+            cells.append(column.show(v) + mark)
+            if v is not None:
+                values.append(v)
+        if table.mean:
+            partial = "" if len(values) == len(table.columns) else "*"
+            partial_any |= bool(values and partial)
+            cells.append((Column("mean", "").show(sum(values) / len(values)) + partial) if values else "–")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines), partial_any
 
 
 def render_report(rows: dict[str, dict[str, dict]], notes: list[str] = ()) -> str:
-    """All three tables for ``{row label: {logged task name: {metric: value}}}``."""
+    """Every table for ``{row label: {logged task name: {metric: value}}}``."""
     marked: set[str] = set()
-    parts = []
-    for title, columns, mean in (("SuperGLUE and XStoryCloze-en (Table 2 layout, %)", PAPER_COLUMNS, True),
-                                 ("XStoryCloze accuracy per language (%)", XSC_COLUMNS, True),
-                                 ("TinyStories validation", TINY_COLUMNS, False)):
-        table = _table(rows, columns, mean, marked)
-        if table:
-            parts.append(f"### {title}\n\n{table}\n")
+    present = {base_name(logged) for results in rows.values() for logged in results}
+    parts, partial = [], False
+    for table in report_tables(present):
+        text, part = _table(rows, table, marked)
+        if text:
+            parts.append(f"### {table.title}\n\n{text}\n")
+            partial |= part
     foot = []
-    if any("*" in p for p in parts[:2]):
+    if partial:
         foot.append("\\* mean over the columns present only.")
     if marked:
         foot.append("† not the full validation split: " + ", ".join(sorted(marked))

@@ -1,8 +1,8 @@
 """The benchmark suite: tasks prepared once, scored with any model, results written as json/markdown/jsonl.
 
 ``BenchmarkSuite`` prepares the tasks once -- documents, prompts, token ids -- and ``run`` scores them with a model
-through the batched ``Scorer`` (multiple-choice tasks) or ``evaluate_loss`` (TinyStories). The CLI
-(``linreg eval``) and the in-loop ``BenchmarksEvaluator`` both use it, so a checkpoint scored either way gets
+through the batched ``Scorer`` (multiple-choice tasks) or ``evaluate_loss`` (loss tasks: TinyStories, WikiText-2).
+The CLI (``linreg eval``) and the in-loop ``BenchmarksEvaluator`` both use it, so a checkpoint scored either way gets
 the same numbers (up to bf16 autocast on GPU).
 
 Every rank may take part (``rank``/``world_size``): batches are dealt round-robin to ranks and the results
@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from data.tokenizer import tokenizer_fingerprint
+from eval.benchmarks.loss import LossData, evaluate_loss
 from eval.benchmarks.report import paper_mean, render_report
 from eval.benchmarks.scorer import Plan, Scorer, encode_pairs
 from eval.benchmarks.tasks import (
@@ -32,11 +33,9 @@ from eval.benchmarks.tasks import (
     expand_task_names,
     get_task,
 )
-from eval.benchmarks.tinystories import LossData, evaluate_loss
 from eval.benchmarks.token_cache import cached_encode
 
-DEFAULT_TASKS = ("superglue", "xstorycloze_en", "tinystories")
-MAX_LOSS_WINDOW = 2048  # TinyStories window cap when it is taken from the model's max length
+MAX_LOSS_WINDOW = 2048  # loss tasks' window cap when it is taken from the model's max length
 
 
 def default_batch_tokens(device: torch.device) -> int:
@@ -93,12 +92,13 @@ class BenchmarkSuite:
             desc = item.logged_name if progress else None
             if isinstance(item.task, MultipleChoiceTask):
                 result = self._run_choice(item, scorer, desc, log_samples)
-            else:
+            else:  # a LossTask
                 if window not in item.loss_data:
                     item.loss_data[window] = item.task.build(self.tokenizer, window, self.limit)
                 data: LossData = item.loss_data[window]
                 metrics = evaluate_loss(model, data, device=device, autocast_dtype=autocast_dtype,
-                                        batch_tokens=batch_tokens, rank=rank, world_size=world_size, desc=desc)
+                                        batch_tokens=batch_tokens, rank=rank, world_size=world_size, desc=desc,
+                                        metrics=item.task.metric_names)
                 result = TaskResult(item.task.name, item.logged_name, metrics, data.num_docs)
             result.seconds = time.perf_counter() - t0
             result.notes = list(item.task.notes)

@@ -1,15 +1,10 @@
-"""TinyStories validation loss, bits per byte and perplexity.
+"""TinyStories validation loss, bits per byte and perplexity (a loss task: ``eval.benchmarks.loss``).
 
 The validation stories are tokenised without special tokens and joined into one stream with EOS before the first
 story and after every story (``EOS s1 EOS s2 EOS ...``), the packing training uses. The stream is cut into windows
 of ``seq_len + 1`` tokens that overlap by one token, so every story token and every story-ending EOS is predicted
 exactly once, with the preceding tokens of its window as context (the first token of a window sees no earlier
-window). Reported:
-
-- ``loss``: mean cross-entropy (nats) over the predicted tokens; ``ppl = exp(loss)``;
-- ``bpb``: total cross-entropy in bits / UTF-8 bytes of the stories (EOS predictions count in the numerator, no
-  bytes in the denominator) -- comparable across tokenizers, unlike ``loss``;
-- ``tokens``, ``bytes``: the counts behind them.
+window). ``bpb`` counts the EOS predictions in the numerator and no bytes for them in the denominator.
 
 Data: ``<root>/tinystories/valid.txt`` (stories separated by ``<|endoftext|>`` lines) or, without a data root, the
 ``validation`` split of ``roneneldan/TinyStories`` (``text`` stripped, empty rows dropped). ``linreg data``
@@ -18,31 +13,17 @@ sample) is evaluated with a warning, which the results carry as a note.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
-import torch
-
-from core import precision
-from core.dist import all_reduce_sum
-from eval.benchmarks.scorer import run_sharded
-from eval.benchmarks.tasks.base import Task, TaskDataError, load_hub_split, require_file
-from model.loss import causal_lm_loss
+from core.errors import ConfigError
+from eval.benchmarks.loss import LossTask, Stream
+from eval.benchmarks.tasks.base import TaskDataError, load_hub_split, require_file
 
 HUB_DATASET = "roneneldan/TinyStories"
 LOCAL_FILE = "tinystories/valid.txt"
 
 
-@dataclass
-class LossData:
-    windows: list[torch.Tensor]  # each seq_len + 1 tokens (the last may be shorter)
-    num_docs: int
-    num_bytes: int
-    seq_len: int
-
-
-class TinyStories(Task):
+class TinyStories(LossTask):
     """Loss and bits per byte of the TinyStories validation stories (metrics: loss, bpb, ppl)."""
+    title = "TinyStories validation"
 
     def documents(self) -> list[str]:
         if self.data.root is None:
@@ -61,7 +42,9 @@ class TinyStories(Task):
                       f"build the split with linreg data --root DIR --only tinystories")
         return docs
 
-    def build(self, tokenizer, seq_len: int, limit: int | None = None) -> LossData:
+    def stream(self, tokenizer, limit, max_tokens):
+        if max_tokens is not None:
+            raise ConfigError(f"task '{self.name}': scores whole stories; limit the stories, not the tokens")
         docs = self.documents()
         docs = docs[:limit] if limit else docs
         eos = tokenizer.eos_token_id
@@ -69,40 +52,4 @@ class TinyStories(Task):
         for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
             stream += ids
             stream.append(eos)
-        t = torch.tensor(stream, dtype=torch.long)
-        windows = [t[i:i + seq_len + 1] for i in range(0, len(stream) - 1, seq_len)]
-        return LossData(windows, len(docs), sum(len(d.encode("utf-8")) for d in docs), seq_len)
-
-
-@torch.no_grad()
-def evaluate_loss(model, data: LossData, *, device, autocast_dtype=None, batch_tokens: int = 16384, rank: int = 0,
-                  world_size: int = 1, desc: str | None = None) -> dict[str, float]:
-    """Cross-entropy over all windows (split across ranks, summed with all-reduce): loss, bpb, ppl, tokens, bytes."""
-    device = torch.device(device)
-    rows = max(1, batch_tokens // (data.seq_len + 1))
-    full = [w for w in data.windows if len(w) == data.seq_len + 1]
-    batches = [full[i:i + rows] for i in range(0, len(full), rows)]
-    batches += [[w] for w in data.windows if len(w) != data.seq_len + 1]
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of token losses (nats), tokens]
-
-    def autocast():
-        return precision.autocast(device, autocast_dtype)
-
-    def run(i: int) -> None:
-        x = torch.stack(batches[i]).to(device)
-        with autocast():
-            logits = model(input_ids=x[:, :-1], use_cache=False).logits
-        for b in range(x.shape[0]):  # one row at a time keeps the fp32 copy of the logits small
-            total[0] += causal_lm_loss(logits[b], x[b, 1:], reduction="sum").double()
-        total[1] += x[:, 1:].numel()
-
-    def dummy() -> None:
-        with autocast():
-            model(input_ids=data.windows[0][None, :1].to(device), use_cache=False)
-
-    run_sharded(len(batches), run, dummy, rank, world_size, desc)
-    all_reduce_sum(total)
-    nats, tokens = float(total[0]), int(total[1])
-    loss = nats / tokens
-    return {"loss": loss, "bpb": nats / math.log(2) / data.num_bytes, "ppl": math.exp(loss),
-            "tokens": float(tokens), "bytes": float(data.num_bytes)}
+        return Stream(stream, len(docs), sum(len(d.encode("utf-8")) for d in docs))

@@ -28,7 +28,7 @@ Probe sets follow the paper's recipe (``probe``); ``linreg linearity`` profiles 
 """
 from eval.linearity.heldout import HeldoutConfig, HeldoutResult, HeldoutStats
 from eval.linearity.probe import (
-                                  ProbeConfig,
+                                  ProbeSetConfig,
                                   build_probe,
                                   read_probe_dataset,
                                   read_probe_text,
@@ -41,7 +41,7 @@ from eval.linearity.state_measures import ToolkitConfig
 from eval.linearity.toolkit import anisotropy, intrinsic_dimension, logit_lens
 
 __all__ = [
-    "HeldoutConfig", "HeldoutResult", "HeldoutStats", "PairStats", "ProbeConfig", "Profile", "StateCollector",
+    "HeldoutConfig", "HeldoutResult", "HeldoutStats", "PairStats", "ProbeSetConfig", "Profile", "StateCollector",
     "ToolkitConfig",
     "anisotropy", "build_probe", "heldout_linearity", "intrinsic_dimension", "linearity_profile", "linearity_score",
     "logit_lens", "model_profile", "pair_stats", "probe_groups", "profile_from_states", "read_probe_dataset",

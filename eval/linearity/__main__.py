@@ -10,23 +10,19 @@ DIR/linearity.csv (one row per model and pair) and DIR/linearity.png (the paper'
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
-import json
-import re
 from pathlib import Path
 
 import torch
 
 from core import precision
 from core.cli import add_device_args, add_model_args, add_probe_args, command, parser, run_cli
-from core.errors import ConfigError, DataError
-from core.rundir import RunDir
-from eval.linearity.heldout import FoldPlan, HeldoutConfig
+from core.errors import ConfigError
+from core.io import write_csv, write_json
+from core.rundir import RunDir, model_labels
 from eval.linearity.plots import plot_history, plot_profiles, plot_states
-from eval.linearity.probe import ProbeConfig, build_probe, read_probe_dataset, read_probe_text
-from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES, model_profile, probe_groups
-from eval.linearity.score import check_sizes
+from eval.linearity.probe import ProbeSetConfig, checked_probe, probe_text, read_probe_dataset
+from eval.linearity.profile import HELDOUT_QUANTITIES, INTERVALS, QUANTITIES, model_profile
 from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, measures_from_args
 
 
@@ -35,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_args(ap, many=True, required=False, label_help="legend labels, one per --model (default: their names)")
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--run", help="a training run directory: redraw its linearity curves and exit")
-    add_probe_args(ap, ProbeConfig, text="or --dataset")
+    add_probe_args(ap, ProbeSetConfig, text="or --dataset")
     g = ap.add_argument_group("probe text from an HF dataset instead of --text")
     g.add_argument("--dataset", help="hub name or local directory")
     g.add_argument("--dataset-config", default=None)
@@ -50,64 +46,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def default_labels(paths: list[str]) -> list[str]:
-    """The directory name; ``run/step_00000400`` for checkpoint directories; the parent added to duplicates."""
-    labels = []
-    for p in map(Path, paths):
-        p = p.resolve()
-        labels.append(f"{p.parent.parent.name}/{p.name}" if re.fullmatch(r"step_\d+", p.name) else p.name)
-    return [f"{Path(p).resolve().parent.name}/{lab}" if labels.count(lab) > 1 else lab for p, lab in zip(paths, labels)]
-
-
 HELDOUT_COLUMNS = (*HELDOUT_QUANTITIES, *INTERVALS)
 
 
-def write_csv(results: list[dict], path: Path) -> None:
+def profile_rows(results: list[dict]) -> tuple[list[str], list[list]]:
+    """(header, rows) of linearity.csv: one row per model and pair (and final-norm pair)."""
     held = any("heldout" in res["profile"]["pairs"][0] for res in results)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "pair", "depth", *QUANTITIES, "rank_x", "solver", *(HELDOUT_COLUMNS if held else ())])
-        for res in results:
-            prof = res["profile"]
-            rows = [(f"block_{i}", f"{d:.6f}", pair) for i, (d, pair) in enumerate(zip(prof["depths"], prof["pairs"]))]
-            if prof["final_norm"] is not None:
-                rows.append(("final_norm", "", prof["final_norm"]))
-            for name, depth, pair in rows:
-                extra = [repr(pair["heldout"][q]) for q in HELDOUT_COLUMNS] if held and "heldout" in pair else []
-                w.writerow([res["label"], name, depth, *(repr(pair[q]) for q in QUANTITIES), pair["rank_x"],
-                            pair["solver"], *extra])
+    header = ["model", "pair", "depth", *QUANTITIES, "rank_x", "solver", *(HELDOUT_COLUMNS if held else ())]
+    out = []
+    for res in results:
+        prof = res["profile"]
+        rows = [(f"block_{i}", f"{d:.6f}", pair) for i, (d, pair) in enumerate(zip(prof["depths"], prof["pairs"]))]
+        if prof["final_norm"] is not None:
+            rows.append(("final_norm", "", prof["final_norm"]))
+        for name, depth, pair in rows:
+            extra = [repr(pair["heldout"][q]) for q in HELDOUT_COLUMNS] if held and "heldout" in pair else []
+            out.append([res["label"], name, depth, *(repr(pair[q]) for q in QUANTITIES), pair["rank_x"],
+                        pair["solver"], *extra])
+    return header, out
 
 
-def write_states_csv(results: list[dict], path: Path) -> None:
-    """One row per model and state h_i: the toolkit's measurements."""
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "state", *STATE_KEYS])
-        for res in results:
-            measures = res["profile"]["toolkit"]
-            for i in range(res["profile"]["num_layers"] + 1):
-                w.writerow([res["label"], i, *(repr(measures[k][i]) if k in measures else "" for k in STATE_KEYS)])
-
-
-def probe_for(text: str, source: str, tokenizer, cfg: ProbeConfig, max_len: int | None, model_config,
-              model_path: str, heldout: HeldoutConfig | None = None) -> list[list[int]]:
-    """The probe of one model; a text too short for the recipe or for the model's width is the user's to fix."""
-    try:
-        probe = build_probe(text, tokenizer, cfg, max_len=max_len)
-    except ValueError as e:  # fewer characters than one chunk
-        raise DataError(f"probe text {source}: {e}") from None
-    width = getattr(model_config, "hidden_size", None)
-    if width is not None:
-        try:
-            check_sizes(sum(len(ids) for ids in probe), width)
-        except ValueError as e:
-            raise DataError(f"probe text {source} is too short for {model_path}: {e}") from None
-        if heldout is not None:
-            try:
-                FoldPlan(probe_groups(probe), heldout.folds, heldout.seed, width)
-            except ValueError as e:
-                raise DataError(f"probe text {source} for {model_path}: {e}") from None
-    return probe
+def state_rows(results: list[dict]) -> tuple[list[str], list[list]]:
+    """(header, rows) of linearity_states.csv: one row per model and state h_i, the toolkit's measurements."""
+    rows = []
+    for res in results:
+        measures = res["profile"]["toolkit"]
+        for i in range(res["profile"]["num_layers"] + 1):
+            rows.append([res["label"], i, *(repr(measures[k][i]) if k in measures else "" for k in STATE_KEYS)])
+    return ["model", "state", *STATE_KEYS], rows
 
 
 @command
@@ -122,22 +88,23 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = precision.resolve(args.dtype, device)
     autocast_dtype = precision.autocast_dtype(dtype, device)
-    probe_cfg = ProbeConfig(args.num_chunks, args.chunk_chars, args.probe_seed, args.max_tokens)
+    probe_cfg = ProbeSetConfig(args.num_chunks, args.chunk_chars, args.probe_seed, args.max_tokens)
     probe_cfg.validate("probe")
     heldout, toolkit = measures_from_args(args)
     if args.probe_batch_size < 1:
         raise ConfigError(f"--probe-batch-size {args.probe_batch_size}: must be >= 1")
     if args.text is not None:
-        text, source = read_probe_text(args.text, args.text_field), str(Path(args.text).resolve())
+        text, source = probe_text(args.text, None, args.text_field)
     else:
         text = read_probe_dataset(args.dataset, args.split, args.dataset_config, args.text_field)
         source = f"{args.dataset}:{args.dataset_config or ''}:{args.split}"
     results, profiles = [], {}
-    for path, label in zip(args.model, args.label or default_labels(args.model)):
+    for path, label in zip(args.model, model_labels(args.model, args.label)):
         model, tokenizer = load_model(path)
         model.to(device)
-        max_len = getattr(model.config, "max_position_embeddings", None)
-        probe = probe_for(text, source, tokenizer, probe_cfg, max_len, model.config, path, heldout)
+        probe = checked_probe(text, tokenizer, probe_cfg, source=f"{source} for {path}",
+                              width=getattr(model.config, "hidden_size", None),
+                              max_len=getattr(model.config, "max_position_embeddings", None), heldout=heldout)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prof = model_profile(model, probe, batch_size=args.probe_batch_size, device=device, final_norm=args.final_norm,
                              pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype), heldout=heldout,
@@ -161,12 +128,12 @@ def main(argv=None) -> int:
     meta = {"text": source, "probe": vars(probe_cfg), "device": str(device),
             **({"heldout": vars(heldout)} if heldout is not None else {}),
             **({"toolkit": vars(toolkit)} if toolkit is not None else {})}
-    (out / "linearity.json").write_text(json.dumps({**meta, "models": results}, indent=1))
-    write_csv(results, out / "linearity.csv")
+    write_json(out / "linearity.json", {**meta, "models": results})
+    write_csv(out / "linearity.csv", *profile_rows(results))
     plot_profiles(profiles, out / "linearity.png")
     print(f"wrote {out / 'linearity.json'}, {out / 'linearity.csv'}, {out / 'linearity.png'}")
     if toolkit is not None:
-        write_states_csv(results, out / "linearity_states.csv")
+        write_csv(out / "linearity_states.csv", *state_rows(results))
         plot_states({label: prof.toolkit for label, prof in profiles.items()}, out / "linearity_states.png")
         print(f"wrote {out / 'linearity_states.csv'}, {out / 'linearity_states.png'}")
     return 0

@@ -20,9 +20,9 @@ from core.errors import ConfigError, DataError
 from core.io import append_jsonl
 from data.sources import load_documents
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
-from eval.linearity.heldout import FoldPlan, HeldoutConfig
+from eval.linearity.heldout import HeldoutConfig
 from eval.linearity.plots import read_history, save_figures, training_figures
-from eval.linearity.probe import ProbeConfig, build_probe, read_probe_text
+from eval.linearity.probe import ProbeSetConfig, checked_probe, read_probe_text
 from eval.linearity.profile import (
     HELDOUT_QUANTITIES,
     INTERVALS,
@@ -33,7 +33,6 @@ from eval.linearity.profile import (
     probe_groups,
     profile_from_states,
 )
-from eval.linearity.score import check_sizes
 from eval.linearity.state_measures import ToolkitConfig, pooled_labels
 
 
@@ -46,7 +45,7 @@ class HeldoutEvalConfig(HeldoutConfig):
 @dataclass
 class LinearityEvalConfig(EvaluatorConfig):
     every: int = 200  # ~1% of wall time on tiny_cpu with the paper probe (docs/PERFORMANCE.md)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    probe: ProbeSetConfig = field(default_factory=ProbeSetConfig)
     text_file: str | None = None  # probe text; None = the run's validation documents joined by newlines
     batch_size: int = 32  # probe sequences per forward (their L+1 states are held until moved to the CPU)
     final_norm: bool = False  # also the pair (h_{L-1}, final_norm(h_L)), logged as <quantity>/final_norm
@@ -106,19 +105,16 @@ class LinearityEvaluator(Evaluator):
                 raise DataError(f"eval.linearity: {e} (or set eval.linearity.text_file, or "
                                  f"eval.linearity.enabled=false)") from None
         model_cfg = ctx.config.model
-        probe = build_probe(text, ctx.tokenizer, cfg.probe, max_len=getattr(model_cfg, "max_seq_len", ctx.seq_len))
+        # refused at start-up, not at the first evaluation
+        probe = checked_probe(text, ctx.tokenizer, cfg.probe, source=cfg.text_file or "(the run's validation text)",
+                              width=model_cfg.hidden_size, max_len=getattr(model_cfg, "max_seq_len", ctx.seq_len),
+                              heldout=cfg.heldout if cfg.heldout.enabled else None)
         self.num_tokens = sum(len(p) for p in probe)
-        check_sizes(self.num_tokens, model_cfg.hidden_size)  # fail at start-up, not at the first evaluation
         self.labels = pooled_labels(probe, pool_order(probe)) if cfg.toolkit.logit_lens else None
         if cfg.toolkit.logit_lens and getattr(ctx.config.train, "zero_stage", 0) == 3:
             raise ConfigError("eval.linearity.toolkit.logit_lens=true: the logit lens reads lm_head whole, which "
                               "ZeRO-3 partitions (use zero_stage <= 2, or linreg linearity on a checkpoint)")
         self.groups = probe_groups(probe) if cfg.heldout.enabled else None
-        if self.groups is not None:
-            try:
-                FoldPlan(self.groups, cfg.heldout.folds, cfg.heldout.seed, model_cfg.hidden_size)
-            except ValueError as e:
-                raise DataError(f"eval.linearity.heldout: {e}") from None
         pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
         self.batches = probe_batches(probe, cfg.batch_size, pad)
         self.collector: StateCollector | None = None  # hooks go on at the first evaluation (the engine's module)

@@ -18,10 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import check
+from core.errors import DataError
+from eval.linearity.heldout import FoldPlan, HeldoutConfig
+from eval.linearity.profile import probe_groups
+from eval.linearity.score import check_sizes
 
 
 @dataclass
-class ProbeConfig:
+class ProbeSetConfig:
+    """The recipe of a probe set (the ``probe:`` section of ``eval.linearity``): how many chunks of how many
+    characters are drawn with which seed, and an optional cap on the pooled tokens."""
     num_chunks: int = 128
     chunk_chars: int = 512
     seed: int = 0
@@ -34,9 +40,9 @@ class ProbeConfig:
             check(self.max_tokens >= 1, f"{p}.max_tokens", self.max_tokens, "must be >= 1 or null")
 
 
-def sample_chunks(text: str, cfg: ProbeConfig | None = None) -> list[str]:
+def sample_chunks(text: str, cfg: ProbeSetConfig | None = None) -> list[str]:
     """The paper's chunks of ``text``; all of them (fewer than asked) when the text is short, as the notebook."""
-    cfg = cfg or ProbeConfig()
+    cfg = cfg or ProbeSetConfig()
     available = len(text) // cfg.chunk_chars
     if available == 0:
         raise ValueError(f"probe text has {len(text)} characters, fewer than one chunk of {cfg.chunk_chars}")
@@ -90,6 +96,33 @@ def read_probe_dataset(name: str, split: str, config: str | None = None, text_fi
     return "\n".join(load_documents(cfg, "valid"))
 
 
-def build_probe(text: str, tokenizer, cfg: ProbeConfig | None = None, max_len: int | None = None) -> list[list[int]]:
-    cfg = cfg or ProbeConfig()
+def probe_text(path: str | Path | None, root: Path | None, text_field: str = "text") -> tuple[str, str]:
+    """(text, source): the file ``path`` (.txt or .jsonl), else TinyStories validation, the paper's probe text:
+    ``<root>/tinystories/valid.txt`` under a data root, the hub's ``roneneldan/TinyStories`` split without one."""
+    if path is None and root is not None:
+        path = Path(root) / "tinystories" / "valid.txt"
+    if path is not None:
+        return read_probe_text(path, text_field), str(Path(path).resolve())
+    return read_probe_dataset("roneneldan/TinyStories", "validation"), "roneneldan/TinyStories:validation"
+
+
+def build_probe(text: str, tokenizer, cfg: ProbeSetConfig | None = None, max_len: int | None = None) -> list[list[int]]:
+    cfg = cfg or ProbeSetConfig()
     return tokenize_chunks(tokenizer, sample_chunks(text, cfg), cfg.max_tokens, max_len)
+
+
+def checked_probe(text: str, tokenizer, cfg: ProbeSetConfig, *, source: str, width: int | None,
+                  max_len: int | None = None, heldout: HeldoutConfig | None = None) -> list[list[int]]:
+    """``build_probe`` for one model, refused before any forward with a one-line DataError naming ``source`` when
+    the text is shorter than one chunk, when the pooled tokens are too few for the model's width ``width``
+    (n <= d + 1: every score would be 1, every fit exact) or, with ``heldout``, too few documents for its folds.
+    The size of a probe is the user's to fix (a longer text, more or longer chunks), hence a DataError."""
+    try:
+        probe = build_probe(text, tokenizer, cfg, max_len)
+        if width is not None:
+            check_sizes(sum(len(ids) for ids in probe), width)
+            if heldout is not None:
+                FoldPlan(probe_groups(probe), heldout.folds, heldout.seed, width)
+    except ValueError as e:
+        raise DataError(f"probe text {source}: {e}") from None
+    return probe

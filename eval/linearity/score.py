@@ -88,8 +88,9 @@ class PairStats:
 def check_sizes(n: int, d: int) -> None:
     """Refuse n <= d + 1: the centred X then spans every centred Y and LS = 1 whatever the model does."""
     if n <= d + 1:
-        raise ValueError(f"linearity score needs more tokens than features + 1: n={n} tokens, d={d} "
-                         f"(with n <= d + 1 every score is trivially 1; the paper uses ~15k tokens for d=4096)")
+        raise ValueError(f"the probe has n={n} tokens for d={d} features: a linearity score or a linear fit needs "
+                         f"n > d + 1 (with n <= d + 1 every score is trivially 1; the paper uses ~15k tokens for "
+                         f"d=4096): use a longer text or more or longer chunks")
 
 
 def _on_device(t: torch.Tensor, device) -> torch.Tensor:

@@ -1,14 +1,26 @@
-"""Benchmark task registry. To add a task: write its class (a ``MultipleChoiceTask`` subclass, usually one file)
-and add one line to ``TASKS`` (and to a group in ``GROUPS`` if it belongs to one).
+"""Benchmark task registry. To add a task: write its class (a ``MultipleChoiceTask`` or ``LossTask`` subclass,
+usually one file; it says how it is reported, probed and fine-tuned, see ``Task``) and add one line to ``TASKS``.
+Its results then appear in results.md, compare.md and the analyses' task lists. ``GROUPS`` are names that expand
+to several tasks on the command line and in configs.
 
-Importing this module is cheap (no torch): configs validate task names through it before training starts.
+Importing this module is cheap (no torch): configs and sweep files validate task names through it before training
+starts.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
 
-from eval.benchmarks.tasks.base import DataSource, Instance, MultipleChoiceTask, Task, TaskDataError, TaskResult
+from eval.benchmarks.tasks.base import (
+    Column,
+    DataSource,
+    Group,
+    Instance,
+    MultipleChoiceTask,
+    Task,
+    TaskDataError,
+    TaskResult,
+)
 from eval.benchmarks.tasks.xstorycloze import LANGUAGES as XSTORYCLOZE_LANGUAGES
 
 # task name -> "module:Class"; the class is constructed as Class(name, DataSource)
@@ -24,6 +36,7 @@ TASKS: dict[str, str] = {
     "wsc": "eval.benchmarks.tasks.superglue:WSC",
     **{f"xstorycloze_{lang}": "eval.benchmarks.tasks.xstorycloze:XStoryCloze" for lang in XSTORYCLOZE_LANGUAGES},
     "tinystories": "eval.benchmarks.tinystories:TinyStories",
+    "wikitext2": "eval.benchmarks.wikitext2:WikiText2",
     "arc_easy": "eval.benchmarks.tasks.arc:ArcEasy",
 }
 
@@ -31,6 +44,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "superglue": ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc"),
     "xstorycloze": tuple(f"xstorycloze_{lang}" for lang in XSTORYCLOZE_LANGUAGES),
 }
+
+# What `linreg eval`, the in-loop evaluator and a sweep's final benchmarks score unless told otherwise: the
+# paper's Table 2 tasks and the TinyStories loss.
+DEFAULT_TASKS: tuple[str, ...] = ("superglue", "xstorycloze_en", "tinystories")
 
 
 def expand_task_names(spec: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -57,5 +74,37 @@ def get_task(name: str, data: DataSource) -> Task:
     return getattr(importlib.import_module(module), cls)(name, data)
 
 
-__all__ = ["TASKS", "GROUPS", "DataSource", "Instance", "MultipleChoiceTask", "Task", "TaskDataError", "TaskResult",
-           "expand_task_names", "get_task"]
+def describe(name: str) -> Task:
+    """The task ``name`` unbound to any data (constructing a task reads nothing): its columns, group, probe kind
+    and classification framing."""
+    return get_task(name, DataSource(None))
+
+
+def registered() -> list[Task]:
+    """Every registered task, in registry order, unbound to data."""
+    return [describe(n) for n in TASKS]
+
+
+def base_name(logged: str) -> str:
+    """'record_dev32_first100' -> 'record': the longest task or group name the logged name starts with."""
+    names = [n for n in (*TASKS, *GROUPS) if logged == n or logged.startswith(n + "_")]
+    return max(names, key=len) if names else logged
+
+
+def lookup(results: dict[str, dict] | None, task: str, metric: str | None = None) -> tuple[str | None, dict | None]:
+    """(logged name, metrics) of ``task`` in a results.json (``{logged name: {metric: value}}``), or (None, None).
+    The full-split result wins over subset and fallback ones (``<task>_first<N>``, ``record_dev32``); with
+    ``metric``, only results that have it count."""
+    if not results:
+        return None, None
+    candidates = [task] if task in results else []
+    candidates += [logged for logged in results if logged != task and base_name(logged) == task]
+    for logged in candidates:
+        if metric is None or metric in results[logged]:
+            return logged, results[logged]
+    return None, None
+
+
+__all__ = ["TASKS", "GROUPS", "DEFAULT_TASKS", "Column", "DataSource", "Group", "Instance", "MultipleChoiceTask",
+           "Task", "TaskDataError", "TaskResult", "base_name", "describe", "expand_task_names", "get_task", "lookup",
+           "registered"]

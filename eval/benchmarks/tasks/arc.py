@@ -11,13 +11,17 @@ a data root, the hub's ``allenai/ai2_arc`` config ``ARC-Easy``.
 """
 from __future__ import annotations
 
-from eval.benchmarks.tasks.base import MultipleChoiceTask, load_hub_split, read_jsonl
+from eval.benchmarks.tasks.base import Column, Group, MultipleChoiceTask, load_hub_split, read_jsonl
 
 HUB_DATASET, HUB_CONFIG = "allenai/ai2_arc", "ARC-Easy"
 _SPLITS = {"validation": "test", "train": "train"}  # the evaluated split is lme's test split
+ARC = Group("arc", "ARC", split=True)
 
 
 class ArcEasy(MultipleChoiceTask):
+    """3-5 choices: neither a pair nor a label set, so not probed and not a classification task."""
+    title, group = "ARC-Easy", ARC
+    columns = (Column("acc", "acc"), Column("acc_norm", "acc_norm"))
     def load_split(self, split):
         name = _SPLITS[split]
         if self.data.root is None:

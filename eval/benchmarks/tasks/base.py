@@ -10,6 +10,7 @@ document by document (lme's ``ContextSampler``, seed 1234 by default; see ``samp
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -25,6 +26,30 @@ from data.sources import load_hub_split as data_load_hub_split
 from eval.benchmarks.metrics import mc_predictions, mean
 
 log = logging.getLogger("eval")
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the result tables: ``label`` over the task's ``metric``, written as ``fmt`` says."""
+    label: str
+    metric: str
+    fmt: str = "percent"  # percent: 100 x, one decimal; nats: four decimals; ratio: two decimals
+    compared: bool = True  # tested by sweep.compare; ppl is exp(loss): its seed mean is not exp(mean loss)
+
+    def show(self, value: float | None) -> str:
+        if value is None or math.isnan(value):
+            return "–"
+        return {"percent": f"{100 * value:.1f}", "nats": f"{value:.4f}", "ratio": f"{value:.2f}"}[self.fmt]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A family of tasks and its table in results.md: one table over all members (with their plain mean when
+    ``mean``), or one table per member (``split``: members whose metrics differ, titled by the task's ``title``)."""
+    name: str
+    title: str
+    mean: bool = False
+    split: bool = False
+
 
 class TaskDataError(MissingDataError):
     """Data for a requested task is missing: the message names the task and the path or hub dataset tried."""
@@ -100,13 +125,51 @@ class TaskResult:
 
 
 class Task:
-    """A named evaluation task bound to a data source."""
+    """A named evaluation task bound to a data source, and what the rest of linreg needs to know about it:
+
+    - ``group`` and ``columns``: its table in results.md and compare.md and its columns there; ``paper_columns``:
+      its columns in the paper's Table 2 layout (and its plain mean), where it has any;
+    - ``probe_kind``: how ``analysis.probes`` reads it -- "two_choice" (a pair of endings, which one is right),
+      "classification" (the prompt and the document's label) or None (not probed);
+    - ``labels`` and ``classification_template``: the classification framing that ``analysis.finetune`` trains a
+      sequence classifier on -- the label names in label order, and the text it reads, formatted with the
+      document's fields (the passage last, so that truncation cuts it, not the question); None: not framed;
+    - ``carve_field``: the document field (dotted) whose equal values stay on one side when ``analysis.taskdata``
+      carves a validation file into train and test parts (None: each document on its own).
+
+    Constructing a task reads no data, so these can be asked of any registered name.
+    """
+    title: ClassVar[str] = ""  # how tables and plots name it (default: its registry name)
+    group: ClassVar[Group]
+    columns: ClassVar[tuple[Column, ...]] = ()
+    paper_columns: ClassVar[tuple[Column, ...]] = ()
+    probe_kind: ClassVar[str | None] = None
+    labels: ClassVar[tuple[str, ...] | None] = None
+    classification_template: ClassVar[str | None] = None
+    carve_field: ClassVar[str | None] = None
 
     def __init__(self, name: str, data: DataSource):
         self.name = name
         self.data = data
         self.split_tag = ""  # set when the evaluated split is not the canonical one (e.g. ReCoRD's "dev32")
         self.notes: list[str] = []
+
+    @property
+    def display_name(self) -> str:
+        return self.title or self.name
+
+    @property
+    def classifiable(self) -> bool:
+        return self.labels is not None and self.classification_template is not None
+
+    def classification_text(self, doc: dict) -> str:
+        if not self.classifiable:
+            raise ConfigError(f"task '{self.name}' has no classification framing")
+        return self.classification_template.format_map(doc)
+
+    def full_train_split(self) -> bool:
+        """Whether ``docs("train")`` is a whole training split (not a few-shot sample too small to train on)."""
+        return True
 
     def logged_name(self, limit: int | None = None) -> str:
         """Results are logged under this name: any fallback split and any document limit are part of it."""

@@ -16,9 +16,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from eval.benchmarks.metrics import max_over_ground_truths, mean, multiclass_mean_f1, squad_exact, squad_f1
-from eval.benchmarks.tasks.base import Instance, MultipleChoiceTask, TaskDataError, load_hub_split, read_jsonl
+from eval.benchmarks.tasks.base import (
+    Column,
+    Group,
+    Instance,
+    MultipleChoiceTask,
+    TaskDataError,
+    load_hub_split,
+    read_jsonl,
+)
 
 HUB_DATASET = "aps/super_glue"
+# The eight tasks are columns of the paper's Table 2 (``paper_columns``); this table holds the variants only.
+SUPERGLUE = Group("superglue", "SuperGLUE variants (%)")
 
 
 def _bool_label(value: Any) -> int:
@@ -27,10 +37,15 @@ def _bool_label(value: Any) -> int:
 
 
 class SuperGlueTask(MultipleChoiceTask):
+    """A SuperGLUE task: a classification of the prompt into the document's label (``probe_kind``), with HF's
+    label names (``labels``)."""
     folder: ClassVar[str]  # directory under <root>/superglue
     hub_name: ClassVar[str]  # config of aps/super_glue
     fields: ClassVar[tuple[str, ...]] = ()  # fields copied from the original row
     label_names: ClassVar[tuple[str, ...] | None] = None  # string labels -> index; None: boolean labels
+    group = SUPERGLUE
+    probe_kind = "classification"
+    labels = ("False", "True")
 
     local_files: ClassVar[dict[str, str]] = {"validation": "val.jsonl", "train": "train.jsonl"}
 
@@ -51,9 +66,25 @@ class SuperGlueTask(MultipleChoiceTask):
         doc["label"] = self.label_names.index(row["label"]) if self.label_names else _bool_label(row["label"])
         return doc
 
+    def full_train_split(self) -> bool:
+        """From the hub, or in a root ``linreg data`` built (its manifest lists the train file); other
+        roots (shared/data) hold the 32-example FewGLUE train files."""
+        from data.prepare import prepared
+
+        return self.data.root is None or prepared(self.data.root, f"superglue/{self.folder}/train.jsonl")
+
+
+class PremiseTask(SuperGlueTask):
+    """Premise/hypothesis tasks: the documents of one premise stay on one side of a carve."""
+    classification_template = "premise: {premise} hypothesis: {hypothesis}"
+    carve_field = "premise"
+
 
 class BoolQ(SuperGlueTask):
     folder, hub_name, fields = "BoolQ", "boolq", ("question", "passage")
+    title, paper_columns = "BoolQ", (Column("boolq", "acc"),)
+    classification_template = "question: {question} passage: {passage}"
+    carve_field = "passage"
 
     def doc_to_text(self, doc):
         return f"{doc['passage']}\nQuestion: {doc['question']}?\nAnswer:"
@@ -62,9 +93,11 @@ class BoolQ(SuperGlueTask):
         return ["no", "yes"]
 
 
-class CB(SuperGlueTask):
+class CB(PremiseTask):
+    """Kept as the three-class task it is (entailment / contradiction / neutral, HF's label order)."""
     folder, hub_name, fields = "CB", "cb", ("premise", "hypothesis")
-    label_names = ("entailment", "contradiction", "neutral")
+    label_names = labels = ("entailment", "contradiction", "neutral")
+    title, paper_columns = "CB", (Column("cb-acc", "acc"), Column("cb-f1", "f1"))
     metric_names = ("acc", "acc_norm", "f1")
 
     def doc_to_text(self, doc):
@@ -85,6 +118,9 @@ def _lower_first(s: str) -> str:
 
 class COPA(SuperGlueTask):
     folder, hub_name, fields = "COPA", "copa", ("premise", "choice1", "choice2", "question")
+    title, paper_columns = "COPA", (Column("copa", "acc"),)
+    probe_kind, labels = "two_choice", None
+    carve_field = "premise"
 
     def map_row(self, row):
         doc = {k: row[k] for k in self.fields}
@@ -110,6 +146,9 @@ class MultiRC(SuperGlueTask):
     ``multirc_fixed`` variant orders the choices ``[no, yes]`` so that label 1 means "yes"."""
     folder, hub_name = "MultiRC", "multirc"
     answers_suffix: ClassVar[tuple[str, str]] = ("yes", "no")
+    title, paper_columns = "MultiRC", (Column("multirc", "acc"),)
+    classification_template = "question: {question} answer: {answer} passage: {paragraph}"
+    carve_field = "idx.paragraph"
 
     def from_original(self, rows):
         docs = []
@@ -136,6 +175,7 @@ class MultiRC(SuperGlueTask):
 
 class MultiRCFixed(MultiRC):
     answers_suffix = ("no", "yes")
+    title, paper_columns, columns = "MultiRC (fixed)", (), (Column("multirc-fixed", "acc"),)
 
 
 class ReCoRD(SuperGlueTask):
@@ -147,6 +187,8 @@ class ReCoRD(SuperGlueTask):
     warning and a note in the results, under the name ``record_dev32``."""
     folder, hub_name = "ReCoRD", "record"
     metric_names = ("f1", "em")
+    title, paper_columns = "ReCoRD", (Column("record-f1", "f1"), Column("record-em", "em"))
+    probe_kind, labels = None, None
 
     def local_path(self, split):
         path = super().local_path(split)
@@ -199,9 +241,10 @@ class ReCoRD(SuperGlueTask):
                 "em": max_over_ground_truths(squad_exact, entity, golds)}
 
 
-class RTE(SuperGlueTask):
+class RTE(PremiseTask):
     folder, hub_name, fields = "RTE", "rte", ("premise", "hypothesis")
-    label_names = ("entailment", "not_entailment")
+    label_names = labels = ("entailment", "not_entailment")
+    title, paper_columns = "RTE", (Column("rte", "acc"),)
 
     def doc_to_text(self, doc):
         return f"{doc['premise']}\nQuestion: {doc['hypothesis']} True or False?\nAnswer:"
@@ -212,6 +255,7 @@ class RTE(SuperGlueTask):
 
 class WiC(SuperGlueTask):
     folder, hub_name = "WiC", "wic"
+    title, paper_columns = "WiC", (Column("wic", "acc"),)
     fields = ("word", "sentence1", "sentence2", "start1", "start2", "end1", "end2")
 
     def doc_to_text(self, doc):
@@ -251,6 +295,7 @@ def general_detokenize(s: str) -> str:
 class WSC(SuperGlueTask):
     """lme's ``wsc`` task evaluates HF's ``wsc.fixed`` config."""
     folder, hub_name = "WSC", "wsc.fixed"
+    title, paper_columns = "WSC", (Column("wsc", "acc"),)
     fields = ("text", "span1_index", "span2_index", "span1_text", "span2_text")
 
     def map_row(self, row):

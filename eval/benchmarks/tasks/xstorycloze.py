@@ -14,9 +14,11 @@ from core.errors import one_line
 from data.catalog import SETS, XSTORY_LANGUAGES
 from data.prepare import load_part
 from data.sources import ENV_DATA_ROOT
-from eval.benchmarks.tasks.base import MultipleChoiceTask, TaskDataError, require_file
+from eval.benchmarks.tasks.base import Column, Group, MultipleChoiceTask, TaskDataError, require_file
 
 LANGUAGES = XSTORY_LANGUAGES
+XSTORYCLOZE = Group("xstorycloze", "XStoryCloze accuracy per language (%)", mean=True)
+PAPER_LANGUAGE = "en"  # the paper's Table 2 reports the English set
 _SPLIT_FILES = {"validation": "eval", "train": "train"}
 _FIELDS = ("story_id", "input_sentence_1", "input_sentence_2", "input_sentence_3", "input_sentence_4",
            "sentence_quiz1", "sentence_quiz2")
@@ -31,12 +33,18 @@ def read_xstorycloze_tsv(task: str, path) -> list[dict]:
 
 
 class XStoryCloze(MultipleChoiceTask):
+    """Two endings, one right: probed as a pair (``probe_kind``); its own 360-story train split is whole."""
+    group, probe_kind = XSTORYCLOZE, "two_choice"
+
     def __init__(self, name, data):
         super().__init__(name, data)
         self.lang = name.rsplit("_", 1)[-1]
         if self.lang not in LANGUAGES:
             raise ValueError(f"task '{name}': unknown XStoryCloze language '{self.lang}' "
                              f"(one of {', '.join(LANGUAGES)})")
+        self.title = f"XStoryCloze-{self.lang}"
+        self.columns = (Column(self.lang, "acc"),)
+        self.paper_columns = (Column(f"xstorycloze-{self.lang}", "acc"),) if self.lang == PAPER_LANGUAGE else ()
 
     def load_split(self, split):
         if self.data.root is None:
