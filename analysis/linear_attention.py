@@ -6,7 +6,7 @@ measurements, and the linearity profile of the trained models (docs/linear_atten
 Reads a sweep of ``configs/linear_attention/adam_vs_sgd.yaml`` (variants named ``<adam|sgd>_L<k>_<gauss|heavy>``).
 Per (L, data): the late training loss of each optimizer (the median of its last 5 logged rows, each a mean over
 its logging interval), mean over seeds with a 95 % t interval, and the SGD − Adam difference with Welch's 95 %
-interval; the last measured tail index, sharpness, local smoothness and gradient norm. Writes summary.json,
+interval; the last measured tail index, λ_max, λ_min, local smoothness and gradient norm. Writes summary.json,
 summary.md and figures.
 
 The linearity profile of a trained model (``testbed_profile``) is the ordinary one (eval/linearity/score.py) on
@@ -29,7 +29,8 @@ from core.io import write_atomic, write_json
 from core.rundir import RunDir
 
 _VARIANT = re.compile(r"^(adam|sgd)_L(\d+)_(gauss|heavy)$")
-MEASURES = ("opt/tail_index", "opt/sharpness", "opt/local_smoothness", "opt/dir_sharpness", "opt/grad_norm")
+MEASURES = ("opt/tail_index", "opt/sharpness", "opt/lambda_min", "opt/local_smoothness", "opt/dir_sharpness",
+            "opt/grad_norm", "opt/loss")
 
 
 def testbed_profile(model: torch.nn.Module, prompts: torch.Tensor) -> list[dict]:
@@ -100,14 +101,12 @@ def summarize(sweep_dir: Path, runs: list[tuple[re.Match, dict]]) -> dict:
     """Per (L, data) cell: each optimizer's late loss over seeds, the SGD − Adam gap, the last measurements."""
     cells: dict[tuple[int, str], dict[str, list]] = {}
     for m, curves in runs:
-        late = _late_loss(curves)
-        if late is None:
-            continue
         opt, depth, tails = m.group(1), int(m.group(2)), m.group(3)
         cell = cells.setdefault((depth, tails), {})
-        if "diverged" in curves:
+        if "diverged" in curves:  # counted even when it stopped before its first logged row
             cell.setdefault(f"{opt}:diverged", []).append(1)
             continue
+        late = _late_loss(curves)
         cell.setdefault(opt, []).append(late)
         for key in MEASURES:
             value = _final(curves, key)
@@ -133,16 +132,17 @@ def summarize(sweep_dir: Path, runs: list[tuple[re.Match, dict]]) -> dict:
 
 def to_markdown(summary: dict) -> str:
     lines = ["| L | data | Adam loss | SGD loss | SGD − Adam [95 % CI] (p) | diverged Adam / SGD "
-             "| tail index Adam / SGD | sharpness Adam / SGD |", "|---|---|---|---|---|---|---|---|"]
+             "| tail index Adam / SGD | λ_max Adam / SGD | λ_min Adam / SGD |", "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda c: f"{pm(c['mean'], c['ci95'])} (n={c['n']})" if c else "–"  # noqa: E731
     for r in summary["cells"]:
         gap = r.get("sgd_minus_adam")
         gap_s = f"{gap['diff']:+.3f} [±{gap['ci95']:.3f}] ({gap['p']:.2g})" if gap else "–"
         ti = " / ".join(f"{r.get(f'{o}:opt/tail_index', float('nan')):.2f}" for o in ("adam", "sgd"))
         sh = " / ".join(f"{r.get(f'{o}:opt/sharpness', float('nan')):.3g}" for o in ("adam", "sgd"))
+        lo = " / ".join(f"{r.get(f'{o}:opt/lambda_min', float('nan')):.3g}" for o in ("adam", "sgd"))
         div = f"{r['adam:diverged']} / {r['sgd:diverged']}"
         lines.append(f"| {r['L']} | {r['data']} | {fmt(r.get('adam'))} | {fmt(r.get('sgd'))} | {gap_s} | {div} "
-                     f"| {ti} | {sh} |")
+                     f"| {ti} | {sh} | {lo} |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +156,7 @@ def plot(summary: dict, runs: list[tuple[re.Match, dict]], out: Path) -> None:
     for ax, tails in zip(axes, ("gauss", "heavy")):
         for opt, colour in (("adam", "C0"), ("sgd", "C3")):
             rows = [r for r in summary["cells"] if r["data"] == tails and opt in r]
-            # Each seed as a point and the mean as a line: a t interval over 2 seeds spans zero on a log axis.
+            # Each seed as a point and the mean as a line: a t interval over 3 seeds can span zero on a log axis.
             ax.plot([r["L"] for r in rows], [r[opt]["mean"] for r in rows], color=colour,
                     label="Adam" if opt == "adam" else "SGD (momentum 0.9)")
             ax.scatter([r["L"] for r in rows for _ in r[opt]["values"]], [v for r in rows for v in r[opt]["values"]],

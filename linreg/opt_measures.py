@@ -10,8 +10,13 @@ another seed than the training stream, which they never move):
   Gaussian-like noise, smaller is heavier-tailed. Each coordinate is divided by its median |ξ| first, so that the
   pooled samples share one scale (the estimator assumes i.i.d. samples; this changes no coordinate's tail), and
   coordinates without any noise (parameters the loss does not depend on) are left out;
-- ``opt/sharpness``: λ_max of the Hessian ∇²f_B(θ_t), by power iteration with Hessian-vector products
-  (``power_iters`` iterations, double backward);
+- ``opt/sharpness``, ``opt/lambda_min``: the largest and smallest eigenvalues λ_max, λ_min of the Hessian
+  ∇²f_B(θ_t), the extreme Ritz values of ``hessian_iters`` steps of Lanczos with Hessian-vector products (double
+  backward; ``lanczos_extremes``). Lanczos rather than power iteration: one Krylov space gives both ends of the
+  spectrum, and its extreme Ritz values converge much faster than power iteration on an ill-conditioned matrix
+  (which would need a second run on λ_max I − H for λ_min). The cost is ``hessian_iters`` HVPs per measurement.
+  λ_min ≤ 0 is expected whenever some parameter does not reach the loss (its Hessian rows are zero), and < 0 at
+  points with negative curvature; λ_max / |λ_min| is then a spread of curvatures, not a convex condition number;
 - ``opt/dir_sharpness``: the curvature along the update Δ = θ_{t+1} − θ_t, Δᵀ∇²f_B(θ_t)Δ / ‖Δ‖² (the directional
   sharpness of Pan and Li, 2023);
 - ``opt/local_smoothness``: ‖∇f_B(θ_{t+1}) − ∇f_B(θ_t)‖ / ‖Δ‖, the smoothness constant seen along the step; its
@@ -37,11 +42,11 @@ class OptMeasureConfig:
     batch_size: int = 64  # prompts in one minibatch gradient (the noise's batch)
     noise_batches: int = 64  # minibatch gradients whose noise feeds the tail index
     full_batch: int = 4096  # prompts of f_B
-    power_iters: int = 20
+    hessian_iters: int = 20  # Lanczos steps (= Hessian-vector products) of λ_max and λ_min
     seed: int = 7919  # of the measurement prompts (combined with the step)
 
     def validate(self, p: str) -> None:
-        for k in ("every", "batch_size", "noise_batches", "full_batch", "power_iters"):
+        for k in ("every", "batch_size", "noise_batches", "full_batch", "hessian_iters"):
             check(getattr(self, k) >= 1, f"{p}.{k}", getattr(self, k), "must be >= 1")
         check(self.noise_batches * self.batch_size <= self.full_batch, f"{p}.noise_batches", self.noise_batches,
               f"× batch_size {self.batch_size} must be <= full_batch {self.full_batch} (minibatches are drawn "
@@ -64,6 +69,37 @@ def tail_index(samples: np.ndarray) -> float:
     return float(min(2.0, 1.0 / max(inv, 0.5)))
 
 
+def lanczos_extremes(hvp, dim: int, iters: int, generator: torch.Generator, dtype=torch.float64,
+                     device=None) -> tuple[float, float]:
+    """(λ_min, λ_max) of the symmetric operator ``hvp`` on R^dim: the extreme eigenvalues of the Lanczos tridiagonal
+    T_k = Vᵀ H V after k = min(iters, dim) steps from a random unit vector, with full reorthogonalisation (dim is
+    small here, and without it lost orthogonality produces spurious copies of the extreme Ritz values). Exact
+    (up to rounding) once k = dim or the Krylov space closes; below that, λ_min(T) ≥ λ_min(H) and
+    λ_max(T) ≤ λ_max(H) (Cauchy interlacing), so both are conservative."""
+    from scipy.linalg import eigh_tridiagonal
+
+    v = torch.randn(dim, generator=generator, dtype=dtype).to(device)
+    basis = [v / v.norm()]
+    alphas, betas = [], []
+    for _ in range(min(iters, dim)):
+        w = hvp(basis[-1]).to(dtype)
+        alphas.append(float(w @ basis[-1]))
+        vs = torch.stack(basis)
+        w = w - vs.T @ (vs @ w)
+        w = w - vs.T @ (vs @ w)  # twice is enough (Kahan-Parlett)
+        beta = float(w.norm())
+        if not math.isfinite(beta):
+            return math.nan, math.nan
+        if len(alphas) == min(iters, dim) or beta <= 1e-12 * max(1.0, max(abs(a) for a in alphas)):
+            break  # invariant subspace found: T's eigenvalues are eigenvalues of H
+        betas.append(beta)
+        basis.append(w / beta)
+    if not np.all(np.isfinite(alphas)):
+        return math.nan, math.nan  # the loss overflowed on these prompts: no curvature to report, no crash
+    ritz = eigh_tridiagonal(np.asarray(alphas), np.asarray(betas), eigvals_only=True)
+    return float(ritz[0]), float(ritz[-1])
+
+
 def _flat(tree: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tree.values()])
 
@@ -77,7 +113,9 @@ class OptMeasurer:
 
     def _loss(self, params, prompts, targets):
         pred = functional_call(self.module, params, (prompts,))
-        return torch.nn.functional.mse_loss(pred.float(), targets.float())
+        if pred.dtype in (torch.float16, torch.bfloat16):
+            pred = pred.float()
+        return torch.nn.functional.mse_loss(pred, targets.to(pred.dtype))
 
     def _params(self) -> dict[str, torch.Tensor]:
         return {k: p.detach().clone() for k, p in self.module.named_parameters()}
@@ -96,7 +134,8 @@ class OptMeasurer:
 
         self._theta = self._params()
         rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, step]))
-        self._batch = tuple(t.to(self.device) for t in sample_prompts(self.data_cfg, rng, self.cfg.full_batch))
+        dtype = next(self.module.parameters()).dtype  # prompts in the model's dtype (float64 in the tests)
+        self._batch = tuple(t.to(self.device, dtype) for t in sample_prompts(self.data_cfg, rng, self.cfg.full_batch))
 
     def after_update(self, step: int) -> dict[str, float]:
         """All measurements of this step, as ``opt/...`` scalars (call after the optimizer step)."""
@@ -110,8 +149,8 @@ class OptMeasurer:
         noise = noise[:, scale > 0] / scale[scale > 0]  # coordinates without noise carry no tail
         perm = torch.randperm(noise.numel(), generator=torch.Generator().manual_seed(step))
         out = {"opt/loss": float(self._loss(theta, prompts, targets)), "opt/grad_norm": float(g_t.norm()),
-               "opt/tail_index": tail_index(noise.reshape(-1)[perm].cpu().numpy()),
-               "opt/sharpness": self.sharpness(theta)}
+               "opt/tail_index": tail_index(noise.reshape(-1)[perm].cpu().numpy())}
+        out["opt/lambda_min"], out["opt/sharpness"] = self.hessian_extremes(theta)
         after = self._params()
         delta = _flat(after) - _flat(theta)
         dn = float(delta.norm())
@@ -122,16 +161,9 @@ class OptMeasurer:
         self._theta = self._batch = None
         return out
 
-    def sharpness(self, params) -> float:
-        """λ_max of ∇²f_B by power iteration (the eigenvalue of largest magnitude, signed)."""
-        v = torch.randn(sum(t.numel() for t in params.values()), generator=torch.Generator().manual_seed(0))
-        v = (v / v.norm()).to(self.device)
-        lam = 0.0
-        for _ in range(self.cfg.power_iters):
-            hv = self._hvp(params, v)
-            lam = float(v @ hv)
-            norm = hv.norm()
-            if norm == 0:
-                return 0.0
-            v = hv / norm
-        return lam
+    def hessian_extremes(self, params) -> tuple[float, float]:
+        """(λ_min, λ_max) of ∇²f_B(params) on this step's prompts (``lanczos_extremes``)."""
+        dim = sum(t.numel() for t in params.values())
+        dtype = next(iter(params.values())).dtype
+        return lanczos_extremes(lambda v: self._hvp(params, v.to(dtype)), dim, self.cfg.hessian_iters,
+                                torch.Generator().manual_seed(0), device=self.device)

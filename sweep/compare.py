@@ -82,14 +82,16 @@ def other_columns(runs: list[Run]) -> list[tuple[str, str, str]]:
 def scalar_columns(runs: list[Run]) -> list[tuple[str, str, object]]:
     """(column, source, key): the validation loss, the compared columns of the loss tasks (eval's defaults and any
     with results: ``<task>-<metric>``) and linearity. All lower is better except linearity, which is what the
-    paper raises."""
+    paper raises; ``icl-loss`` (the linear-attention testbed's loss) where the runs log it."""
     from eval.benchmarks.tasks import DEFAULT_TASKS, expand_task_names, registered
 
     shown = set(expand_task_names(DEFAULT_TASKS)) | _present(runs)
     losses = [(f"{t.name}-{c.label}", "benchmark", (t.name, c.metric)) for t in registered() if t.name in shown
               for c in t.columns if c.fmt != "percent" and c.compared]
+    # the linear-attention testbed's loss on its measurement prompts, where runs log it
+    icl = [("icl-loss", "curve", "opt/loss")] if any("opt/loss" in r.curves for r in runs) else []
     return [("val-loss", "curve", "val/loss"), *losses, ("linearity", "linearity", "linearity"),
-            ("linearity-wo-res", "linearity", "linearity_wo_res")]
+            ("linearity-wo-res", "linearity", "linearity_wo_res"), *icl]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from core.rundir import RunDir
 from data.icl_regression import ICLRegressionConfig, ICLRegressionStream, sample_prompts
 from linreg.config import load_config
 from linreg.icl_trainer import ICLTrainer
-from linreg.opt_measures import tail_index
+from linreg.opt_measures import OptMeasureConfig, OptMeasurer, lanczos_extremes, tail_index
 from model.linear_attention import LinearAttentionTransformer, build_linear_attention
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "linear_attention" / "base.yaml"
@@ -115,10 +115,39 @@ def test_tail_index_recovers_the_index_of_alpha_stable_samples(alpha):
     assert np.isnan(tail_index(np.full(100, np.nan)))  # a diverged run's gradients: no index, no crash
 
 
+def test_lanczos_hessian_extremes_match_the_explicit_hessian_in_float64():
+    """λ_min and λ_max of the measurement's Hessian against eigvalsh of torch's explicit Hessian of the same loss
+    (a 2-layer model, d = 2: 36 parameters). With as many Lanczos steps as parameters they are exact; with fewer
+    they lie inside [λ_min, λ_max] (interlacing)."""
+    data = ICLRegressionConfig(dim=2, num_examples=6)
+    model = build_linear_attention(2, 2, init_std=0.5, seed=3).double()
+    names = [k for k, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    measurer = OptMeasurer(OptMeasureConfig(full_batch=64, batch_size=8, noise_batches=8, hessian_iters=36),
+                           data, model, torch.device("cpu"))
+    measurer.before_update(1)
+    theta, (prompts, targets) = measurer._theta, measurer._batch
+
+    def flat_loss(flat):
+        parts = torch.split(flat, [s.numel() for s in shapes])
+        return measurer._loss({k: t.reshape(s) for k, t, s in zip(names, parts, shapes)}, prompts, targets)
+
+    hessian = torch.autograd.functional.hessian(flat_loss, torch.cat([t.reshape(-1) for t in theta.values()]))
+    eig = torch.linalg.eigvalsh(hessian)
+    lo, hi = measurer.hessian_extremes(theta)
+    assert lo == pytest.approx(float(eig[0]), rel=1e-8, abs=1e-10)
+    assert hi == pytest.approx(float(eig[-1]), rel=1e-8)
+    measurer.cfg.hessian_iters = 12
+    lo12, hi12 = measurer.hessian_extremes(theta)
+    assert float(eig[0]) - 1e-10 <= lo12 and hi12 <= float(eig[-1]) * (1 + 1e-10)
+    nan = lanczos_extremes(lambda v: v * float("nan"), 4, 4, torch.Generator().manual_seed(0))
+    assert all(np.isnan(nan))  # an overflowed loss (heavy-tailed prompts, deep models): reported, not raised
+
+
 def _cfg(*overrides):
     return load_config(CONFIG, ["train.global_batch_size=32", "logging.every=1", "optim.lr=0.01",
                                 "measure.every=5", "measure.full_batch=256", "measure.batch_size=16",
-                                "measure.noise_batches=16", "measure.power_iters=5", *overrides])
+                                "measure.noise_batches=16", "measure.hessian_iters=5", *overrides])
 
 
 def _losses(run: RunDir) -> dict[int, float]:
@@ -132,9 +161,15 @@ def test_trainer_decreases_the_loss_resumes_bit_exactly_and_logs_measurements(tm
     assert np.mean([curve[s] for s in range(16, 21)]) < np.mean([curve[s] for s in range(1, 6)]) - 0.5
     measured = {r["step"]: r for r in read_metrics(full.metrics) if "opt/tail_index" in r}
     assert sorted(measured) == [5, 10, 15, 20]
-    for key in ("opt/grad_norm", "opt/sharpness", "opt/dir_sharpness", "opt/local_smoothness"):
+    for key in ("opt/grad_norm", "opt/sharpness", "opt/lambda_min", "opt/dir_sharpness", "opt/local_smoothness"):
         assert np.isfinite(measured[20][key])
     assert 0 < measured[20]["opt/tail_index"] <= 2
+    from sweep.compare import scalar_columns, scalar_value
+    from sweep.runs import find_runs
+
+    run = find_runs([full.path]).runs[0]
+    (source, key), = [(src, k) for c, src, k in scalar_columns([run]) if c == "icl-loss"]  # compare's testbed loss
+    assert scalar_value(run, source, key) == measured[20]["opt/loss"]
 
     part = RunDir(tmp_path / "part")
     assert ICLTrainer(_cfg("train.max_steps=10"), part).fit() == 0
