@@ -37,6 +37,10 @@ def plot_profiles(profiles: dict, path: str | Path) -> Path:
         ax.set_ylabel("score")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -89,10 +93,7 @@ def plot_states(curves: dict[str, dict[str, list[float]]], path: str | Path, xla
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def read_history(jsonl: str | Path) -> list[dict]:
