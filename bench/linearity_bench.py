@@ -42,20 +42,25 @@ from eval.linearity.score import linearity_profile, linearity_score, pair_stats 
 from eval.linearity.state_measures import ToolkitConfig  # noqa: E402
 
 
-def hidden_state_like(n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def hidden_state_like(n: int, d: int, seed: int = 0, decay: float = 2.0,
+                      massive: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """X with singular values logspace(0, -decay) in a random basis (isotropic for decay 0), 4 "massive activation"
+    features x50 when ``massive``, a mean offset; Y = X plus a small nonlinear update."""
     g = torch.Generator().manual_seed(seed)
-    spectrum = torch.logspace(0, -2, d)  # cond ~100 before the massive features
+    spectrum = torch.logspace(0, -decay, d) if decay else torch.ones(d)  # decay 2: cond ~100 before the massive ones
     x = torch.randn(n, d, generator=g) * spectrum @ torch.linalg.qr(torch.randn(d, d, generator=g))[0]
-    x[:, :4] *= 50.0  # massive activations
+    if massive:
+        x[:, :4] *= 50.0
     x += torch.randn(1, d, generator=g)
     update = torch.tanh(x @ (torch.randn(d, d, generator=g) / d**0.5)) + 0.1 * torch.randn(n, d, generator=g)
     return x, x + 0.5 * update
 
 
-def hidden_state_chain(n: int, d: int, layers: int, seed: int = 0) -> list[torch.Tensor]:
+def hidden_state_chain(n: int, d: int, layers: int, seed: int = 0, decay: float = 2.0,
+                       massive: bool = True) -> list[torch.Tensor]:
     """h_0 like ``hidden_state_like``'s X, then h_{i+1} = h_i + 0.5 (tanh(h_i W_i / sqrt(d)) + 0.1 noise)."""
     g = torch.Generator().manual_seed(seed)
-    states = [hidden_state_like(n, d, seed)[0]]
+    states = [hidden_state_like(n, d, seed, decay, massive)[0]]
     for _ in range(layers):
         h = states[-1]
         update = torch.tanh(h @ (torch.randn(d, d, generator=g) / d**0.5)) + 0.1 * torch.randn(n, d, generator=g)

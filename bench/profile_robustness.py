@@ -22,25 +22,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from linearity_bench import svd_recipe  # noqa: E402
+from linearity_bench import hidden_state_chain, svd_recipe  # noqa: E402
 
 from eval.linearity.score import linearity_profile  # noqa: E402
-
-
-def chain(n: int, d: int, layers: int, decay: float, massive: bool, seed: int = 0) -> list[torch.Tensor]:
-    """h_0 with singular values logspace(0, -decay) in a random basis (plus 4 features x50 when ``massive``) and
-    a mean offset; h_{i+1} = h_i + 0.5 (tanh(h_i W_i / sqrt(d)) + 0.1 noise), as linearity_bench's chain."""
-    g = torch.Generator().manual_seed(seed)
-    spectrum = torch.logspace(0, -decay, d) if decay else torch.ones(d)
-    h = torch.randn(n, d, generator=g) * spectrum @ torch.linalg.qr(torch.randn(d, d, generator=g))[0]
-    if massive:
-        h[:, :4] *= 50.0
-    h += torch.randn(1, d, generator=g)
-    states = [h]
-    for _ in range(layers):
-        upd = torch.tanh(states[-1] @ (torch.randn(d, d, generator=g) / d**0.5)) + 0.1 * torch.randn(n, d, generator=g)
-        states.append(states[-1] + 0.5 * upd)
-    return states
 
 
 def recipe_profile(states: list[torch.Tensor]) -> list[float]:
@@ -66,7 +50,7 @@ def main(argv=None) -> int:
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         for name, decay, massive in grid:
-            states = chain(args.n, args.dim, args.layers, decay, massive)
+            states = hidden_state_chain(args.n, args.dim, args.layers, decay=decay, massive=massive)
             cold = None
             best = {"recipe": float("inf"), "ours": float("inf")}
             sides = (("ours", lambda: linearity_profile(states)), ("recipe", lambda: recipe_profile(states)))
