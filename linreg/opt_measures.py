@@ -120,13 +120,19 @@ class OptMeasurer:
     def _params(self) -> dict[str, torch.Tensor]:
         return {k: p.detach().clone() for k, p in self.module.named_parameters()}
 
-    def _hvp(self, params, vec: torch.Tensor) -> torch.Tensor:
-        """∇²f_B(params) · vec by double backward."""
+    def _hvp(self, params):
+        """v -> ∇²f_B(params) · v by double backward: the gradient's graph is built once and every product
+        (a Lanczos run makes ``hessian_iters`` of them) differentiates it again."""
         leaves = {k: t.detach().requires_grad_(True) for k, t in params.items()}
         with torch.enable_grad():
             g = _flat(dict(zip(leaves, torch.autograd.grad(self._loss(leaves, *self._batch), list(leaves.values()),
                                                             create_graph=True))))
-            return torch.cat([h.reshape(-1) for h in torch.autograd.grad(g @ vec, list(leaves.values()))])
+
+        def product(vec: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                return torch.cat([h.reshape(-1) for h in torch.autograd.grad(g @ vec, list(leaves.values()),
+                                                                              retain_graph=True)])
+        return product
 
     def before_update(self, step: int) -> None:
         """Record θ_t and draw the prompts of the measurement logged at ``step`` (call before the update)."""
@@ -157,7 +163,7 @@ class OptMeasurer:
         if dn > 0:
             g_next = _flat(grad(self._loss)(after, prompts, targets))
             out["opt/local_smoothness"] = float((g_next - g_t).norm()) / dn
-            out["opt/dir_sharpness"] = float(delta @ self._hvp(theta, delta)) / dn ** 2
+            out["opt/dir_sharpness"] = float(delta @ self._hvp(theta)(delta)) / dn ** 2
         self._theta = self._batch = None
         return out
 
@@ -165,5 +171,6 @@ class OptMeasurer:
         """(λ_min, λ_max) of ∇²f_B(params) on this step's prompts (``lanczos_extremes``)."""
         dim = sum(t.numel() for t in params.values())
         dtype = next(iter(params.values())).dtype
-        return lanczos_extremes(lambda v: self._hvp(params, v.to(dtype)), dim, self.cfg.hessian_iters,
+        hvp = self._hvp(params)
+        return lanczos_extremes(lambda v: hvp(v.to(dtype)), dim, self.cfg.hessian_iters,
                                 torch.Generator().manual_seed(0), device=self.device)
