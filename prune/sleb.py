@@ -35,15 +35,17 @@ def probe_nll(model: nn.Module, probe: ProbeSet, skip: nn.Module | None = None) 
     device = next(model.parameters()).device
     handle = skip.register_forward_hook(_passthrough, with_kwargs=True) if skip is not None else None
     try:
-        total, count = 0.0, 0
+        # Summed on the device, read once: no host sync per batch (one candidate is many batches).
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = torch.zeros((), dtype=torch.long, device=device)
         for ids, mask in probe_batches(probe.tokens, probe.batch_size, probe.pad_id):
             ids, mask = ids.to(device), mask.to(device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
             nll = causal_lm_loss(logits, ids[:, 1:], reduction="none")
             real = mask[:, 1:].flatten().bool()
-            total += float(nll[real].double().sum())
-            count += int(real.sum())
-        return total / count
+            total += nll[real].double().sum()
+            count += real.sum()
+        return float(total) / int(count)
     finally:
         if handle is not None:
             handle.remove()
