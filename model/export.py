@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from core.cli import Parser, add_model_args, command
+from core.cli import Parser, add_shared_args, command
 from core.config import from_dict, load_yaml_tree
 from core.errors import CheckpointError, ConfigError, UserError
 from core.rundir import RunDir, find_checkpoint, is_checkpoint_dir
@@ -175,7 +175,8 @@ def _looks_like_hub_name(name: str) -> bool:
 @command
 def main(argv=None) -> int:
     p = Parser("export", "model.export", "Export a linreg checkpoint as a Hugging Face model directory.")
-    add_model_args(p, help="a run dir (its newest complete checkpoint), its checkpoints/ dir, or a step_* dir")
+    add_shared_args(p, model=dict(help="a run dir (its newest complete checkpoint), its checkpoints/ dir, or a step_* "
+                                       "dir"))
     p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
     print(export_checkpoint(args.model, args.out))

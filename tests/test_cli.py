@@ -18,7 +18,7 @@ import pytest
 
 import commands
 from commands import COMMANDS
-from core.cli import ListAction, Parser, add_model_args, add_overrides_arg, list_arg
+from core.cli import ListAction, Parser, add_shared_args, list_arg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,10 +142,10 @@ def test_dispatcher_errors(capsys):
 def test_one_list_syntax():
     """Comma lists and repeated flags are one syntax: they add up, and a given list replaces the default."""
     p = Parser("demo", "demo", "A demo.")
-    add_model_args(p, many=True)
+    add_shared_args(p, model=dict(many=True), tasks=dict(names=["cb", "copa", "rte"], default=["cb"],
+                                                         choices=["cb", "copa", "rte"]),
+                    overrides=dict(what="the demo"))
     list_arg(p, "--seeds", of=int, default=[0, 1, 2])
-    list_arg(p, "--tasks", default=["cb"], choices=["cb", "copa", "rte"])
-    add_overrides_arg(p, "the demo")
     args = p.parse_args(["--model", "a,b", "--model", "c", "--label", "x,y,z", "--tasks", "copa", "--tasks", "rte,cb",
                          "train.max_steps=3", "data.train_files=[a.txt, b.txt]"])
     assert (args.model, args.label, args.seeds, args.tasks) == (["a", "b", "c"], ["x", "y", "z"], [0, 1, 2],
