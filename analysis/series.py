@@ -91,19 +91,11 @@ def run_series(run_dir: str) -> list[Checkpoint]:
     return [Checkpoint(t.name, step_of(t), str(t)) for t in tags]
 
 
-def _items(values: str | list[str]) -> list[str]:
-    return [v.strip() for v in (values.split(",") if isinstance(values, str) else values) if v.strip()]
-
-
-def revision_series(model: str, revisions: str | list[str]) -> list[Checkpoint]:
-    revs = _items(revisions)
-    if not revs:
-        raise ConfigError(f"--revisions for {model} is empty")
+def revision_series(model: str, revs: list[str]) -> list[Checkpoint]:
     return sorted((Checkpoint(r, step_from_name(r), model, r) for r in revs), key=lambda c: c.step)
 
 
-def path_series(paths: str | list[str]) -> list[Checkpoint]:
-    items = _items(paths)
+def path_series(items: list[str]) -> list[Checkpoint]:
     for p in items:
         if not Path(p).exists():
             raise ConfigError(f"--paths: {p} does not exist")

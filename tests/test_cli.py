@@ -172,3 +172,18 @@ def test_python_m_and_train_py_run_the_same_main(tmp_path):
         proc = subprocess.run([sys.executable, *entry, "--help"], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300, env=env)
         assert proc.returncode == 0 and proc.stdout.startswith(f"usage: linreg {name} "), proc.stderr
+
+
+def test_python_m_runs_one_copy_of_each_command():
+    """``python -m pkg.mod`` imports ``pkg`` first; a package that imports the module itself would have runpy run a
+    second copy of it as __main__ (a RuntimeWarning, two sets of module globals)."""
+    by_package: dict[str, list[str]] = {}
+    for c in COMMANDS.values():
+        if "." in c.module:
+            by_package.setdefault(c.module.rpartition(".")[0], []).append(c.module)
+    for package, modules in by_package.items():
+        proc = subprocess.run([sys.executable, "-c", f"import importlib, sys; importlib.import_module({package!r}); "
+                               f"print([m for m in {modules!r} if m in sys.modules])"],
+                              cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0 and proc.stdout.strip() == "[]", (package, proc.stdout, proc.stderr)
