@@ -13,9 +13,8 @@ SIGTERM/SIGINT finish the current step, save a checkpoint and exit 0 (cluster pr
 from __future__ import annotations
 
 import argparse
-import sys
 
-from core.cli import Parser, add_shared_args, command
+from core.cli import Parser, add_shared_args, command, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,4 +49,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-from core.cli import Parser, add_shared_args, command
+from core.cli import Parser, add_shared_args, command, run_cli
 from core.config import from_dict, load_yaml_tree
 from core.errors import CheckpointError, ConfigError, UserError
 from core.rundir import RunDir, find_checkpoint, is_checkpoint_dir
@@ -184,4 +183,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)
