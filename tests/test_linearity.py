@@ -64,7 +64,8 @@ def test_matches_lstsq_on_random_data(n, d):
         assert abs(ols_r2(x, y) - ref) < TOL  # the two readings of the definition agree
 
 
-@pytest.mark.parametrize("log_cond,solver", [(3, "gram"), (4, "cholesky"), (5, "cholesky"), (7, "rsvd"), (10, "rsvd")])
+@pytest.mark.parametrize("log_cond,solver", [(3, "gram"), (4, "gram"), (4.5, "cholesky"), (5, "cholesky"), (7, "rsvd"),
+                                             (10, "rsvd")])
 def test_matches_lstsq_on_nearly_collinear_data(log_cond, solver):
     x = collinear(1500, 48, log_cond)
     y = nonlinear_target(x)
@@ -172,7 +173,7 @@ def test_long_profile_matches_lstsq_on_every_pair():
         elif i == 5:  # a constant feature (dropped from the solve) in an otherwise well-conditioned state
             h[:, 7] = 4.0
         elif i == 7:  # nearly collinear, and a constant feature: some target columns need the explicit residual
-            h = collinear(n, d, 4, seed=i)
+            h = collinear(n, d, 4.5, seed=i)
             h[:, 0] = 2.0
         states.append(h)
     before = [s.clone() for s in states]
@@ -194,6 +195,29 @@ def test_long_profile_matches_lstsq_on_every_pair():
     assert pairs == prof
     single = pair_stats(states[-2], normed)
     assert abs(extra.linearity - single.linearity) < 1e-12 and abs(extra.norm_ratio - single.norm_ratio) < 1e-12
+
+
+@pytest.mark.parametrize("decay,massive", [(2, True), (2, False), (4, True), (0, False)])
+def test_profile_matches_lstsq_across_spectra(decay, massive):
+    """The spectra of bench/profile_robustness.py (logspace(0, -decay) singular values, isotropic for 0; massive
+    features x50 or not), float32 states as a model returns them: every score of a short profile equals lstsq on
+    the same float32 values, whichever share of the columns the Gram formula's error budget lets through."""
+    n, d = 1500, 48
+    rot, _ = torch.linalg.qr(randn(d, d, seed=1))
+    h = (randn(n, d) * torch.logspace(0, -decay, d, dtype=torch.float64)) @ rot
+    if massive:
+        h[:, :4] *= 50.0
+    states = [h + randn(1, d, seed=2)]
+    for i in range(3):
+        states.append(states[-1] + 0.5 * (torch.tanh(states[-1] @ randn(d, d, seed=10 + i) / d**0.5)
+                                          + 0.1 * randn(n, d, seed=20 + i)))
+    states = [s.float() for s in states]
+    prof = linearity_profile(states)
+    assert {p.solver for p in prof} <= {"gram", "cholesky"}
+    for x, y, stats in zip(states, states[1:], prof):
+        x, y = x.double(), y.double()
+        assert abs(stats.linearity - lstsq_score(x, y)) < TOL
+        assert abs(stats.linearity_wo_res - lstsq_score(x, y - x)) < TOL
 
 
 @pytest.mark.parametrize("case", ["hidden", "massive", "collinear4", "collinear5"])
