@@ -78,10 +78,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="2,1", help="comma list of torch thread counts")
     ap.add_argument("--baseline", help="also time this score.py's linearity_profile (another checkout)")
     ap.add_argument("--lstsq", action="store_true", help="check every score against float64 numpy lstsq")
+    ap.add_argument("--only", default="", help="only the spectra whose name contains this (e.g. -4)")
     ap.add_argument("--out", type=Path, default=None, help="json of the rows")
     args = ap.parse_args(argv)
     grid = [("logspace(0,-2) + massive (linearity_bench)", 2.0, True), ("logspace(0,-2), no massive", 2.0, False),
             ("logspace(0,-4) + massive", 4.0, True), ("isotropic", 0.0, False)]
+    grid = [g for g in grid if args.only in g[0]]
     base = load_baseline(args.baseline) if args.baseline else None
     rows = []
     print(f"n={args.n} d={args.dim} states={args.layers + 1}; torch {torch.__version__}; load average {loadavg()}",
