@@ -388,7 +388,7 @@ def linearity_profile(states: list[torch.Tensor], device: torch.device | str | N
     With ``groups`` (each token's document id), every pair also gets ``heldout`` statistics (``eval.linearity.
     heldout``, settings ``heldout``, default ``HeldoutConfig()``): the states are laid out in fold order and the
     Gram and cross products are computed per fold, whose sums serve the in-sample scores unchanged. Extra memory:
-    2 k + 2 d x d matrices per state and a k-th of an n x 2d product.
+    2 k + 2 d x d matrices per state and a k-th of an n x d product (n x 2d with the in-sample bootstrap).
 
     ``grams``: a callable given (i, X_c^T X_c) of every state h_i, e.g. for its anisotropy (the last state's Gram
     matrix is then computed too).
