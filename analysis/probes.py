@@ -10,7 +10,8 @@ The paper gives no protocol; this one is fixed across models so that they compar
   ``rte``, ``wic``, ``wsc``, ``multirc``) gives one, the prompt, with the document's label.
   Context and ending are tokenized apart and concatenated (as lme does), so the ending's positions are exact; a
   sequence longer than the model's context loses the start of its context.
-- **Features**: for layer l = 0..L (0 = the embedding output h_0, l = the output of block l, before the final norm;
+- **Features**: for layer l = 0..L (the state h_l: h_0 = the embedding output, h_l = the output of block l - 1,
+  before the final norm; blocks numbered from 0 as in docs/linearity.md;
   ``model.capture``), the mean of h_l over the ending's tokens (two-choice) or over the prompt's tokens after BOS
   (classification).
 - **Pair encoding** (two-choice): the difference of the two endings' features, f(ending 1) - f(ending 2), label 1
