@@ -166,7 +166,7 @@ def plot(summary: dict, runs: list[tuple[re.Match, dict]], out: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("layers $L$")
-        ax.set_title("Gaussian $x$" if tails == "gauss" else "Student-$t_3$ $x$")
+        ax.set_title("Gaussian $x$" if tails == "gauss" else "heavy-tailed $x$")
         ax.legend()
     axes[0].set_ylabel("late training loss $(\\hat y - y_q)^2$ (median of last 5 rows)")
     fig.tight_layout()
@@ -189,7 +189,7 @@ def plot(summary: dict, runs: list[tuple[re.Match, dict]], out: Path) -> None:
 
     ax.legend(handles=[Line2D([], [], color=c, marker=mk, ls="", label=lab) for c, mk, lab in
                        (("C0", "o", "Adam, Gaussian"), ("C3", "o", "SGD, Gaussian"),
-                        ("C0", "^", "Adam, $t_3$"), ("C3", "^", "SGD, $t_3$"))], fontsize=8)
+                        ("C0", "^", "Adam, heavy-tailed"), ("C3", "^", "SGD, heavy-tailed"))], fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "smoothness_vs_grad_norm.png", dpi=120)
     plt.close(fig)

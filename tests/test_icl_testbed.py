@@ -106,6 +106,27 @@ def test_heavy_tails_and_anisotropy_of_the_covariates():
     np.testing.assert_allclose(var, np.geomspace(1, 0.01, 4), rtol=0.05)
 
 
+def test_gamma_covariates_the_papers_heavy_tails():
+    """||x||^2 ~ Gamma(k, theta) with a uniform direction (Ahn et al., arXiv 2310.01082): at k = d/2 and the
+    default theta = d/k it is the Gaussian case (||x||^2 ~ chi^2_d, scipy's KS test); at the paper's k = 0.1 the
+    coordinates keep unit variance but have kurtosis 3d(k+1)/(k(d+2)); theta scales ||x||^2."""
+    from scipy import stats
+
+    d, rng = 5, np.random.default_rng(6)
+    sample = lambda **kw: sample_prompts(ICLRegressionConfig(dim=d, num_examples=40, covariates="gamma", **kw),  # noqa: E731
+                                         rng, 1000)[0][:, :, :d].reshape(-1, d).double()
+    gauss_like = sample(gamma_shape=d / 2)
+    assert stats.kstest((gauss_like ** 2).sum(1).numpy(), stats.chi2(d).cdf).pvalue > 0.01
+    heavy = sample(gamma_shape=0.1)
+    np.testing.assert_allclose(heavy.var(0).numpy(), 1.0, rtol=0.15)
+    kurt = float((heavy[:, 0] ** 4).mean() / (heavy[:, 0] ** 2).mean() ** 2)
+    assert kurt == pytest.approx(3 * d * 1.1 / (0.1 * (d + 2)), rel=0.25)  # 23.6
+    direction = heavy / heavy.norm(dim=1, keepdim=True)
+    np.testing.assert_allclose(direction.mean(0).numpy(), 0.0, atol=0.02)  # uniform on the sphere
+    papers = sample(gamma_shape=0.1, gamma_scale=10.0)  # the paper's code: theta = sqrt(2d/k), E||x||^2 = 1
+    assert float((papers ** 2).sum(1).mean()) == pytest.approx(1.0, rel=0.15)
+
+
 @pytest.mark.parametrize("alpha", [1.2, 1.5, 1.8])
 def test_tail_index_recovers_the_index_of_alpha_stable_samples(alpha):
     """Stated error: within 0.15 of α with 40 000 samples (K1 = 200 blocks of 200)."""
