@@ -8,9 +8,6 @@ Per (L, data): the late training loss of each optimizer (the median of its last 
 its logging interval), mean over seeds with a 95 % t interval, and the SGD − Adam difference with Welch's 95 %
 interval; the last measured tail index, λ_max, λ_min, local smoothness and gradient norm. Writes summary.json,
 summary.md and figures.
-
-The linearity profile of a trained model (``testbed_profile``) is the ordinary one (eval/linearity/score.py) on
-the residual stream h_0..h_L captured by model/capture.py: every row of every prompt is a "token".
 """
 from __future__ import annotations
 
@@ -18,7 +15,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import stats as sps
 
 from analysis.report import pm
@@ -31,21 +27,6 @@ from core.rundir import RunDir
 _VARIANT = re.compile(r"^(adam|sgd)_L(\d+)_(gauss|heavy)$")
 MEASURES = ("opt/tail_index", "opt/sharpness", "opt/lambda_min", "opt/local_smoothness", "opt/dir_sharpness",
             "opt/grad_norm", "opt/loss")
-
-
-def testbed_profile(model: torch.nn.Module, prompts: torch.Tensor) -> list[dict]:
-    """Per block: LS, LS without residual and norm ratio of the pair (h_i, h_{i+1}) over all prompt rows."""
-    from eval.linearity.score import linearity_profile
-    from model.capture import ResidualStream
-
-    stream = ResidualStream(model)
-    try:
-        with torch.no_grad(), stream:
-            model(prompts)
-        states = [h.reshape(-1, h.size(-1)) for h in stream.take()]
-    finally:
-        stream.remove()
-    return [s.to_dict() for s in linearity_profile(states)]
 
 
 def _interval(values: list[float]) -> dict:

@@ -15,9 +15,11 @@ from scipy.stats import levy_stable
 from core.io import read_jsonl as read_metrics
 from core.rundir import RunDir
 from data.icl_regression import ICLRegressionConfig, ICLRegressionStream, sample_prompts
+from eval.linearity.score import linearity_profile
 from linreg.config import load_config
 from linreg.icl_trainer import ICLTrainer
 from linreg.opt_measures import OptMeasureConfig, OptMeasurer, lanczos_extremes, tail_index
+from model.capture import ResidualStream
 from model.linear_attention import LinearAttentionTransformer, build_linear_attention
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "linear_attention" / "base.yaml"
@@ -207,15 +209,26 @@ def test_sgd_is_selectable():
     assert replace(cfg.optim, name="adamw").name == "adamw"
 
 
+def residual_profile(model: torch.nn.Module, prompts: torch.Tensor) -> list[dict]:
+    """The testbed's linearity profile: eval/linearity/score.py on the residual stream h_0..h_L captured by
+    model/capture.py, every row of every prompt a "token" (per block: LS, LS without residual, norm ratio)."""
+    stream = ResidualStream(model)
+    try:
+        with torch.no_grad(), stream:
+            model(prompts)
+        states = [h.reshape(-1, h.size(-1)) for h in stream.take()]
+    finally:
+        stream.remove()
+    return [s.to_dict() for s in linearity_profile(states)]
+
+
 def test_linearity_profile_and_regularizers_apply_to_the_testbed():
-    from analysis.linear_attention import testbed_profile
-    from model.capture import ResidualStream
     from regularizers import RegularizerConfig, build_regularizer
 
     cfg = ICLRegressionConfig(dim=5, num_examples=20)
     prompts, _ = sample_prompts(cfg, np.random.default_rng(4), 64)
     model = build_linear_attention(5, 3, init_std=0.3, seed=1)
-    profile = testbed_profile(model, prompts)
+    profile = residual_profile(model, prompts)
     states = [prompts]  # the reference: the blocks called one by one (no hooks), the score by its definition
     with torch.no_grad():
         for layer in model.layers:
@@ -225,7 +238,7 @@ def test_linearity_profile_and_regularizers_apply_to_the_testbed():
         [lstsq_linearity(x, y) for x, y in zip(flat[:-1], flat[1:])], abs=1e-6)
     # One block with P = Q = 0 is the identity: perfectly linear, with a zero update (LS_wo undefined).
     identity = build_linear_attention(5, 1, init_std=0.0)
-    assert testbed_profile(identity, prompts)[0]["linearity"] == pytest.approx(1.0)
+    assert residual_profile(identity, prompts)[0]["linearity"] == pytest.approx(1.0)
 
     stream = ResidualStream(model)
     reg = build_regularizer(RegularizerConfig(name="cosine", weight=1.0))

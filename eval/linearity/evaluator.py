@@ -57,9 +57,6 @@ class LinearityEvalConfig(EvaluatorConfig):
         super().validate(p)
         check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be >= 1")
 
-    def build(self, ctx: EvalContext) -> Evaluator:
-        return LinearityEvaluator(self, ctx)
-
 
 def history_record(step: int, profile, seconds: float) -> dict:
     rec = {"step": step, "num_tokens": profile.num_tokens, "seconds": round(seconds, 4), "means": profile.means()}
@@ -91,7 +88,7 @@ def scalars_of(profile) -> dict[str, float]:
     return out
 
 
-class LinearityEvaluator(Evaluator):
+class LinearityEvaluator(Evaluator, config=LinearityEvalConfig):
     name = "linearity"
 
     def __init__(self, cfg: LinearityEvalConfig, ctx: EvalContext):
