@@ -278,3 +278,42 @@ def test_trainer_registry_and_the_regularized_testbed_loss(tmp_path):
     assert len(rows) == 3
     for r in rows:  # the regularizer is computed on the testbed's states and logged apart from the squared error
         assert r["train/reg"] > 0 and r["train/loss"] == pytest.approx(r["train/task_loss"] + r["train/reg"], abs=1e-6)
+
+
+def test_study_summary_gaps_and_divergence(tmp_path):
+    """The study's summary: late loss = median of the last 5 rows, the SGD − Adam gaps of the late and the held-out
+    loss equal scipy's Welch test, and a run that stopped early is counted as diverged and left out."""
+    import json
+
+    from scipy import stats
+
+    from analysis.linear_attention import main as study
+
+    rng = np.random.default_rng(7)
+    held = {"adam": [0.5, 0.6, 0.55], "sgd": [0.7, 0.9, 0.8]}
+    late: dict[str, list[float]] = {}
+    for data in ("gauss", "heavy"):
+        for opt in ("adam", "sgd"):
+            for seed in range(1, 5):
+                run = RunDir(tmp_path / "sweep" / f"{opt}_L2_{data}" / f"seed{seed}")
+                run.path.mkdir(parents=True)
+                run.config.write_text("train: {max_steps: 100}\n")
+                last = 100 if seed < 4 else 60  # seed 4 stopped early: diverged
+                losses = rng.uniform(0.1, 2.0, last // 10)
+                rows = [{"step": 10 * (i + 1), "train/loss": float(v)} for i, v in enumerate(losses)]
+                rows.append({"step": last, "opt/loss": held[opt][seed - 1] if seed < 4 else 9.0,
+                             "opt/grad_norm": 1.0 + seed, "opt/local_smoothness": 2.0 + seed})
+                run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                if seed < 4:
+                    late.setdefault(f"{opt}_{data}", []).append(float(np.median(losses[-5:])))
+    assert study([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    cells = json.loads((tmp_path / "out" / "summary.json").read_text())["cells"]
+    for cell in cells:
+        data = cell["data"]
+        assert (cell["adam:diverged"], cell["sgd:diverged"]) == (1, 1)
+        assert cell["adam"]["values"] == pytest.approx(late[f"adam_{data}"])
+        for key, (a, b) in (("sgd_minus_adam", (late[f"sgd_{data}"], late[f"adam_{data}"])),
+                            ("sgd_minus_adam_heldout", (held["sgd"], held["adam"]))):
+            assert cell[key]["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+            assert cell[key]["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert len(cells) == 2 and (tmp_path / "out" / "adam_vs_sgd.png").is_file()
