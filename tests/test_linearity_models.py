@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO
@@ -162,3 +163,8 @@ def test_cli_on_hf_dir_and_linreg_checkpoint(tiny_run, tiny_hf_model_dir, tinyst
     # The run directory mode redraws the training figures.
     assert cli_main(["--run", str(tiny_run), "--out", str(tmp_path / "curves")]) == 0
     assert (tmp_path / "curves" / "linearity_heatmaps.png").is_file()
+    records = [json.loads(line) for line in (tiny_run / "linearity.jsonl").read_text().splitlines()]
+    assert colorbar_labels(saved_figures["linearity_heatmaps.png"]) == list(TITLES.values())
+    for ax, key in zip(saved_figures["linearity_vs_step.png"].axes, TITLES):  # the logged blocks' mean, per step
+        x, y = lines(ax)["in-sample"]
+        assert list(x) == [r["step"] for r in records] and y == pytest.approx([np.mean(r[key]) for r in records])

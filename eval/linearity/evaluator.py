@@ -38,7 +38,8 @@ from eval.linearity.state_measures import ToolkitConfig, pooled_labels
 
 @dataclass
 class HeldoutEvalConfig(HeldoutConfig):
-    # off by default: ~3x the float64 work of a profile (docs/PERFORMANCE.md), over the 2x an in-loop default may cost
+    # off by default: more than 2x the float64 work of a profile (docs/PERFORMANCE.md), the most an in-loop
+    # default may cost
     enabled: bool = False
 
 
