@@ -124,8 +124,11 @@ def top_eigenvalue(a: torch.Tensor) -> float:
 
 
 def _exact_distances(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """||x_i - x_j|| for i in ``rows`` (b) and each row's columns ``cols`` (b x k), from the differences."""
-    return torch.linalg.vector_norm(x[rows, None, :] - x[cols], dim=2)
+    """||x_i - x_j|| for i in ``rows`` (b) and each row's columns ``cols`` (b x k), from the differences (taken
+    as x_j - x_i in place in the gathered b x k x d block: one such temporary, not two; the same norms)."""
+    b, k = cols.shape
+    diff = x.index_select(0, cols.reshape(-1)).view(b, k, x.shape[1])
+    return torch.linalg.vector_norm(diff.sub_(x.index_select(0, rows)[:, None, :]), dim=2)
 
 
 def _keep_smallest(best_v: torch.Tensor, best_i: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor) -> None:
