@@ -222,11 +222,17 @@ def fold_cross(x: torch.Tensor, t: torch.Tensor, plan: FoldPlan) -> tuple[torch.
     return total, parts
 
 
-def fit(gram: torch.Tensor, cross: torch.Tensor, n: int) -> torch.Tensor:
+def fit(gram: torch.Tensor, cross: torch.Tensor, n: int,
+        factor: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """argmin_A ||X A - T||^2 from X^T X and X^T T (centred). Columns are scaled to unit norm first (the
     correlation matrix is immune to massive-activation features); Cholesky when every pivot exceeds sqrt(eps),
     else an eigendecomposition with eigenvalues below max(n, d) eps lambda_max dropped (constant columns, and
-    columns constant on the training folds, get zero coefficients)."""
+    columns constant on the training folds, get zero coefficients). ``factor``: (L, s), that Cholesky factor of
+    this Gram matrix and its scaling 1 / ||x_k||, when the caller has them (no column constant, every pivot
+    above sqrt(eps)): the solve alone."""
+    if factor is not None:
+        chol, s = factor
+        return torch.cholesky_solve(cross * s[:, None], chol) * s[:, None]
     diag = gram.diagonal()
     live = diag > 0
     s = torch.where(live, diag.clamp(min=torch.finfo(torch.float64).tiny).rsqrt(), torch.zeros_like(diag))
@@ -313,7 +319,7 @@ def chance_rss(gram: torch.Tensor, cross: torch.Tensor, energy: float, coef: tor
 
 def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor], t: torch.Tensor,
               cross: torch.Tensor, cross_parts: list[torch.Tensor], chance_y: torch.Tensor, plan: FoldPlan,
-              insample_rows: bool = False) -> Fits:
+              insample_rows: bool = False, factor: tuple[torch.Tensor, torch.Tensor] | None = None) -> Fits:
     """Fold fits of the centred, fold-ordered target t (and of the chance target) on x.
 
     x, t: column-centred over all n tokens, rows in fold order; gram, cross: X^T X and X^T T with their per-fold
@@ -321,14 +327,15 @@ def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor
     for the held-out residuals of T. Fit f is also the in-sample fit of the data without fold f: what it explains
     there, <C_train, A_f>, is the jackknife's. With ``insample_rows``, the in-sample residuals of every token too
     (the product is then X_f [A | A_f]). The chance target's residual energies come from its (fold) cross products
-    and the Gram matrices instead (``chance_rss``): it needs no per-document energies, only sums."""
+    and the Gram matrices instead (``chance_rss``): it needs no per-document energies, only sums. ``factor``: the
+    Cholesky factor of the scaled X^T X, if at hand (``fit``)."""
     n, dt = x.shape[0], t.shape[1]
     p_cross, p_parts = fold_cross(x, chance_y, plan)
     if insample_rows:  # in-sample maps of T and of the chance target
-        coef = fit(gram, torch.cat([cross, p_cross], 1), n)
+        coef = fit(gram, torch.cat([cross, p_cross], 1), n, factor)
         coef_p = coef[:, dt:]
     else:
-        coef_p = fit(gram, p_cross, n)
+        coef_p = fit(gram, p_cross, n, factor)
     x_means, t_means, p_means = (train_means(v, plan) for v in (x, t, chance_y))
     rows_in = torch.empty(n, dtype=x.dtype, device=x.device) if insample_rows else None
     rows_ho = torch.empty(n, dtype=x.dtype, device=x.device)
@@ -339,9 +346,10 @@ def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor
     for f, (lo, hi) in enumerate(plan.spans()):
         n_f = hi - lo
         n_tr, mx = n - n_f, x_means[f]
-        g_tr = gram - gram_parts[f] - n_tr * torch.outer(mx, mx)
-        c_tr = cross - cross_parts[f] - n_tr * torch.outer(mx, t_means[f])
-        coef_f = fit(g_tr, torch.cat([c_tr, p_cross - p_parts[f] - n_tr * torch.outer(mx, p_means[f])], 1), n_tr)
+        g_tr = torch.sub(gram, gram_parts[f]).addr_(mx, mx, alpha=-n_tr)
+        c_tr = torch.sub(cross, cross_parts[f]).addr_(mx, t_means[f], alpha=-n_tr)
+        coef_f = fit(g_tr, torch.cat([c_tr, torch.sub(p_cross, p_parts[f]).addr_(mx, p_means[f], alpha=-n_tr)], 1),
+                     n_tr)
         a_f = coef_f[:, :dt]
         explained[f] = (c_tr * a_f).sum()
         # intercepts: the in-sample fit has none (everything centred); fold f's is m_f(T) - m_f(X) A_f
@@ -421,11 +429,12 @@ def score_intervals(plan: FoldPlan, cfg: HeldoutConfig, fits: Fits, t_rows: torc
 def pair_heldout(plan: FoldPlan, cfg: HeldoutConfig, x: torch.Tensor, gram: torch.Tensor,
                  gram_parts: list[torch.Tensor], t: torch.Tensor, cross: torch.Tensor,
                  cross_parts: list[torch.Tensor], y: torch.Tensor, z: torch.Tensor, use_z: bool,
-                 z_rows: torch.Tensor, insample: tuple[float, float]) -> HeldoutStats:
+                 z_rows: torch.Tensor, insample: tuple[float, float],
+                 factor: tuple[torch.Tensor, torch.Tensor] | None = None) -> HeldoutStats:
     """HeldoutStats of the pair (X, Y) of a profile, whose regressed target t is Z = Y - X (``use_z``) or Y;
-    ``insample``: the pair's in-sample scores with and without residual."""
+    ``insample``: the pair's in-sample scores with and without residual; ``factor``: as ``fit``'s, of X^T X."""
     fits = fold_fits(x, gram, gram_parts, t, cross, cross_parts, chance_target(y, plan, cfg), plan,
-                     insample_rows=cfg.insample_interval == "bootstrap")
+                     insample_rows=cfg.insample_interval == "bootstrap", factor=factor)
     t_means = fits.t_means
     other = y if use_z else z
     other_means = train_means(other, plan)
