@@ -222,6 +222,19 @@ def fold_cross(x: torch.Tensor, t: torch.Tensor, plan: FoldPlan) -> tuple[torch.
     return total, parts
 
 
+def row_sq(v: torch.Tensor) -> torch.Tensor:
+    """||v_i||^2 of every row (a dot product: ~2x faster than a norm squared on a column-major v)."""
+    return torch.linalg.vecdot(v, v, dim=1)
+
+
+def _times(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """x a, in x's column-major layout when x has it (the profile's buffers): BLAS runs as fast, and the residual
+    t - x a is then taken between operands of one layout."""
+    if x.stride(0) == 1 and x.shape[1] > 1:
+        return (a.T @ x.T).T
+    return x @ a
+
+
 def fit(gram: torch.Tensor, cross: torch.Tensor, n: int,
         factor: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """argmin_A ||X A - T||^2 from X^T X and X^T T (centred). Columns are scaled to unit norm first (the
@@ -356,12 +369,12 @@ def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor
         intercept = t_means[f] - mx @ a_f
         xf, tf = x[lo:hi], t[lo:hi]
         if insample_rows:
-            pred = xf @ torch.cat([coef[:, :dt], a_f], 1)  # n_f x 2 d_t, turned into residuals in place
-            rows_in[lo:hi] = torch.linalg.vector_norm(pred[:, :dt].sub_(tf), dim=1) ** 2
+            pred = _times(xf, torch.cat([coef[:, :dt], a_f], 1))  # n_f x 2 d_t, turned into residuals in place
+            rows_in[lo:hi] = row_sq(pred[:, :dt].sub_(tf))
             pred = pred[:, dt:]
         else:
-            pred = xf @ a_f
-        rows_ho[lo:hi] = torch.linalg.vector_norm(pred.sub_(tf).add_(intercept), dim=1) ** 2
+            pred = _times(xf, a_f)
+        rows_ho[lo:hi] = row_sq(pred.sub_(tf).add_(intercept))
         del pred
         # the chance target's fold f about the training means: sums of X_f - m, P_f - m_p and their products
         mp = p_means[f]
@@ -439,7 +452,7 @@ def pair_heldout(plan: FoldPlan, cfg: HeldoutConfig, x: torch.Tensor, gram: torc
     other = y if use_z else z
     other_means = train_means(other, plan)
     y_means, z_means = (other_means, t_means) if use_z else (t_means, other_means)
-    y_rows = torch.linalg.vector_norm(y, dim=1) ** 2
+    y_rows = row_sq(y)
     targets = [Target(insample[0], y, y_rows, y_means), Target(insample[1], z, z_rows, z_means)]
     heldout, ci, reps = score_intervals(plan, cfg, fits, z_rows if use_z else y_rows, targets)
     return HeldoutStats(
