@@ -236,25 +236,26 @@ def _times(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 def fit(gram: torch.Tensor, cross: torch.Tensor, n: int,
-        factor: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        factor: tuple[torch.Tensor, torch.Tensor] | None = None, scratch: bool = False) -> torch.Tensor:
     """argmin_A ||X A - T||^2 from X^T X and X^T T (centred). Columns are scaled to unit norm first (the
     correlation matrix is immune to massive-activation features); Cholesky when every pivot exceeds sqrt(eps),
     else an eigendecomposition with eigenvalues below max(n, d) eps lambda_max dropped (constant columns, and
     columns constant on the training folds, get zero coefficients). ``factor``: (L, s), that Cholesky factor of
     this Gram matrix and its scaling 1 / ||x_k||, when the caller has them (no column constant, every pivot
-    above sqrt(eps)): the solve alone."""
+    above sqrt(eps)): the solve alone. ``scratch``: gram and cross are the caller's temporaries, scaled in place
+    (the same arithmetic, two d x d arrays fewer)."""
     if factor is not None:
         chol, s = factor
         return torch.cholesky_solve(cross * s[:, None], chol) * s[:, None]
     diag = gram.diagonal()
     live = diag > 0
     s = torch.where(live, diag.clamp(min=torch.finfo(torch.float64).tiny).rsqrt(), torch.zeros_like(diag))
-    gs = gram * s[:, None] * s[None, :]
+    gs = gram.mul_(s[:, None]).mul_(s[None, :]) if scratch else gram * s[:, None] * s[None, :]
     gs.diagonal().masked_fill_(~live, 1.0)  # a dead column: unit pivot, zero right-hand side, zero coefficient
-    cs = cross * s[:, None]
+    cs = cross.mul_(s[:, None]) if scratch else cross * s[:, None]
     factor, info = torch.linalg.cholesky_ex(gs)
     if int(info) == 0 and float(factor.diagonal().min()) ** 2 > _PIVOT_TOL:
-        return torch.cholesky_solve(cs, factor) * s[:, None]
+        return torch.cholesky_solve(cs, factor).mul_(s[:, None])
     w, v = torch.linalg.eigh(gs)
     keep = w > w[-1] * max(n, gs.shape[0]) * _EPS
     v = v[:, keep]
@@ -362,7 +363,7 @@ def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor
         g_tr = torch.sub(gram, gram_parts[f]).addr_(mx, mx, alpha=-n_tr)
         c_tr = torch.sub(cross, cross_parts[f]).addr_(mx, t_means[f], alpha=-n_tr)
         coef_f = fit(g_tr, torch.cat([c_tr, torch.sub(p_cross, p_parts[f]).addr_(mx, p_means[f], alpha=-n_tr)], 1),
-                     n_tr)
+                     n_tr, scratch=True)
         a_f = coef_f[:, :dt]
         explained[f] = (c_tr * a_f).sum()
         # intercepts: the in-sample fit has none (everything centred); fold f's is m_f(T) - m_f(X) A_f
