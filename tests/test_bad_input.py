@@ -139,6 +139,8 @@ CASES: dict[str, Case] = {
                                                         "model.arch=linear_attention", "eval.linearity.enabled=false",
                                                         "eval.val_loss.enabled=false"], ["data.icl"]),
     "train-icl-bad-df": Case("train", [*TINY_CFG, "data.icl.df=0"], ["data.icl.df"]),
+    "train-icl-bad-gamma-shape": Case("train", [*TINY_CFG, "data.icl.gamma_shape=0"], ["data.icl.gamma_shape"]),
+    "train-icl-bad-gamma-scale": Case("train", [*TINY_CFG, "data.icl.gamma_scale=-1"], ["data.icl.gamma_scale"]),
     "train-global-batch": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "train.global_batch_size=5"],
                                ["train.global_batch_size=5"]),
     "train-micro-batch-does-not-divide": Case("train", [*TINY_CFG, "--run-dir", "{tmp}/r", "train.global_batch_size=8",

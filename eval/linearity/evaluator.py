@@ -21,7 +21,6 @@ from core.io import append_jsonl
 from data.sources import load_documents
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
 from eval.linearity.heldout import HeldoutConfig
-from eval.linearity.plots import read_history, save_figures, training_figures
 from eval.linearity.probe import ProbeSetConfig, checked_probe, read_probe_text
 from eval.linearity.profile import (
     HELDOUT_QUANTITIES,
@@ -136,6 +135,10 @@ class LinearityEvaluator(Evaluator, config=LinearityEvalConfig):
             self.collector.remove()
         if not (self.ctx.is_main and self.cfg.plot and self.jsonl.is_file()):
             return
+        # Imported on use: matplotlib is a second of start-up that a config load or a run without plots
+        # should not pay.
+        from eval.linearity.plots import read_history, save_figures, training_figures
+
         figures = training_figures(read_history(self.jsonl))
         tb = self.ctx.tb_writer
         save_figures(figures, self.ctx.run_dir.plots, close=tb is None)
