@@ -227,12 +227,12 @@ def row_sq(v: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(v, v, dim=1)
 
 
-def _times(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """x a, in x's column-major layout when x has it (the profile's buffers): BLAS runs as fast, and the residual
-    t - x a is then taken between operands of one layout."""
+def _times(x: torch.Tensor, a: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x a (+ ``bias`` on every row, in the product's own pass), in x's column-major layout when x has it (the
+    profile's buffers): BLAS runs as fast, and the residual t - x a is then taken between operands of one layout."""
     if x.stride(0) == 1 and x.shape[1] > 1:
-        return (a.T @ x.T).T
-    return x @ a
+        return (a.T @ x.T).T if bias is None else torch.addmm(bias[:, None], a.T, x.T).T
+    return x @ a if bias is None else torch.addmm(bias, x, a)
 
 
 def fit(gram: torch.Tensor, cross: torch.Tensor, n: int,
@@ -300,6 +300,7 @@ class Fits:
     chance: float
     chance_heldout: float
     rss_in: torch.Tensor | None = None  # (documents,) in-sample residual energies, for a bootstrap in-sample interval
+    x_means: torch.Tensor | None = None  # training means of x (k x d)
 
 
 def chance_target(y: torch.Tensor, plan: FoldPlan, cfg: HeldoutConfig) -> torch.Tensor:
@@ -372,10 +373,10 @@ def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor
         if insample_rows:
             pred = _times(xf, torch.cat([coef[:, :dt], a_f], 1))  # n_f x 2 d_t, turned into residuals in place
             rows_in[lo:hi] = row_sq(pred[:, :dt].sub_(tf))
-            pred = pred[:, dt:]
+            pred = pred[:, dt:].add_(intercept)
         else:
-            pred = _times(xf, a_f)
-        rows_ho[lo:hi] = row_sq(pred.sub_(tf).add_(intercept))
+            pred = _times(xf, a_f, intercept)
+        rows_ho[lo:hi] = row_sq(pred.sub_(tf))
         del pred
         # the chance target's fold f about the training means: sums of X_f - m, P_f - m_p and their products
         mp = p_means[f]
@@ -383,7 +384,7 @@ def fold_fits(x: torch.Tensor, gram: torch.Tensor, gram_parts: list[torch.Tensor
         chance_ho += chance_rss(gram_parts[f], p_parts[f], energy, coef_f[:, dt:], mx, mp, 2 * n_tr + n_f)
         chance_tot += energy
     return Fits(doc_sums(rows_ho, plan), explained, t_means, 1.0 - chance_in / p_energy, 1.0 - chance_ho / chance_tot,
-                None if rows_in is None else doc_sums(rows_in, plan))
+                None if rows_in is None else doc_sums(rows_in, plan), x_means)
 
 
 def bootstrap_draws(pairs: list[tuple[torch.Tensor, torch.Tensor]], cfg: HeldoutConfig,
@@ -450,8 +451,9 @@ def pair_heldout(plan: FoldPlan, cfg: HeldoutConfig, x: torch.Tensor, gram: torc
     fits = fold_fits(x, gram, gram_parts, t, cross, cross_parts, chance_target(y, plan, cfg), plan,
                      insample_rows=cfg.insample_interval == "bootstrap", factor=factor)
     t_means = fits.t_means
-    other = y if use_z else z
-    other_means = train_means(other, plan)
+    # the other target's training means from the two at hand: Y = Z + X, so m(Y) = m(Z) + m(X) (fold sums are
+    # linear; this spares a pass over n x d)
+    other_means = t_means + fits.x_means if use_z else t_means - fits.x_means
     y_means, z_means = (other_means, t_means) if use_z else (t_means, other_means)
     y_rows = row_sq(y)
     targets = [Target(insample[0], y, y_rows, y_means), Target(insample[1], z, z_rows, z_means)]
