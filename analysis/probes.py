@@ -294,7 +294,7 @@ def main(argv=None) -> int:
         first = next(iter(recs.values()))
         md += [f"### {t} ({first['n_train']} train / {first['n_eval']} eval; {first['split']}; chance "
                f"{first['chance']:.3f})", "",
-               markdown_table(["model", *(f"L{i}" for i in range(depth))],
+               markdown_table(["model", *(f"h{i}" for i in range(depth))],
                               [[lab, *(f"{r['accuracy']:.3f}" for r in rec["layers"])] for lab, rec in recs.items()]),
                ""]
         plot_task(t, {lab: [r["accuracy"] for r in rec["layers"]] for lab, rec in recs.items()}, first["chance"], out)
