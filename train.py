@@ -13,9 +13,8 @@ SIGTERM/SIGINT finish the current step, save a checkpoint and exit 0 (cluster pr
 from __future__ import annotations
 
 import argparse
-import sys
 
-from core.cli import Parser, add_overrides_arg, command
+from core.cli import Parser, add_shared_args, command, run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DeepSpeed launcher")
     p.add_argument("--deepspeed_config", help="DeepSpeed JSON config; overrides the YAML `deepspeed:` block")
     p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
-    add_overrides_arg(p, "the run's config")
+    add_shared_args(p, overrides=dict(what="the run's config"))
     return p.parse_args(argv)
 
 
@@ -50,4 +49,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

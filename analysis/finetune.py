@@ -62,18 +62,7 @@ from analysis.report import (
     pm,
 )
 from core import stats
-from core.cli import (
-    Parser,
-    add_data_root_arg,
-    add_device_args,
-    add_model_args,
-    add_overrides_arg,
-    add_probe_args,
-    add_tasks_arg,
-    command,
-    list_arg,
-    run_cli,
-)
+from core.cli import Parser, add_shared_args, command, list_arg, run_cli
 from core.errors import DataError
 from core.io import write_csv, write_json
 from core.rundir import RunDir, model_labels
@@ -370,8 +359,11 @@ def tables(summary: dict, tasks: list[str]) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = Parser("finetune", "analysis.finetune", __doc__)
-    add_model_args(ap, many=True, help="decoders to fine-tune", label_help="table columns, one per --model")
-    add_tasks_arg(ap, finetune_tasks(), DEFAULT_TASKS, choices=finetune_tasks())
+    add_shared_args(ap, model=dict(many=True, help="decoders to fine-tune",
+                                   label_help="table columns, one per --model"),
+                    tasks=dict(names=finetune_tasks(), default=DEFAULT_TASKS, choices=finetune_tasks()),
+                    data_root=dict(help="none: the HF hub"), probe=dict(defaults=ProbeSetConfig), device=True,
+                    overrides=dict(what="the Trainer config of every fine-tuning run, e.g. train.zero_stage=2"))
     list_arg(ap, "--seeds", of=int, default=[0, 1, 2], metavar="SEED", help="fine-tuning seeds (default 0,1,2)")
     ap.add_argument("--out", required=True)
     g = ap.add_argument_group("fine-tuning")
@@ -382,10 +374,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max-length", type=int, default=FinetuneSettings.max_length)
     g.add_argument("--train-limit", type=int, help="first N training examples")
     g.add_argument("--eval-limit", type=int, help="first N test examples")
-    add_data_root_arg(ap, "none: the HF hub")
-    add_probe_args(ap, ProbeSetConfig)
-    add_device_args(ap)
-    add_overrides_arg(ap, "the Trainer config of every fine-tuning run, e.g. train.zero_stage=2")
     return ap.parse_args(argv)
 
 

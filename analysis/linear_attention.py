@@ -6,11 +6,10 @@ measurements, and the linearity profile of the trained models (docs/linear_atten
 Reads a sweep of ``configs/linear_attention/adam_vs_sgd.yaml`` (variants named ``<adam|sgd>_L<k>_<gauss|heavy>``).
 Per (L, data): the late training loss of each optimizer (the median of its last 5 logged rows, each a mean over
 its logging interval), mean over seeds with a 95 % t interval, and the SGD − Adam difference with Welch's 95 %
-interval; the last measured tail index, λ_max, λ_min, local smoothness and gradient norm. Writes summary.json,
+interval; the same difference for the held-out loss ``opt/loss`` of the last measurement (step max_steps for a
+finished run: the same measurement prompts for every run); the last measured tail index, λ_max, λ_min, local
+smoothness and gradient norm, averaged over the finished runs. Writes summary.json,
 summary.md and figures.
-
-The linearity profile of a trained model (``testbed_profile``) is the ordinary one (eval/linearity/score.py) on
-the residual stream h_0..h_L captured by model/capture.py: every row of every prompt is a "token".
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import stats as sps
 
 from analysis.report import pm
@@ -31,21 +29,6 @@ from core.rundir import RunDir
 _VARIANT = re.compile(r"^(adam|sgd)_L(\d+)_(gauss|heavy)$")
 MEASURES = ("opt/tail_index", "opt/sharpness", "opt/lambda_min", "opt/local_smoothness", "opt/dir_sharpness",
             "opt/grad_norm", "opt/loss")
-
-
-def testbed_profile(model: torch.nn.Module, prompts: torch.Tensor) -> list[dict]:
-    """Per block: LS, LS without residual and norm ratio of the pair (h_i, h_{i+1}) over all prompt rows."""
-    from eval.linearity.score import linearity_profile
-    from model.capture import ResidualStream
-
-    stream = ResidualStream(model)
-    try:
-        with torch.no_grad(), stream:
-            model(prompts)
-        states = [h.reshape(-1, h.size(-1)) for h in stream.take()]
-    finally:
-        stream.remove()
-    return [s.to_dict() for s in linearity_profile(states)]
 
 
 def _interval(values: list[float]) -> dict:
@@ -128,22 +111,28 @@ def summarize(sweep_dir: Path, runs: list[tuple[re.Match, dict]]) -> dict:
                     row[f"{opt}:{key}"] = float(np.mean(cell[f"{opt}:{key}"]))
         if len(cell.get("adam", [])) > 1 and len(cell.get("sgd", [])) > 1:
             row["sgd_minus_adam"] = _welch(cell["sgd"], cell["adam"])
+        held = [cell.get(f"{opt}:opt/loss", []) for opt in ("sgd", "adam")]
+        if all(len(v) > 1 for v in held):  # the loss on the last measurement's prompts, the same for every run
+            row["sgd_minus_adam_heldout"] = _welch(*held)
         out.append(row)
     return {"sweep": str(sweep_dir), "cells": out}
 
 
 def to_markdown(summary: dict) -> str:
-    lines = ["| L | data | Adam loss | SGD loss | SGD − Adam [95 % CI] (p) | diverged Adam / SGD "
-             "| tail index Adam / SGD | λ_max Adam / SGD | λ_min Adam / SGD |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| L | data | Adam loss | SGD loss | SGD − Adam [95 % CI] (p) | held-out loss Adam / SGD "
+             "| held-out SGD − Adam [95 % CI] (p) | diverged Adam / SGD "
+             "| tail index Adam / SGD | λ_max Adam / SGD | λ_min Adam / SGD |", "|---" * 11 + "|"]
     fmt = lambda c: f"{pm(c['mean'], c['ci95'])} (n={c['n']})" if c else "–"  # noqa: E731
+    gap_fmt = lambda g: f"{g['diff']:+.3g} [±{g['ci95']:.3g}] ({g['p']:.2g})" if g else "–"  # noqa: E731
     for r in summary["cells"]:
-        gap = r.get("sgd_minus_adam")
-        gap_s = f"{gap['diff']:+.3f} [±{gap['ci95']:.3f}] ({gap['p']:.2g})" if gap else "–"
+        gap_s, held_s = gap_fmt(r.get("sgd_minus_adam")), gap_fmt(r.get("sgd_minus_adam_heldout"))
+        held = " / ".join(f"{r.get(f'{o}:opt/loss', float('nan')):.3g}" for o in ("adam", "sgd"))
         ti = " / ".join(f"{r.get(f'{o}:opt/tail_index', float('nan')):.2f}" for o in ("adam", "sgd"))
         sh = " / ".join(f"{r.get(f'{o}:opt/sharpness', float('nan')):.3g}" for o in ("adam", "sgd"))
         lo = " / ".join(f"{r.get(f'{o}:opt/lambda_min', float('nan')):.3g}" for o in ("adam", "sgd"))
         div = f"{r['adam:diverged']} / {r['sgd:diverged']}"
-        lines.append(f"| {r['L']} | {r['data']} | {fmt(r.get('adam'))} | {fmt(r.get('sgd'))} | {gap_s} | {div} "
+        lines.append(f"| {r['L']} | {r['data']} | {fmt(r.get('adam'))} | {fmt(r.get('sgd'))} | {gap_s} | {held} "
+                     f"| {held_s} | {div} "
                      f"| {ti} | {sh} | {lo} |")
     return "\n".join(lines) + "\n"
 
@@ -166,7 +155,7 @@ def plot(summary: dict, runs: list[tuple[re.Match, dict]], out: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("layers $L$")
-        ax.set_title("Gaussian $x$" if tails == "gauss" else "Student-$t_3$ $x$")
+        ax.set_title("Gaussian $x$" if tails == "gauss" else "heavy-tailed $x$")
         ax.legend()
     axes[0].set_ylabel("late training loss $(\\hat y - y_q)^2$ (median of last 5 rows)")
     fig.tight_layout()
@@ -189,7 +178,7 @@ def plot(summary: dict, runs: list[tuple[re.Match, dict]], out: Path) -> None:
 
     ax.legend(handles=[Line2D([], [], color=c, marker=mk, ls="", label=lab) for c, mk, lab in
                        (("C0", "o", "Adam, Gaussian"), ("C3", "o", "SGD, Gaussian"),
-                        ("C0", "^", "Adam, $t_3$"), ("C3", "^", "SGD, $t_3$"))], fontsize=8)
+                        ("C0", "^", "Adam, heavy-tailed"), ("C3", "^", "SGD, heavy-tailed"))], fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "smoothness_vs_grad_norm.png", dpi=120)
     plt.close(fig)

@@ -103,13 +103,14 @@ def plot_series_heatmaps(series: dict[str, list[dict]], path: str | Path) -> Pat
 
 
 def plot_probes(curves: dict[str, list[float]], chance: float, title: str, path: str | Path) -> Path:
-    """Probe accuracy against layer (0 = embedding output h_0, i = output of block i), one line per model."""
+    """Probe accuracy against the state h_i (h_0 = the embedding output, h_i = the output of block i - 1), one line
+    per model."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, acc in curves.items():
         ax.plot(range(len(acc)), acc, marker="o", markersize=3, label=label)
     ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("layer (0 = embeddings, i = output of block i)")
+    ax.set_xlabel("state $h_i$ ($h_0$: embeddings; $h_i$: output of block $i-1$)")
     ax.set_ylabel("probe accuracy (eval split)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

@@ -10,7 +10,8 @@ The paper gives no protocol; this one is fixed across models so that they compar
   ``rte``, ``wic``, ``wsc``, ``multirc``) gives one, the prompt, with the document's label.
   Context and ending are tokenized apart and concatenated (as lme does), so the ending's positions are exact; a
   sequence longer than the model's context loses the start of its context.
-- **Features**: for layer l = 0..L (0 = the embedding output h_0, l = the output of block l, before the final norm;
+- **Features**: for layer l = 0..L (the state h_l: h_0 = the embedding output, h_l = the output of block l - 1,
+  before the final norm; blocks numbered from 0 as in docs/linearity.md;
   ``model.capture``), the mean of h_l over the ending's tokens (two-choice) or over the prompt's tokens after BOS
   (classification).
 - **Pair encoding** (two-choice): the difference of the two endings' features, f(ending 1) - f(ending 2), label 1
@@ -47,7 +48,7 @@ from analysis.report import (
     model_identity,
 )
 from core import precision as core_precision
-from core.cli import Parser, add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, run_cli
+from core.cli import Parser, add_shared_args, command, run_cli
 from core.errors import ConfigError
 from core.io import write_csv, write_json
 from core.rundir import model_labels
@@ -222,16 +223,14 @@ def chance_level(kind: str, y_eval: np.ndarray) -> float:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = Parser("probes", "analysis.probes", __doc__)
-    add_model_args(ap, many=True)
-    add_tasks_arg(ap, list(probe_tasks()), ["xstorycloze_en"])
+    add_shared_args(ap, model=dict(many=True), tasks=dict(names=list(probe_tasks()), default=["xstorycloze_en"]),
+                    data_root=dict(help="none: the HF hub"), device=True)
     ap.add_argument("--out", required=True)
-    add_data_root_arg(ap, "none: the HF hub")
     g = ap.add_argument_group("classifier probes")
     g.add_argument("--train-limit", type=int, help="first N training examples")
     g.add_argument("--eval-limit", type=int, help="first N eval examples")
     g.add_argument("--seed", type=int, default=0, help="hold-out draw and carving seed (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=16, help="sequences per forward (default %(default)s)")
-    add_device_args(ap)
     return ap.parse_args(argv)
 
 
@@ -295,7 +294,7 @@ def main(argv=None) -> int:
         first = next(iter(recs.values()))
         md += [f"### {t} ({first['n_train']} train / {first['n_eval']} eval; {first['split']}; chance "
                f"{first['chance']:.3f})", "",
-               markdown_table(["model", *(f"L{i}" for i in range(depth))],
+               markdown_table(["model", *(f"h{i}" for i in range(depth))],
                               [[lab, *(f"{r['accuracy']:.3f}" for r in rec["layers"])] for lab, rec in recs.items()]),
                ""]
         plot_task(t, {lab: [r["accuracy"] for r in rec["layers"]] for lab, rec in recs.items()}, first["chance"], out)

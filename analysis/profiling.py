@@ -40,8 +40,8 @@ class ProfileSpec:
 
 
 def probe_from_args(args, root: Path | None, device) -> tuple[str, ProfileSpec]:
-    """(probe text, ProfileSpec) from the probe and device options (``core.cli``'s ``add_probe_args`` and
-    ``add_device_args``)."""
+    """(probe text, ProfileSpec) from the probe and device options (the ``probe`` and ``device`` groups of
+    ``core.cli.add_shared_args``)."""
     probe = ProbeSetConfig(args.num_chunks, args.chunk_chars, args.probe_seed, args.max_tokens)
     probe.validate("probe")
     text, source = probe_text(args.text, root, args.text_field)

@@ -45,7 +45,7 @@ import torch
 
 from analysis.profiling import ProfileSpec, probe_from_args, profile_model
 from analysis.report import ResultCache, fingerprint
-from core.cli import Parser, add_data_root_arg, add_device_args, add_probe_args, command, list_arg, run_cli
+from core.cli import Parser, add_shared_args, command, list_arg, run_cli
 from core.errors import ConfigError
 from core.io import write_csv, write_json
 from core.rundir import RunDir, model_label, step_of
@@ -91,19 +91,11 @@ def run_series(run_dir: str) -> list[Checkpoint]:
     return [Checkpoint(t.name, step_of(t), str(t)) for t in tags]
 
 
-def _items(values: str | list[str]) -> list[str]:
-    return [v.strip() for v in (values.split(",") if isinstance(values, str) else values) if v.strip()]
-
-
-def revision_series(model: str, revisions: str | list[str]) -> list[Checkpoint]:
-    revs = _items(revisions)
-    if not revs:
-        raise ConfigError(f"--revisions for {model} is empty")
+def revision_series(model: str, revs: list[str]) -> list[Checkpoint]:
     return sorted((Checkpoint(r, step_from_name(r), model, r) for r in revs), key=lambda c: c.step)
 
 
-def path_series(paths: str | list[str]) -> list[Checkpoint]:
-    items = _items(paths)
+def path_series(items: list[str]) -> list[Checkpoint]:
     for p in items:
         if not Path(p).exists():
             raise ConfigError(f"--paths: {p} does not exist")
@@ -197,9 +189,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     list_arg(g, "--label", default=[], metavar="NAME", help="one per series, in the order runs, models, paths "
              "(default: the run's name, the model's name, the paths' parent directory)")
     ap.add_argument("--out", required=True, help="output and cache directory")
-    add_data_root_arg(ap)
-    add_probe_args(ap, ProbeSetConfig)
-    add_device_args(ap)
+    add_shared_args(ap, data_root=True, probe=dict(defaults=ProbeSetConfig), device=True)
     add_measure_arguments(ap)
     return ap.parse_args(argv)
 

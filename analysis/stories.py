@@ -48,7 +48,7 @@ from analysis.report import (
     pm,
 )
 from core import stats
-from core.cli import Parser, add_data_root_arg, add_device_args, add_model_args, command, run_cli
+from core.cli import Parser, add_shared_args, command, run_cli
 from core.errors import ConfigError, DataError
 from core.io import write_csv, write_json
 from core.rundir import model_labels
@@ -211,13 +211,14 @@ def plot_summaries(summaries: dict[str, dict], path: Path) -> Path:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = Parser("stories", "analysis.stories", __doc__)
-    add_model_args(ap, many=True, required=False, help="models to sample from: model dirs, runs or checkpoints",
-                   label_help="table labels, one per --model (default: their names)")
+    add_shared_args(ap, model=dict(many=True, required=False,
+                                   help="models to sample from: model dirs, runs or checkpoints",
+                                   label_help="table labels, one per --model (default: their names)"),
+                    data_root=dict(help="its tinystories/valid.txt"), device=dict(dtype=False))
     ap.add_argument("--reference", action="store_true",
                     help="also grade the stories' true continuations (row 'reference')")
     ap.add_argument("--out", required=True, help="output and cache directory")
     ap.add_argument("--prompts", help="story file (.txt with <|endoftext|> lines, or .jsonl with 'text')")
-    add_data_root_arg(ap, "its tinystories/valid.txt")
     ap.add_argument("--num-prompts", type=int, default=50)
     ap.add_argument("--opening-words", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens)
@@ -229,7 +230,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--judge-hf", help="a local HF causal LM as judge instead")
     ap.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
     ap.add_argument("--judge-attempts", type=int, default=3, help="requests per completion before it counts as failed")
-    add_device_args(ap, dtype=False)
     args = ap.parse_args(argv)
     if not args.model and not args.reference:
         ap.error("give --model PATH (one or more) and/or --reference")

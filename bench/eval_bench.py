@@ -22,11 +22,30 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from linearity_bench import device_name  # noqa: E402  (shared with the other benchmarks)
+
+
+@torch.no_grad()
+def naive_loglikelihood(model, requests, max_length: int,
+                        device: torch.device | str = "cpu") -> list[tuple[float, bool]]:
+    """The reference scorer: one request per forward with full logits (at least float32), as lme computes a single
+    request; (log-likelihood of the continuation, whether it is the greedy one) per request."""
+    from eval.benchmarks.scorer import model_input
+
+    out = []
+    for ctx, cont in requests:
+        inp, start, cont = model_input(ctx, cont, max_length)
+        logits = model(input_ids=torch.tensor([inp], device=device), use_cache=False).logits[0]
+        logits = logits[start:start + len(cont)]
+        logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        target = torch.tensor(cont, device=device)
+        out.append((float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())))
+    return out
 
 
 def build_random(config: str, seed: int = 0):
@@ -57,7 +76,6 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     from eval.benchmarks import BenchmarkSuite, default_batch_tokens
-    from eval.benchmarks.scorer import naive_loglikelihood
     from eval.benchmarks.tasks import MultipleChoiceTask
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,7 +118,7 @@ def main(argv=None) -> None:
                     best = min(best, time.perf_counter() - t1)
                 row["naive_est_s"] = round(best / len(sample) * len(item.requests), 1)
         else:
-            row.update(requests=0, rows=len(next(iter(item.loss_data.values())).windows),
+            row.update(requests=0, rows=len(next(iter(item.loss_data.values())).spans),
                        tokens=int(r.metrics["tokens"]))
         row["tokens_per_s"] = round(row["tokens"] / max(r.seconds, 1e-9))
         rows.append(row)

@@ -7,7 +7,9 @@ Each replicate draws n tokens in documents of ``--doc-len`` tokens: x = (documen
 both N(0, S) with an anisotropic S (eigenvalues 1 .. 1e-2 in a random basis), so tokens of one document are
 correlated; y = x A + e with e ~ N(0, s^2 I) per token, A and s fixed per d so that the population R^2 is rho
 (``--rho``, 0.8). Then ``eval.linearity.heldout_linearity`` (5 folds of documents, 1000 bootstrap resamples) gives
-the in-sample and held-out scores, their 95 % intervals and the chance levels. Two truths are known exactly:
+the in-sample and held-out scores, their 95 % intervals (the in-sample one both ways: the delete-a-fold jackknife,
+the default, and the document bootstrap, ``insample_interval: bootstrap``) and the chance levels. Two truths are
+known exactly:
 
 - rho, the population R^2 of the true map;
 - rho_f, the population R^2 of the maps the held-out score evaluates: for fold f's least-squares fit (A_f, b_f,
@@ -15,9 +17,12 @@ the in-sample and held-out scores, their 95 % intervals and the chance levels. T
   ||b_f||^2 + d s^2 and v_f = tr(A^T S A) + d s^2 + ||m_f||^2 (m_f the training mean of y), pooled as
   1 - sum_f n_f e_f / sum_f n_f v_f.
 
+A third is estimated: E[LS_in], the expected in-sample score at this n and d, which the in-sample intervals are for
+(the in-sample score is biased, so no interval of it covers rho at large d / n), by the mean over the replicates.
+
 Prints a markdown table (docs/linearity.md) and writes, in ``--out`` (default docs/linearity_example),
 heldout_coverage.json (the rows, after each d) and heldout_coverage.png: the mean bias of both scores against
-d / n with the (1 - rho) d / (n - 1) line, and the coverage of rho and rho_f by the intervals.
+d / n with the (1 - rho) d / (n - 1) line, and the coverage of rho, rho_f and E[LS_in] by the intervals.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.linearity import heldout_linearity  # noqa: E402
-from eval.linearity.heldout import FoldPlan  # noqa: E402
+from eval.linearity.heldout import FoldPlan, HeldoutConfig  # noqa: E402
 
 
 def population(d: int, rho: float, seed: int):
@@ -100,10 +105,13 @@ def main(argv=None) -> int:
         pop = population(d, args.rho, seed=d)
         g = torch.Generator().manual_seed(1000 + d)
         stats = {k: [] for k in ("ins", "ho", "ins_cov", "ho_cov", "ho_cov_f", "truth_f", "chance", "chance_ho",
-                                 "ins_width", "ho_width")}
+                                 "ins_width", "ins_boot_width", "ho_width")}
+        cis = []  # the in-sample intervals (jackknife, bootstrap) of each replicate
         for _ in range(args.reps):
             x, y, groups = replicate(args.n, d, args.doc_len, pop, g)
             res = heldout_linearity(x, y, groups)
+            boot = heldout_linearity(x, y, groups, config=HeldoutConfig(insample_interval="bootstrap")).linearity_ci
+            cis.append((res.linearity_ci, boot))
             truth_f = fold_truth(x, y, groups, pop)
             stats["ins"].append(res.linearity)
             stats["ho"].append(res.heldout)
@@ -114,24 +122,30 @@ def main(argv=None) -> int:
             stats["chance"].append(res.chance)
             stats["chance_ho"].append(res.chance_heldout)
             stats["ins_width"].append(res.linearity_ci[1] - res.linearity_ci[0])
+            stats["ins_boot_width"].append(boot[1] - boot[0])
             stats["ho_width"].append(res.heldout_ci[1] - res.heldout_ci[0])
         mean = {k: sum(map(float, v)) / len(v) for k, v in stats.items()}
-        rows.append({"d": d, "ratio": d / args.n, **mean,
+        expected = mean["ins"]  # E[LS_in], estimated by the replicates' mean
+        cover = [sum(ci[j][0] <= expected <= ci[j][1] for ci in cis) / len(cis) for j in (0, 1)]
+        rows.append({"d": d, "ratio": d / args.n, **mean, "ins_cov_e": cover[0], "ins_boot_cov_e": cover[1],
                      "predicted": (1 - args.rho) * d / (args.n - 1)})
         print(f"d={d} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
         if len(rows) == 1:
             print(f"n = {args.n} tokens in documents of {args.doc_len}, rho = {args.rho}, {args.reps} replicates "
-                  f"per row, 5 folds, 1000 bootstrap resamples, 95 % percentile intervals\n")
+                  f"per row, 5 folds, 95 % intervals: in-sample by the jackknife (or the bootstrap where it says so), "
+                  f"held-out by the percentile bootstrap (1000 resamples)\n")
             print("| d | d/n | in-sample − ρ | (1 − ρ)·d/(n − 1) | held-out − ρ | ρ_f − ρ | in-sample CI covers ρ "
-                  "| held-out CI covers ρ | held-out CI covers ρ_f | CI width in / held-out | chance in / held-out "
-                  "| d/(n − 1) |")
-            print("|" + "---|" * 12)
+                  "| in-sample CI covers E[LS_in], jackknife / bootstrap | held-out CI covers ρ "
+                  "| held-out CI covers ρ_f | CI width in-sample (jackknife / bootstrap) / held-out "
+                  "| chance in / held-out | d/(n − 1) |")
+            print("|" + "---|" * 13)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "heldout_coverage.json").write_text(json.dumps(rows, indent=1))
         r = rows[-1]  # each row as soon as it is done: the large d take long
         print(f"| {r['d']} | {r['ratio']:.3f} | {r['ins'] - args.rho:+.4f} | {r['predicted']:+.4f} "
               f"| {r['ho'] - args.rho:+.4f} | {r['truth_f'] - args.rho:+.4f} | {r['ins_cov']:.3f} "
-              f"| {r['ho_cov']:.3f} | {r['ho_cov_f']:.3f} | {r['ins_width']:.4f} / {r['ho_width']:.4f} "
+              f"| {r['ins_cov_e']:.3f} / {r['ins_boot_cov_e']:.3f} | {r['ho_cov']:.3f} | {r['ho_cov_f']:.3f} "
+              f"| ({r['ins_width']:.4f} / {r['ins_boot_width']:.4f}) / {r['ho_width']:.4f} "
               f"| {r['chance']:.4f} / {r['chance_ho']:+.4f} | {r['d'] / (args.n - 1):.4f} |", flush=True)
     plot(rows, args, Path(args.out) / "heldout_coverage.png")
     return 0
@@ -158,6 +172,10 @@ def plot(rows: list[dict], args, path: Path) -> None:
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
     right.plot(ratio, [r["ins_cov"] for r in rows], marker="o", label=r"in-sample CI covers $\rho$")
+    right.plot(ratio, [r["ins_cov_e"] for r in rows], marker="D",
+               label=r"in-sample CI (jackknife) covers $E[\mathrm{LS}_\mathrm{in}]$")
+    right.plot(ratio, [r["ins_boot_cov_e"] for r in rows], marker="v", linestyle=":",
+               label=r"in-sample CI (bootstrap) covers $E[\mathrm{LS}_\mathrm{in}]$")
     right.plot(ratio, [r["ho_cov"] for r in rows], marker="s", label=r"held-out CI covers $\rho$")
     right.plot(ratio, [r["ho_cov_f"] for r in rows], marker="^", label=r"held-out CI covers $\rho_f$")
     right.axhline(0.95, color="grey", linestyle="--", label="nominal 0.95")

@@ -25,6 +25,7 @@ shows the traceback of user errors too). A usage error that argparse finds (a mi
     @command                      # main(argv) now returns 2 (and prints one line) on a UserError
     def main(argv=None) -> int:
         p = Parser("eval", "eval", __doc__)
+        add_shared_args(p, model=True, data_root=True, device=True)   # the shared groups this command offers
         ...
 
     if __name__ == "__main__":
@@ -82,7 +83,7 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         ns, rest = super().parse_known_args(args, namespace)
-        if getattr(ns, "device", "") is None:  # add_device_args' default
+        if getattr(ns, "device", "") is None:  # _device_args' default
             import torch
 
             ns.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -141,8 +142,22 @@ def list_arg(group, *flags: str, of: Callable[[str], Any] = str, choices: Sequen
 MODEL_HELP = "an HF model dir or hub name, a linreg run dir or checkpoint dir"
 
 
-def add_model_args(p: argparse.ArgumentParser, many: bool = False, required: bool = True,
-                   help: str = MODEL_HELP, label_help: str | None = None) -> argparse._ArgumentGroup:
+def add_shared_args(p: argparse.ArgumentParser, *, model: bool | dict = False, tasks: dict | None = None,
+                    data_root: bool | dict = False, probe: dict | None = None, device: bool | dict = False,
+                    overrides: dict | None = None) -> None:
+    """The option groups a command shares with the others, added in one call and in one order: ``--model`` and
+    ``--label``, ``--tasks``, ``--data-root``, the linearity probe, ``--device``/``--dtype``, the ``KEY=VALUE``
+    overrides. A keyword holds the settings of its group (the keywords of the builder below: ``model=dict(many=True)``,
+    ``tasks=dict(names=..., default=...)``, ``probe=dict(defaults=ProbeSetConfig)``, ``overrides=dict(what=...)``);
+    ``True`` takes a group's defaults and a group left out is not offered."""
+    for build, settings in ((_model_args, model), (_tasks_arg, tasks), (_data_root_arg, data_root),
+                            (_probe_args, probe), (_device_args, device), (_overrides_arg, overrides)):
+        if settings:
+            build(p, **({} if settings is True else settings))
+
+
+def _model_args(p: argparse.ArgumentParser, many: bool = False, required: bool = True, help: str = MODEL_HELP,
+                label_help: str | None = None) -> None:
     """``--model`` (a list with ``many``) and ``--label``: one label per model (default: the model's name)."""
     g = p.add_argument_group("model")
     if many:
@@ -154,27 +169,23 @@ def add_model_args(p: argparse.ArgumentParser, many: bool = False, required: boo
         g.add_argument("--model", required=required, metavar="PATH", help=help)
         if label_help:
             g.add_argument("--label", metavar="NAME", help=label_help)
-    return g
 
 
-def add_device_args(p: argparse.ArgumentParser, dtype: bool = True) -> None:
-    """``--device`` (default: cuda when available) and ``--dtype`` (the precision vocabulary of core.precision)."""
-    from core import precision
-
-    g = p.add_argument_group("device")
-    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    if dtype:
-        g.add_argument("--dtype", choices=precision.CHOICES, default="auto",
-                       help="forward precision (auto: bf16 on CUDA, fp32 otherwise; default %(default)s)")
+def _tasks_arg(p: argparse.ArgumentParser, names: Sequence[str], default: Sequence[str],
+               choices: Sequence[str] | None = None, help: str = "") -> None:
+    """``--tasks``: ``names`` are what the caller's registry accepts (listed in the help); ``choices`` makes the
+    parser refuse anything else (otherwise the registry checks, with its own hints)."""
+    list_arg(p, "--tasks", default=list(default), choices=choices, metavar="TASK",
+             help=f"{help + '; ' if help else ''}default {','.join(default)}; tasks: {', '.join(names)}")
 
 
-def add_data_root_arg(p: argparse.ArgumentParser, help: str = "") -> None:
+def _data_root_arg(p: argparse.ArgumentParser, help: str = "") -> None:
     p.add_argument("--data-root", metavar="DIR",
                    help=f"data root (default $LINREG_DATA_ROOT){'; ' + help if help else ''}")
 
 
-def add_probe_args(p: argparse.ArgumentParser, defaults: Any,
-                   text: str | None = "default <data root>/tinystories/valid.txt") -> None:
+def _probe_args(p: argparse.ArgumentParser, defaults: Any,
+                text: str | None = "default <data root>/tinystories/valid.txt") -> None:
     """The linearity probe (docs/linearity.md): ``defaults`` carries ``num_chunks``, ``chunk_chars`` and ``seed``
     (eval.linearity's ``ProbeSetConfig``, which this layer cannot import); ``text`` ends the help of ``--text`` (None:
     no ``--text``, the command has its own text)."""
@@ -190,15 +201,18 @@ def add_probe_args(p: argparse.ArgumentParser, defaults: Any,
     g.add_argument("--probe-batch-size", type=int, default=8, help="probe sequences per forward (default %(default)s)")
 
 
-def add_tasks_arg(p, names: Sequence[str], default: Sequence[str], choices: Sequence[str] | None = None,
-                  help: str = "") -> None:
-    """``--tasks``: ``names`` are what the caller's registry accepts (listed in the help); ``choices`` makes the
-    parser refuse anything else (otherwise the registry checks, with its own hints)."""
-    list_arg(p, "--tasks", default=list(default), choices=choices, metavar="TASK",
-             help=f"{help + '; ' if help else ''}default {','.join(default)}; tasks: {', '.join(names)}")
+def _device_args(p: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """``--device`` (default: cuda when available) and ``--dtype`` (the precision vocabulary of core.precision)."""
+    from core import precision
+
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    if dtype:
+        g.add_argument("--dtype", choices=precision.CHOICES, default="auto",
+                       help="forward precision (auto: bf16 on CUDA, fp32 otherwise; default %(default)s)")
 
 
-def add_overrides_arg(p: argparse.ArgumentParser, what: str) -> None:
+def _overrides_arg(p: argparse.ArgumentParser, what: str) -> None:
     """Dotted config overrides, the positional ``KEY=VALUE`` words after the options."""
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help=f"overrides of {what}: dotted keys, YAML values, e.g. train.max_steps=200")

@@ -6,7 +6,16 @@ distribution, and y_i = w^T x_i (+ optional N(0, noise_std^2) label noise). Cova
 - ``gaussian``: x = Sigma^{1/2} g, g ~ N(0, I_d);
 - ``student_t``: x = Sigma^{1/2} t, the coordinates of t i.i.d. Student-t with ``df`` degrees of freedom
   (heavy-tailed: moments of order >= df are infinite), rescaled to unit variance when df > 2 so that only the
-  tails, not the scale, differ from the Gaussian case.
+  tails, not the scale, differ from the Gaussian case. With df <= 4 the prediction's square (a polynomial of
+  degree 2*3^L in x, already degree 6 at L = 1) has an infinite mean: the population loss does not exist, and one
+  large covariate makes a minibatch loss astronomically large;
+- ``gamma``: the heavy-tailed covariates of Ahn et al. (arXiv 2310.01082): x = Sigma^{1/2} sqrt(G) u, u uniform on
+  the unit sphere, ||x||^2 = G ~ Gamma(shape k = ``gamma_shape``, scale theta = ``gamma_scale``). The default
+  theta = d/k keeps E x x^T = I as in the other two cases; then k = d/2 gives G ~ chi^2_d, exactly the Gaussian
+  case. A small k makes most norms tiny and a few large (coordinate kurtosis 3d(k+1)/(k(d+2)) for any theta:
+  23.6 at the paper's k = 0.1, d = 5, against 3 for Gaussian x), yet every moment is finite, so the loss is a
+  proper expectation at any depth. The paper's code takes theta = sqrt(2d/k) (10 at k = 0.1, d = 5), which agrees
+  with d/k at k = d/2 only: its heavy-tailed covariates are also smaller, E||x||^2 = sqrt(2dk) = 1 against d = 5.
 
 Sigma is diagonal with eigenvalues geometric from 1 down to 1/``condition`` (``condition = 1``: isotropic).
 
@@ -33,8 +42,10 @@ from core.config import check
 class ICLRegressionConfig:
     dim: int = 5  # d
     num_examples: int = 20  # n
-    covariates: Literal["gaussian", "student_t"] = "gaussian"
+    covariates: Literal["gaussian", "student_t", "gamma"] = "gaussian"
     df: float = 3.0  # Student-t degrees of freedom
+    gamma_shape: float = 0.1  # k of ``gamma``: ||x||^2 ~ Gamma(k, theta); smaller is heavier-tailed
+    gamma_scale: float | None = None  # theta of ``gamma``; None = d/k (unit-variance coordinates)
     condition: float = 1.0  # condition number of the covariance Sigma
     noise_std: float = 0.0  # label noise
 
@@ -42,6 +53,9 @@ class ICLRegressionConfig:
         check(self.dim >= 1, f"{p}.dim", self.dim, "must be >= 1")
         check(self.num_examples >= 1, f"{p}.num_examples", self.num_examples, "must be >= 1")
         check(self.df > 0, f"{p}.df", self.df, "must be > 0")
+        check(self.gamma_shape > 0, f"{p}.gamma_shape", self.gamma_shape, "must be > 0")
+        check(self.gamma_scale is None or self.gamma_scale > 0, f"{p}.gamma_scale", self.gamma_scale,
+              "must be > 0 (or null: d / gamma_shape)")
         check(self.condition >= 1, f"{p}.condition", self.condition, "must be >= 1")
         check(self.noise_std >= 0, f"{p}.noise_std", self.noise_std, "must be >= 0")
 
@@ -61,6 +75,11 @@ def sample_prompts(cfg: ICLRegressionConfig, rng: np.random.Generator, batch: in
     n, d = cfg.num_examples, cfg.dim
     if cfg.covariates == "gaussian":
         x = rng.standard_normal((batch, n + 1, d))
+    elif cfg.covariates == "gamma":
+        u = rng.standard_normal((batch, n + 1, d))
+        u /= np.linalg.norm(u, axis=-1, keepdims=True)
+        scale = cfg.gamma_scale if cfg.gamma_scale is not None else d / cfg.gamma_shape
+        x = u * np.sqrt(rng.gamma(cfg.gamma_shape, scale, (batch, n + 1, 1)))
     else:
         x = rng.standard_t(cfg.df, (batch, n + 1, d))
         if cfg.df > 2:

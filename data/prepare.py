@@ -234,7 +234,7 @@ def select(names: list[str] | None) -> list[DataSet]:
     if not names:
         return list(SETS.values())
     out = []
-    for item in (n.strip() for arg in names for n in arg.split(",")):
+    for item in names:
         if item not in SETS:
             close = difflib.get_close_matches(item, list(SETS), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

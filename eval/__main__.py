@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from core import precision
-from core.cli import Parser, add_data_root_arg, add_device_args, add_model_args, add_tasks_arg, command, run_cli
+from core.cli import Parser, add_shared_args, command, run_cli
 from core.errors import ConfigError, MissingDataError
 
 
@@ -26,19 +26,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     from eval.benchmarks.tasks import DEFAULT_TASKS, GROUPS, TASKS
 
     p = Parser("eval", "eval", __doc__)
-    add_model_args(p, label_help="row label in the tables (default: the model path's name)")
-    add_tasks_arg(p, [*TASKS, *GROUPS], DEFAULT_TASKS, help="task and group names")
+    add_shared_args(p, model=dict(label_help="row label in the tables (default: the model path's name)"),
+                    tasks=dict(names=[*TASKS, *GROUPS], default=DEFAULT_TASKS, help="task and group names"),
+                    data_root=dict(help="none: the HF hub"), device=True)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num-fewshot", type=int, default=0, help="examples from the train split per prompt (default 0)")
     p.add_argument("--fewshot-seed", type=int, default=1234, help="few-shot sampling seed (lme's default 1234)")
     p.add_argument("--limit", type=int, default=None, help="first N documents per task (logged as <task>_firstN)")
     p.add_argument("--log-samples", action="store_true", help="write samples_<task>.jsonl, one line per document")
-    add_data_root_arg(p, "none: the HF hub")
     p.add_argument("--cache-dir", default=".cache/linreg",
                    help="tokenised task requests are kept in DIR/benchmarks between runs (default %(default)s, "
                         "training's data.cache_dir)")
     p.add_argument("--no-cache", action="store_true", help="tokenise the tasks without reading or writing the cache")
-    add_device_args(p)
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="tokens per forward batch (default 32768 on GPU, 4096 on CPU)")
     p.add_argument("--max-length", type=int, default=None,

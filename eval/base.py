@@ -1,7 +1,8 @@
 """The eval hook: the small interface through which evaluators run inside training.
 
-An evaluator is one file: a config dataclass (a subclass of ``EvaluatorConfig`` whose ``build(ctx)`` returns the
-evaluator) and an ``Evaluator`` subclass; its config becomes one field of ``eval/config.py``. The trainer builds every
+An evaluator is one file: a config dataclass (a subclass of ``EvaluatorConfig``) and an ``Evaluator`` subclass that
+names it, ``class ValLossEvaluator(Evaluator, config=ValLossConfig)``, so that the config's ``build(ctx)`` returns
+the evaluator; the config becomes one field of ``eval/config.py``. The trainer builds every
 enabled evaluator once (after ``deepspeed.initialize``) and, every ``every`` steps and at the end of the run, calls
 ``evaluate(model, step)`` **on all ranks** -- under ZeRO-3 every rank must take part in
 each forward, because parameters are gathered collectively. ``model`` is the engine's module (an HF
@@ -32,8 +33,12 @@ class EvaluatorConfig:
     def validate(self, p: str) -> None:
         check(self.every >= 0, f"{p}.every", self.every, "must be >= 0")
 
+    evaluator: ClassVar[type[Evaluator] | None] = None  # set by the Evaluator subclass that names this config
+
     def build(self, ctx: EvalContext) -> Evaluator:
-        raise NotImplementedError(f"{type(self).__name__} must define build(ctx)")
+        if self.evaluator is None:
+            raise NotImplementedError(f"no Evaluator subclass names {type(self).__name__} (config=...)")
+        return self.evaluator(self, ctx)
 
 
 @dataclass
@@ -58,6 +63,11 @@ class EvalContext:
 
 class Evaluator:
     name: ClassVar[str] = "evaluator"
+
+    def __init_subclass__(cls, config: type[EvaluatorConfig] | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if config is not None:
+            config.evaluator = cls
 
     def __init__(self, cfg: EvaluatorConfig, ctx: EvalContext):
         self.cfg = cfg

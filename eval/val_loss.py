@@ -24,11 +24,8 @@ from model.loss import window_nll
 class ValLossConfig(EvaluatorConfig):
     every: int = 200
 
-    def build(self, ctx: EvalContext) -> Evaluator:
-        return ValLossEvaluator(self, ctx)
 
-
-class ValLossEvaluator(Evaluator):
+class ValLossEvaluator(Evaluator, config=ValLossConfig):
     name = "val_loss"
 
     def __init__(self, cfg: ValLossConfig, ctx: EvalContext):

@@ -3,12 +3,15 @@ stay loadable by the whole HF ecosystem), and the FLOP count used for MFU."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import MistralConfig, MistralForCausalLM
 
 from core.errors import ConfigError
 from model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from transformers import MistralConfig, MistralForCausalLM
 
 
 def padded_vocab(cfg: ModelConfig, tokenizer_size: int) -> int:
@@ -23,6 +26,10 @@ def padded_vocab(cfg: ModelConfig, tokenizer_size: int) -> int:
 
 def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int | None, eos_id: int | None,
               pad_id: int | None) -> MistralConfig:
+    # Imported here, not at the top: count_params and flops_per_token serve every trainer, and a run that brings
+    # its own model (the linear-attention testbed) should not pay for loading the Mistral modelling code.
+    from transformers import MistralConfig
+
     return MistralConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
@@ -57,6 +64,8 @@ def check_attn_implementation(name: str) -> None:
 
 def build_model(cfg: ModelConfig, tokenizer, seed: int | None = None) -> MistralForCausalLM:
     """A freshly initialised MistralForCausalLM sized for ``tokenizer`` (fp32 weights; DeepSpeed casts for bf16)."""
+    from transformers import MistralForCausalLM
+
     check_attn_implementation(cfg.attn_implementation)
     config = hf_config(cfg, padded_vocab(cfg, len(tokenizer)), tokenizer.bos_token_id, tokenizer.eos_token_id,
                        tokenizer.pad_token_id)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
 
-from core.cli import Parser, add_model_args, command
+from core.cli import Parser, add_shared_args, command, run_cli
 from core.config import from_dict, load_yaml_tree
 from core.errors import CheckpointError, ConfigError, UserError
 from core.rundir import RunDir, find_checkpoint, is_checkpoint_dir
@@ -175,7 +174,8 @@ def _looks_like_hub_name(name: str) -> bool:
 @command
 def main(argv=None) -> int:
     p = Parser("export", "model.export", "Export a linreg checkpoint as a Hugging Face model directory.")
-    add_model_args(p, help="a run dir (its newest complete checkpoint), its checkpoints/ dir, or a step_* dir")
+    add_shared_args(p, model=dict(help="a run dir (its newest complete checkpoint), its checkpoints/ dir, or a step_* "
+                                       "dir"))
     p.add_argument("--out", required=True, help="output directory")
     args = p.parse_args(argv)
     print(export_checkpoint(args.model, args.out))
@@ -183,4 +183,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -19,18 +19,7 @@ import re
 import time
 from pathlib import Path
 
-from core.cli import (
-    Parser,
-    add_data_root_arg,
-    add_device_args,
-    add_model_args,
-    add_overrides_arg,
-    add_probe_args,
-    add_tasks_arg,
-    command,
-    list_arg,
-    run_cli,
-)
+from core.cli import Parser, add_shared_args, command, list_arg, run_cli
 from core.errors import ConfigError
 from data.sources import data_root
 from eval.linearity.probe import ProbeSetConfig, probe_text
@@ -69,7 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     from prune.methods import METHODS
 
     p = Parser("prune", "prune", __doc__)
-    add_model_args(p)
+    add_shared_args(p, model=True, data_root=True, probe=dict(defaults=ProbeSetConfig), device=True,
+                    tasks=dict(names=[*TASKS, *GROUPS], default=["tinystories", "arc_easy"],
+                               help="benchmark-suite tasks besides WikiText-2"),
+                    overrides=dict(what="the healing runs' config (after the --distill-* options)"))
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--criterion", default="linearity", help=f"one of {', '.join(CRITERIA)} (default %(default)s)")
     list_arg(p, "--methods", default=["remove", "linear"], metavar="METHOD",
@@ -82,16 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
              help="ks whose models are exported: max (default), all, none, or ks")
     p.add_argument("--trust-remote-code", action="store_true", help="for hub models that need it")
     p.add_argument("--seed", type=int, default=0, help="seed of the fits' shuffling and the bootstrap (default 0)")
-    add_probe_args(p, ProbeSetConfig)
     g = p.add_argument_group("evaluation")
-    add_tasks_arg(g, [*TASKS, *GROUPS], ["tinystories", "arc_easy"], help="benchmark-suite tasks besides WikiText-2")
     g.add_argument("--limit", type=int, default=None, help="first N documents per task (logged as <task>_firstN)")
     g.add_argument("--context", type=int, default=None, help="WikiText-2 window (default: the model's max length)")
     g.add_argument("--stride", type=int, default=None, help="WikiText-2 stride (default: context / 2)")
     g.add_argument("--wikitext-max-tokens", type=int, default=None, help="score only the first N tokens")
-    add_data_root_arg(g)
     g.add_argument("--batch-tokens", type=int, default=None, help="benchmark tokens per forward")
-    add_device_args(p)
     g = p.add_argument_group("healing (+distill, +finetune, streamline; a linreg Trainer run per method and k)")
     g.add_argument("--distill-config", default=None, help="YAML over the defaults in prune/distill.py")
     g.add_argument("--distill-steps", type=int, default=None, help="train.max_steps")
@@ -100,7 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--distill-micro-batch", type=int, default=None, help="train.micro_batch_size (per forward)")
     g.add_argument("--distill-seq-len", type=int, default=None, help="data.seq_len")
     g.add_argument("--resume", action="store_true", help="continue distillation runs from their checkpoints")
-    add_overrides_arg(p, "the healing runs' config (after the --distill-* options)")
     return p.parse_args(argv)
 
 

@@ -1,5 +1,6 @@
-"""Tiny random-init causal LMs of several HF families for the pruning tests (hidden 32, 4 blocks). Sliding windows
-are 16 tokens, so they bind on the probe and in the tests' sequences; per-layer ``layer_types`` alternate."""
+"""Tiny random-init causal LMs of several HF families for the pruning and linearity tests (hidden 32, 4 blocks by
+default). Sliding windows are 16 tokens, so they bind on the probe and in the tests' sequences; per-layer
+``layer_types`` alternate."""
 from __future__ import annotations
 
 import torch

@@ -93,7 +93,7 @@ def test_cli_on_xstorycloze_and_copa(tiny_hf_model_dir, tmp_path, saved_figures)
     for task in ("xstorycloze_en", "copa"):  # the figures: one line per model and the chance level
         [ax] = saved_figures[f"probes_{task}.png"].axes
         assert (out / f"probes_{task}.png").is_file() and ax.get_title() == f"Linear probes per layer: {task}"
-        assert (ax.get_xlabel(), ax.get_ylabel()) == ("layer (0 = embeddings, i = output of block i)",
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("state $h_i$ ($h_0$: embeddings; $h_i$: output of block $i-1$)",
                                                       "probe accuracy (eval split)")
         chance = res[task]["tiny"]["chance"]
         assert legend(ax) == ["tiny", f"chance ({chance:.2f})"]

@@ -126,7 +126,7 @@ def test_run_checkpoints_in_step_order_cached_and_exact(tiny_run, tinystories_va
 
 
 def test_revisions_and_names():
-    revs = SR.revision_series("EleutherAI/pythia-70m", "step2000, step128,step143000")
+    revs = SR.revision_series("EleutherAI/pythia-70m", ["step2000", "step128", "step143000"])
     assert [(c.name, c.step, c.revision) for c in revs] == [
         ("step128", 128, "step128"), ("step2000", 2000, "step2000"), ("step143000", 143000, "step143000")]
     assert SR.step_from_name("runs/x/checkpoints/step_00000400") == 400

@@ -18,7 +18,7 @@ import pytest
 
 import commands
 from commands import COMMANDS
-from core.cli import ListAction, Parser, add_model_args, add_overrides_arg, list_arg
+from core.cli import ListAction, Parser, add_shared_args, list_arg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,10 +142,10 @@ def test_dispatcher_errors(capsys):
 def test_one_list_syntax():
     """Comma lists and repeated flags are one syntax: they add up, and a given list replaces the default."""
     p = Parser("demo", "demo", "A demo.")
-    add_model_args(p, many=True)
+    add_shared_args(p, model=dict(many=True), tasks=dict(names=["cb", "copa", "rte"], default=["cb"],
+                                                         choices=["cb", "copa", "rte"]),
+                    overrides=dict(what="the demo"))
     list_arg(p, "--seeds", of=int, default=[0, 1, 2])
-    list_arg(p, "--tasks", default=["cb"], choices=["cb", "copa", "rte"])
-    add_overrides_arg(p, "the demo")
     args = p.parse_args(["--model", "a,b", "--model", "c", "--label", "x,y,z", "--tasks", "copa", "--tasks", "rte,cb",
                          "train.max_steps=3", "data.train_files=[a.txt, b.txt]"])
     assert (args.model, args.label, args.seeds, args.tasks) == (["a", "b", "c"], ["x", "y", "z"], [0, 1, 2],
@@ -172,3 +172,18 @@ def test_python_m_and_train_py_run_the_same_main(tmp_path):
         proc = subprocess.run([sys.executable, *entry, "--help"], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300, env=env)
         assert proc.returncode == 0 and proc.stdout.startswith(f"usage: linreg {name} "), proc.stderr
+
+
+def test_python_m_runs_one_copy_of_each_command():
+    """``python -m pkg.mod`` imports ``pkg`` first; a package that imports the module itself would have runpy run a
+    second copy of it as __main__ (a RuntimeWarning, two sets of module globals)."""
+    by_package: dict[str, list[str]] = {}
+    for c in COMMANDS.values():
+        if "." in c.module:
+            by_package.setdefault(c.module.rpartition(".")[0], []).append(c.module)
+    for package, modules in by_package.items():
+        proc = subprocess.run([sys.executable, "-c", f"import importlib, sys; importlib.import_module({package!r}); "
+                               f"print([m for m in {modules!r} if m in sys.modules])"],
+                              cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0 and proc.stdout.strip() == "[]", (package, proc.stdout, proc.stderr)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.benchmarks.scorer import Scorer, encode_pairs, naive_loglikelihood
+from bench.eval_bench import naive_loglikelihood
+from eval.benchmarks.scorer import Scorer, encode_pairs
 from eval.benchmarks.tasks import DataSource, get_task
 
 TASKS = ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "xstorycloze_en", "xstorycloze_zh",

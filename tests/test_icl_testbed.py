@@ -15,9 +15,11 @@ from scipy.stats import levy_stable
 from core.io import read_jsonl as read_metrics
 from core.rundir import RunDir
 from data.icl_regression import ICLRegressionConfig, ICLRegressionStream, sample_prompts
+from eval.linearity.score import linearity_profile
 from linreg.config import load_config
 from linreg.icl_trainer import ICLTrainer
 from linreg.opt_measures import OptMeasureConfig, OptMeasurer, lanczos_extremes, tail_index
+from model.capture import ResidualStream
 from model.linear_attention import LinearAttentionTransformer, build_linear_attention
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "linear_attention" / "base.yaml"
@@ -106,6 +108,27 @@ def test_heavy_tails_and_anisotropy_of_the_covariates():
     np.testing.assert_allclose(var, np.geomspace(1, 0.01, 4), rtol=0.05)
 
 
+def test_gamma_covariates_the_papers_heavy_tails():
+    """||x||^2 ~ Gamma(k, theta) with a uniform direction (Ahn et al., arXiv 2310.01082): at k = d/2 and the
+    default theta = d/k it is the Gaussian case (||x||^2 ~ chi^2_d, scipy's KS test); at the paper's k = 0.1 the
+    coordinates keep unit variance but have kurtosis 3d(k+1)/(k(d+2)); theta scales ||x||^2."""
+    from scipy import stats
+
+    d, rng = 5, np.random.default_rng(6)
+    sample = lambda **kw: sample_prompts(ICLRegressionConfig(dim=d, num_examples=40, covariates="gamma", **kw),  # noqa: E731
+                                         rng, 1000)[0][:, :, :d].reshape(-1, d).double()
+    gauss_like = sample(gamma_shape=d / 2)
+    assert stats.kstest((gauss_like ** 2).sum(1).numpy(), stats.chi2(d).cdf).pvalue > 0.01
+    heavy = sample(gamma_shape=0.1)
+    np.testing.assert_allclose(heavy.var(0).numpy(), 1.0, rtol=0.15)
+    kurt = float((heavy[:, 0] ** 4).mean() / (heavy[:, 0] ** 2).mean() ** 2)
+    assert kurt == pytest.approx(3 * d * 1.1 / (0.1 * (d + 2)), rel=0.25)  # 23.6
+    direction = heavy / heavy.norm(dim=1, keepdim=True)
+    np.testing.assert_allclose(direction.mean(0).numpy(), 0.0, atol=0.02)  # uniform on the sphere
+    papers = sample(gamma_shape=0.1, gamma_scale=10.0)  # the paper's code: theta = sqrt(2d/k), E||x||^2 = 1
+    assert float((papers ** 2).sum(1).mean()) == pytest.approx(1.0, rel=0.15)
+
+
 @pytest.mark.parametrize("alpha", [1.2, 1.5, 1.8])
 def test_tail_index_recovers_the_index_of_alpha_stable_samples(alpha):
     """Stated error: within 0.15 of α with 40 000 samples (K1 = 200 blocks of 200)."""
@@ -186,15 +209,26 @@ def test_sgd_is_selectable():
     assert replace(cfg.optim, name="adamw").name == "adamw"
 
 
+def residual_profile(model: torch.nn.Module, prompts: torch.Tensor) -> list[dict]:
+    """The testbed's linearity profile: eval/linearity/score.py on the residual stream h_0..h_L captured by
+    model/capture.py, every row of every prompt a "token" (per block: LS, LS without residual, norm ratio)."""
+    stream = ResidualStream(model)
+    try:
+        with torch.no_grad(), stream:
+            model(prompts)
+        states = [h.reshape(-1, h.size(-1)) for h in stream.take()]
+    finally:
+        stream.remove()
+    return [s.to_dict() for s in linearity_profile(states)]
+
+
 def test_linearity_profile_and_regularizers_apply_to_the_testbed():
-    from analysis.linear_attention import testbed_profile
-    from model.capture import ResidualStream
     from regularizers import RegularizerConfig, build_regularizer
 
     cfg = ICLRegressionConfig(dim=5, num_examples=20)
     prompts, _ = sample_prompts(cfg, np.random.default_rng(4), 64)
     model = build_linear_attention(5, 3, init_std=0.3, seed=1)
-    profile = testbed_profile(model, prompts)
+    profile = residual_profile(model, prompts)
     states = [prompts]  # the reference: the blocks called one by one (no hooks), the score by its definition
     with torch.no_grad():
         for layer in model.layers:
@@ -204,7 +238,7 @@ def test_linearity_profile_and_regularizers_apply_to_the_testbed():
         [lstsq_linearity(x, y) for x, y in zip(flat[:-1], flat[1:])], abs=1e-6)
     # One block with P = Q = 0 is the identity: perfectly linear, with a zero update (LS_wo undefined).
     identity = build_linear_attention(5, 1, init_std=0.0)
-    assert testbed_profile(identity, prompts)[0]["linearity"] == pytest.approx(1.0)
+    assert residual_profile(identity, prompts)[0]["linearity"] == pytest.approx(1.0)
 
     stream = ResidualStream(model)
     reg = build_regularizer(RegularizerConfig(name="cosine", weight=1.0))
@@ -244,3 +278,42 @@ def test_trainer_registry_and_the_regularized_testbed_loss(tmp_path):
     assert len(rows) == 3
     for r in rows:  # the regularizer is computed on the testbed's states and logged apart from the squared error
         assert r["train/reg"] > 0 and r["train/loss"] == pytest.approx(r["train/task_loss"] + r["train/reg"], abs=1e-6)
+
+
+def test_study_summary_gaps_and_divergence(tmp_path):
+    """The study's summary: late loss = median of the last 5 rows, the SGD − Adam gaps of the late and the held-out
+    loss equal scipy's Welch test, and a run that stopped early is counted as diverged and left out."""
+    import json
+
+    from scipy import stats
+
+    from analysis.linear_attention import main as study
+
+    rng = np.random.default_rng(7)
+    held = {"adam": [0.5, 0.6, 0.55], "sgd": [0.7, 0.9, 0.8]}
+    late: dict[str, list[float]] = {}
+    for data in ("gauss", "heavy"):
+        for opt in ("adam", "sgd"):
+            for seed in range(1, 5):
+                run = RunDir(tmp_path / "sweep" / f"{opt}_L2_{data}" / f"seed{seed}")
+                run.path.mkdir(parents=True)
+                run.config.write_text("train: {max_steps: 100}\n")
+                last = 100 if seed < 4 else 60  # seed 4 stopped early: diverged
+                losses = rng.uniform(0.1, 2.0, last // 10)
+                rows = [{"step": 10 * (i + 1), "train/loss": float(v)} for i, v in enumerate(losses)]
+                rows.append({"step": last, "opt/loss": held[opt][seed - 1] if seed < 4 else 9.0,
+                             "opt/grad_norm": 1.0 + seed, "opt/local_smoothness": 2.0 + seed})
+                run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                if seed < 4:
+                    late.setdefault(f"{opt}_{data}", []).append(float(np.median(losses[-5:])))
+    assert study([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    cells = json.loads((tmp_path / "out" / "summary.json").read_text())["cells"]
+    for cell in cells:
+        data = cell["data"]
+        assert (cell["adam:diverged"], cell["sgd:diverged"]) == (1, 1)
+        assert cell["adam"]["values"] == pytest.approx(late[f"adam_{data}"])
+        for key, (a, b) in (("sgd_minus_adam", (late[f"sgd_{data}"], late[f"adam_{data}"])),
+                            ("sgd_minus_adam_heldout", (held["sgd"], held["adam"]))):
+            assert cell[key]["diff"] == pytest.approx(np.mean(a) - np.mean(b))
+            assert cell[key]["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert len(cells) == 2 and (tmp_path / "out" / "adam_vs_sgd.png").is_file()

@@ -1,7 +1,8 @@
 """Held-out linearity against independent references: fold fits by numpy lstsq on explicit document splits, the
-bootstrap interval by scipy.stats.bootstrap, the chance level by a full refit on shuffled targets; the profile's
-in-sample scores unchanged by the held-out layout; the pooled token order of the probe; the CLI's outputs and the
-pruning criterion; the toolkit's measurements as a profile computes them."""
+in-sample jackknife interval by an explicit refit loop, the bootstrap intervals by scipy.stats.bootstrap, the
+chance level by a full refit on shuffled targets; the profile's in-sample scores unchanged by the held-out layout;
+the pooled token order of the probe; the CLI's outputs and the pruning criterion; the toolkit's measurements as a
+profile computes them."""
 import csv
 import json
 
@@ -80,6 +81,24 @@ def reference(x, y, fold):
     return insample, 1 - rss / tot
 
 
+@threadpool_limits.wrap(limits=1)
+def jackknife_reference(x, y, fold, level=0.95):
+    """The delete-a-fold jackknife of the in-sample R^2 by an explicit loop in float64: numpy lstsq (with an
+    intercept column) on the data without each fold, se^2 = (k - 1)/k sum (R^2_(-f) - mean)^2, the t quantile with
+    k - 1 degrees of freedom. Returns (replicates, half-width)."""
+    x, y = np.asarray(x), np.asarray(y)
+    reps = []
+    for f in np.unique(fold):
+        xt, yt = x[fold != f], y[fold != f]
+        design = np.hstack([np.ones((len(xt), 1)), xt])
+        coef, *_ = np.linalg.lstsq(design, yt, rcond=None)
+        reps.append(1 - ((design @ coef - yt) ** 2).sum() / ((yt - yt.mean(0)) ** 2).sum())
+    reps = np.array(reps)
+    k = len(reps)
+    se = np.sqrt((k - 1) / k * ((reps - reps.mean()) ** 2).sum())
+    return reps, scipy.stats.t.ppf(0.5 + level / 2, k - 1) * se
+
+
 def test_folds_hold_whole_documents_of_balanced_size():
     groups = documents(3000, 40)
     fold = fold_of_tokens(groups)
@@ -100,6 +119,33 @@ def test_heldout_linearity_matches_lstsq_on_explicit_folds():
     assert res.folds == 5 and res.documents == 48
 
 
+def test_insample_interval_is_the_delete_a_fold_jackknife():
+    """The default in-sample interval against an explicit float64 jackknife loop over the same document folds
+    (each replicate a numpy lstsq refit without one fold), in heldout_linearity and in a profile with and without
+    residual; and the interval of the per-model mean from the means of the replicates."""
+    x, y, groups = doc_states(2400, 30, 48, seed=1)
+    fold = fold_of_tokens(groups)
+    res = heldout_linearity(x, y, groups)
+    _, half = jackknife_reference(x, y, fold)
+    assert res.linearity_ci == pytest.approx((res.linearity - half, res.linearity + half), abs=1e-10)
+    h2 = y + 0.5 * torch.tanh(y) + 0.1 * randn(*y.shape, seed=9)
+    states = [x, x + y, h2]
+    prof = profile_from_states(states, groups=groups)
+    mean_reps = {"linearity": 0.0, "linearity_wo_res": 0.0}
+    for i, pair in enumerate(prof.pairs):
+        for key, target in (("linearity", states[i + 1]), ("linearity_wo_res", states[i + 1] - states[i])):
+            reps, half = jackknife_reference(states[i], target, fold)
+            score = getattr(pair, key)
+            assert (getattr(pair.heldout, f"{key}_lo"), getattr(pair.heldout, f"{key}_hi")) == pytest.approx(
+                (score - half, score + half), abs=1e-10)
+            mean_reps[key] = mean_reps[key] + reps / len(prof.pairs)
+    means = prof.means()
+    for key, reps in mean_reps.items():
+        half = scipy.stats.t.ppf(0.975, 4) * np.sqrt(0.8 * ((reps - reps.mean()) ** 2).sum())
+        assert (means[f"{key}_lo"], means[f"{key}_hi"]) == pytest.approx((means[key] - half, means[key] + half),
+                                                                          abs=1e-10)
+
+
 @threadpool_limits.wrap(limits=1)
 def test_bootstrap_interval_agrees_with_scipy():
     """The same cluster bootstrap by scipy (its own resamples): endpoints agree within Monte Carlo error."""
@@ -116,11 +162,20 @@ def test_bootstrap_interval_agrees_with_scipy():
         t = ((yn[te] - yn[tr].mean(0)) ** 2).sum(1)
         np.add.at(rss, g[te], r)
         np.add.at(tot, g[te], t)
-    boot = scipy.stats.bootstrap((np.arange(60),), lambda i, axis=-1: 1 - rss[i].sum(axis) / tot[i].sum(axis),
-                                 n_resamples=4000, method="percentile", random_state=0, vectorized=True)
-    lo, hi = boot.confidence_interval
-    width = hi - lo
-    assert abs(res.heldout_ci[0] - lo) < 0.1 * width and abs(res.heldout_ci[1] - hi) < 0.1 * width
+    # the in-sample fit's per-document energies, for the bootstrap option of the in-sample interval
+    design = np.hstack([np.ones((len(xn), 1)), xn])
+    c, *_ = np.linalg.lstsq(design, yn, rcond=None)
+    rss_in, tot_in = np.zeros(60), np.zeros(60)
+    np.add.at(rss_in, g, ((design @ c - yn) ** 2).sum(1))
+    np.add.at(tot_in, g, ((yn - yn.mean(0)) ** 2).sum(1))
+    boot_in = heldout_linearity(x, y, groups, config=HeldoutConfig(bootstrap=4000, insample_interval="bootstrap"))
+    assert boot_in.heldout_ci == res.heldout_ci and boot_in.linearity == res.linearity
+    for got, (r, t) in ((res.heldout_ci, (rss, tot)), (boot_in.linearity_ci, (rss_in, tot_in))):
+        boot = scipy.stats.bootstrap((np.arange(60),), lambda i, axis=-1, r=r, t=t: 1 - r[i].sum(axis) / t[i].sum(axis),
+                                     n_resamples=4000, method="percentile", random_state=0, vectorized=True)
+        lo, hi = boot.confidence_interval
+        width = hi - lo
+        assert abs(got[0] - lo) < 0.1 * width and abs(got[1] - hi) < 0.1 * width
 
 
 def test_chance_level_matches_a_full_shuffled_refit():
@@ -134,6 +189,20 @@ def test_chance_level_matches_a_full_shuffled_refit():
                                   np.repeat(np.arange(5), np.diff(plan.edges)))
     assert abs(res.chance - insample) < 0.2 * insample and abs(res.chance - d / (n - 1)) < 0.2 * d / (n - 1)
     assert abs(res.chance_heldout - heldout) < 0.2 * abs(heldout) and res.chance_heldout < 0
+
+
+def test_chance_levels_are_the_projected_shuffled_fits():
+    """Both chance levels equal numpy lstsq's in-sample and pooled held-out R^2 of their definition: Y_c on the
+    seeded Gaussian directions, rows shuffled by documents, fitted on X (the API's and a profile's layout)."""
+    n, d = 2400, 40
+    x, y, groups = doc_states(n, d, 40, seed=11)
+    plan = FoldPlan(groups, 5, 0, d)
+    omega = torch.randn(d, min(HeldoutConfig.chance_columns, d), generator=torch.Generator().manual_seed(1),
+                        dtype=torch.float64)
+    target = ((y - y.mean(0)).index_select(0, plan.order) @ omega).index_select(0, plan.shuffle)
+    insample, heldout = reference(x.index_select(0, plan.order), target, np.repeat(np.arange(5), np.diff(plan.edges)))
+    for stats in (heldout_linearity(x, y, groups), linearity_profile([x, y], groups=groups)[0].heldout):
+        assert abs(stats.chance - insample) < 1e-10 and abs(stats.chance_heldout - heldout) < 1e-10
 
 
 def test_profile_heldout_keeps_in_sample_scores_and_matches_lstsq():

@@ -48,11 +48,8 @@ class BenchmarksEvalConfig(EvaluatorConfig):
             v = getattr(self, k)
             check(v is None or v >= 1, f"{p}.{k}", v, "must be >= 1 or null")
 
-    def build(self, ctx: EvalContext) -> Evaluator:
-        return BenchmarksEvaluator(self, ctx)
 
-
-class BenchmarksEvaluator(Evaluator):
+class BenchmarksEvaluator(Evaluator, config=BenchmarksEvalConfig):
     name = "benchmarks"
 
     def __init__(self, cfg: BenchmarksEvalConfig, ctx: EvalContext):

@@ -54,10 +54,6 @@ class LossData:
     stride: int
     settings: dict = field(default_factory=dict)
 
-    @property
-    def windows(self) -> list[torch.Tensor]:
-        return [self.ids[b:e] for b, e, _ in self.spans]
-
 
 class LossTask(Task):
     """A task scored by its loss. Subclasses define ``stream`` and, where they differ, ``default_stride``."""

@@ -25,7 +25,8 @@ predict continuation tokens go through the LM head (``logits_to_keep`` as a bool
 every rank makes the same number of forward calls (ZeRO-3 gathers parameters collectively), and results are
 summed with all-reduce.
 
-``naive_loglikelihood`` is the reference: one request at a time, full logits, no sharing.
+The reference it is tested and timed against, one request at a time with full logits and no sharing, is
+``naive_loglikelihood`` in bench/eval_bench.py.
 """
 from __future__ import annotations
 
@@ -438,18 +439,4 @@ def _packed_inputs(rows: list[Row], width: int, device) -> dict[str, torch.Tenso
         causal = torch.ones((width, width), dtype=torch.bool).tril()
         visible = torch.stack([row.ancestry()[seg[b][:, None], seg[b][None, :]] for b, row in enumerate(rows)])
         out["attention_mask"] = (causal & visible)[:, None].to(device)
-    return out
-
-
-@torch.no_grad()
-def naive_loglikelihood(model, requests: Sequence[TokenPair], max_length: int,
-                        device: torch.device | str = "cpu") -> list[tuple[float, bool]]:
-    """Reference scorer: one request per forward, full logits, as lme computes a single request."""
-    out = []
-    for ctx, cont in requests:
-        inp, start, cont = model_input(ctx, cont, max_length)
-        logits = model(input_ids=torch.tensor([inp], device=device), use_cache=False).logits[0]
-        logp = F.log_softmax(_at_least_fp32(logits[start:start + len(cont)]), dim=-1)
-        target = torch.tensor(cont, device=device)
-        out.append((float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())))
     return out

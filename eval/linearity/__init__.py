@@ -6,8 +6,8 @@ Definitions (implemented exactly):
   its Frobenius norm, then LS(X, Y) = 1 - min_A ||X~ A - Y~||_F^2 (unrestricted least squares, no bias beyond
   the centring). Equivalently the pooled R^2 of the multi-output OLS of Y on X with intercept. n must exceed
   d + 1, otherwise every score is trivially 1 (refused with ValueError).
-- Residual stream h_0..h_L: h_0 = the embedding output (input of block 0), h_i = the output of block i, before
-  the final norm (``model.capture.ResidualStream``).
+- Residual stream h_0..h_L: h_0 = the embedding output (input of block 0), h_{i+1} = the output of block i,
+  before the final norm (``model.capture.ResidualStream``).
 - Layer-wise linearity: LS(h_i, h_{i+1}) for i = 0..L-1 (pair i is block i); without residual:
   LS(h_i, h_{i+1} - h_i). On request, the extra pair (h_{L-1}, final_norm(h_L)), labelled ``final_norm``.
 - Norm ratio of block i: mean over tokens of ||h_{i+1} - h_i|| / ||h_{i+1}||.

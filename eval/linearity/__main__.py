@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from core import precision
-from core.cli import Parser, add_device_args, add_model_args, add_probe_args, command, run_cli
+from core.cli import Parser, add_shared_args, command, run_cli
 from core.errors import ConfigError
 from core.io import write_csv, write_json
 from core.rundir import RunDir, model_labels
@@ -28,15 +28,15 @@ from eval.linearity.state_measures import STATE_KEYS, add_measure_arguments, mea
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = Parser("linearity", "eval.linearity", __doc__)
-    add_model_args(ap, many=True, required=False, label_help="legend labels, one per --model (default: their names)")
+    add_shared_args(ap, model=dict(many=True, required=False,
+                                   label_help="legend labels, one per --model (default: their names)"),
+                    probe=dict(defaults=ProbeSetConfig, text="or --dataset"), device=True)
     ap.add_argument("--out", help="output directory")
     ap.add_argument("--run", help="a training run directory: redraw its linearity curves and exit")
-    add_probe_args(ap, ProbeSetConfig, text="or --dataset")
     g = ap.add_argument_group("probe text from an HF dataset instead of --text")
     g.add_argument("--dataset", help="hub name or local directory")
     g.add_argument("--dataset-config", default=None)
     g.add_argument("--split", default="validation", help="split of --dataset (default %(default)s)")
-    add_device_args(ap)
     ap.add_argument("--final-norm", action="store_true",
                     help="also score the pair (h_{L-1}, final_norm(h_L)) that HF hidden_states end with")
     add_measure_arguments(ap)

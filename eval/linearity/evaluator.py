@@ -21,7 +21,6 @@ from core.io import append_jsonl
 from data.sources import load_documents
 from eval.base import EvalContext, Evaluator, EvaluatorConfig
 from eval.linearity.heldout import HeldoutConfig
-from eval.linearity.plots import read_history, save_figures, training_figures
 from eval.linearity.probe import ProbeSetConfig, checked_probe, read_probe_text
 from eval.linearity.profile import (
     HELDOUT_QUANTITIES,
@@ -38,7 +37,8 @@ from eval.linearity.state_measures import ToolkitConfig, pooled_labels
 
 @dataclass
 class HeldoutEvalConfig(HeldoutConfig):
-    # off by default: ~3x the float64 work of a profile (docs/PERFORMANCE.md), over the 2x an in-loop default may cost
+    # off by default: more than 2x the float64 work of a profile (docs/PERFORMANCE.md), the most an in-loop
+    # default may cost
     enabled: bool = False
 
 
@@ -56,9 +56,6 @@ class LinearityEvalConfig(EvaluatorConfig):
     def validate(self, p: str) -> None:
         super().validate(p)
         check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be >= 1")
-
-    def build(self, ctx: EvalContext) -> Evaluator:
-        return LinearityEvaluator(self, ctx)
 
 
 def history_record(step: int, profile, seconds: float) -> dict:
@@ -91,7 +88,7 @@ def scalars_of(profile) -> dict[str, float]:
     return out
 
 
-class LinearityEvaluator(Evaluator):
+class LinearityEvaluator(Evaluator, config=LinearityEvalConfig):
     name = "linearity"
 
     def __init__(self, cfg: LinearityEvalConfig, ctx: EvalContext):
@@ -138,6 +135,10 @@ class LinearityEvaluator(Evaluator):
             self.collector.remove()
         if not (self.ctx.is_main and self.cfg.plot and self.jsonl.is_file()):
             return
+        # Imported on use: matplotlib is a second of start-up that a config load or a run without plots
+        # should not pay.
+        from eval.linearity.plots import read_history, save_figures, training_figures
+
         figures = training_figures(read_history(self.jsonl))
         tb = self.ctx.tb_writer
         save_figures(figures, self.ctx.run_dir.plots, close=tb is None)

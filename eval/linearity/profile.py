@@ -64,7 +64,7 @@ class Profile:
             for q in HELDOUT_QUANTITIES:
                 out[q] = sum(getattr(p.heldout, q) for p in self.pairs) / len(self.pairs)
             if all(p.heldout.draws is not None for p in self.pairs):
-                out.update(mean_interval([p.heldout for p in self.pairs]))
+                out.update(mean_interval([p.heldout for p in self.pairs], out))
         return out
 
     def depths(self) -> list[float]:

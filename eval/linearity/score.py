@@ -47,15 +47,13 @@ from eval.linearity.heldout import (
                                     HeldoutConfig,
                                     HeldoutResult,
                                     HeldoutStats,
-                                    bootstrap_draws,
+                                    Target,
                                     chance_target,
-                                    doc_sums,
                                     fold_cross,
                                     fold_fits,
                                     fold_grams,
-                                    heldout_energy,
                                     pair_heldout,
-                                    percentile_interval,
+                                    score_intervals,
 )
 
 _EPS = torch.finfo(torch.float64).eps
@@ -311,8 +309,9 @@ def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: tor
     )
     if held is None:
         return stats, y, mean_y, gram
+    factor = (design.chol, design.inv) if design.keep is None and design.chol is not None else None
     stats.heldout = pair_heldout(held.plan, held.cfg, design.xc, design.gram, design.gram_parts, t, cross,
-                                 cross_parts, y, z, use_z, z_rows)
+                                 cross_parts, y, z, use_z, z_rows, (stats.linearity, stats.linearity_wo_res), factor)
     return stats, y, mean_y, (gram, gram_parts)
 
 
@@ -350,13 +349,16 @@ def heldout_linearity(x: torch.Tensor, y: torch.Tensor, groups, folds: int = 5, 
     xc, yc = (_centre_into(_on_device(t, device), None, order=plan.order)[0] for t in (x, y))
     gram, gram_parts = fold_grams(xc, plan, symmetric_gram)
     cross, cross_parts = fold_cross(xc, yc, plan)
-    fits = fold_fits(xc, gram, gram_parts, yc, cross, cross_parts, chance_target(yc, plan, cfg), plan)
+    fits = fold_fits(xc, gram, gram_parts, yc, cross, cross_parts, chance_target(yc, plan, cfg), plan,
+                     insample_rows=cfg.insample_interval == "bootstrap")
     rows = torch.linalg.vector_norm(yc, dim=1) ** 2
-    total, held = doc_sums(rows, plan), heldout_energy(yc, rows, fits.t_means, plan)
-    draws = bootstrap_draws([(fits.rss_in, total), (fits.rss_ho, held)], cfg, plan.num_docs)
-    ci_in, ci_ho = (percentile_interval(d, cfg.level) for d in draws)
-    return HeldoutResult(linearity=1.0 - float(fits.rss_in.sum() / total.sum()),
-                         heldout=1.0 - float(fits.rss_ho.sum() / held.sum()), linearity_ci=ci_in, heldout_ci=ci_ho,
+    y_energy = float(rows.sum())
+    # the in-sample score as linearity_score computes it (the profile's computation)
+    rss = _solve(_design(xc, gram), yc, cross, y_energy, torch.linalg.vector_norm(yc, dim=0) ** 2,
+                 _RSS_TOL * y_energy)[0]
+    linearity = 1.0 - rss / y_energy if y_energy > 0 else math.nan
+    (heldout,), (ci_in, ci_ho), _ = score_intervals(plan, cfg, fits, rows, [Target(linearity, yc, rows, fits.t_means)])
+    return HeldoutResult(linearity=linearity, heldout=heldout, linearity_ci=ci_in, heldout_ci=ci_ho,
                          chance=fits.chance, chance_heldout=fits.chance_heldout, folds=cfg.folds,
                          documents=plan.num_docs)
 
@@ -387,7 +389,7 @@ def linearity_profile(states: list[torch.Tensor], device: torch.device | str | N
     With ``groups`` (each token's document id), every pair also gets ``heldout`` statistics (``eval.linearity.
     heldout``, settings ``heldout``, default ``HeldoutConfig()``): the states are laid out in fold order and the
     Gram and cross products are computed per fold, whose sums serve the in-sample scores unchanged. Extra memory:
-    2 k + 2 d x d matrices per state and a k-th of an n x 2d product.
+    2 k + 2 d x d matrices per state and a k-th of an n x d product (n x 2d with the in-sample bootstrap).
 
     ``grams``: a callable given (i, X_c^T X_c) of every state h_i, e.g. for its anisotropy (the last state's Gram
     matrix is then computed too).

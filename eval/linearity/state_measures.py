@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from core.config import check
-from eval.linearity.heldout import HeldoutConfig
+from eval.linearity.heldout import INSAMPLE_INTERVALS, HeldoutConfig
 from eval.linearity.toolkit import ID_FRACTION, intrinsic_dimension, logit_lens, top_eigenvalue
 
 LENS_KEYS = ("loss", "loss_no_norm", "neglogp_argmax")
@@ -55,6 +55,8 @@ def add_measure_arguments(ap) -> None:
     ap.add_argument("--folds", type=int, default=HeldoutConfig.folds, help="document folds of --heldout")
     ap.add_argument("--bootstrap", type=int, default=HeldoutConfig.bootstrap,
                     help="document resamples of the --heldout intervals")
+    ap.add_argument("--insample-interval", choices=INSAMPLE_INTERVALS, default=HeldoutConfig.insample_interval,
+                    help="interval of the in-sample score: the delete-a-fold jackknife or the document bootstrap")
     ap.add_argument("--toolkit", action="store_true",
                     help="also anisotropy, intrinsic dimension and the logit lens of every state h_0..h_L")
     ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
@@ -63,7 +65,8 @@ def add_measure_arguments(ap) -> None:
 
 def measures_from_args(args) -> tuple[HeldoutConfig | None, ToolkitConfig | None]:
     """(held-out settings, toolkit settings) of ``add_measure_arguments``' options, validated; None when off."""
-    heldout = HeldoutConfig(folds=args.folds, bootstrap=args.bootstrap) if args.heldout else None
+    heldout = HeldoutConfig(folds=args.folds, bootstrap=args.bootstrap,
+                            insample_interval=args.insample_interval) if args.heldout else None
     toolkit = ToolkitConfig.all(args.id_tokens or None) if args.toolkit else None
     if heldout is not None:
         heldout.validate("heldout")
