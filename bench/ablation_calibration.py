@@ -12,7 +12,7 @@ difference is tested by ``sweep.stats.recipe_difference``: the function ``sweep.
 Prints two markdown tables for docs/ablations.md: the rate of p < 0.05 with no effect (the false-positive rate;
 Welch's test on the same per-seed scores beside it, for comparison), and the power for several effects (with the
 mean true difference in points). Monte Carlo standard error of a 5 % rate: √(0.05·0.95/reps) (0.5 points at 2,000).
-Not a test: 4.4 minutes on a shared 2-core machine (load average 25-27).
+Not a test: 27 s on a shared 2-core machine (load average 7).
 ``tests/test_sweep_stats.py`` runs a small seeded no-effect version.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 from scipy import stats as st
 
-from sweep.stats import ALPHA, mean_metric, recipe_difference
+from sweep.stats import ALPHA, mean_metric, power, recipe_difference
 
 TASKS = {"cb": 56, "copa": 100, "rte": 277, "boolq": 3270}
 SEEDS = (2, 3, 5)
@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     print(f"\nPower at α = {ALPHA}, %: σ = {sigma}, {args.power_reps} sweeps per cell; the effect as a logit shift "
           "[the mean true difference in points]\n")
     print(f"| task (documents) | effect | {seeds_head} |\n|---|---|" + "---|" * len(SEEDS))
+    analytic = []
     for task, d in TASKS.items():
         for e in EFFECTS:
             row, points = [], []
@@ -90,6 +91,12 @@ def main(argv=None) -> int:
                 points.append(100 * truth.mean())
             print(f"| {task} ({d}) | +{e:g} [{np.mean(points):.1f}] | " + " | ".join(f"{100 * r:.0f}" for r in row)
                   + " |", flush=True)
+        # the largest effect at the most seeds: does the t power formula, fed the simulated seed spread, predict it?
+        sd = 100 * np.sqrt(scores.var(axis=2, ddof=1).mean())
+        analytic.append(f"{task}: seed sd {sd:.1f} points, analytic power for {points[-1]:.1f} points at {n} seeds "
+                        f"{100 * power(points[-1], sd, n, n):.0f} % (simulated {100 * row[-1]:.0f} %)")
+    print("\nThe seed-to-seed sd of a run's score (seed effect and document noise, pooled over both variants) and "
+          "sweep.stats.power at it:\n" + "\n".join(analytic))
     return 0
 
 

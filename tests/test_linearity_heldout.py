@@ -191,6 +191,20 @@ def test_chance_level_matches_a_full_shuffled_refit():
     assert abs(res.chance_heldout - heldout) < 0.2 * abs(heldout) and res.chance_heldout < 0
 
 
+def test_chance_levels_are_the_projected_shuffled_fits():
+    """Both chance levels equal numpy lstsq's in-sample and pooled held-out R^2 of their definition: Y_c on the
+    seeded Gaussian directions, rows shuffled by documents, fitted on X (the API's and a profile's layout)."""
+    n, d = 2400, 40
+    x, y, groups = doc_states(n, d, 40, seed=11)
+    plan = FoldPlan(groups, 5, 0, d)
+    omega = torch.randn(d, min(HeldoutConfig.chance_columns, d), generator=torch.Generator().manual_seed(1),
+                        dtype=torch.float64)
+    target = ((y - y.mean(0)).index_select(0, plan.order) @ omega).index_select(0, plan.shuffle)
+    insample, heldout = reference(x.index_select(0, plan.order), target, np.repeat(np.arange(5), np.diff(plan.edges)))
+    for stats in (heldout_linearity(x, y, groups), linearity_profile([x, y], groups=groups)[0].heldout):
+        assert abs(stats.chance - insample) < 1e-10 and abs(stats.chance_heldout - heldout) < 1e-10
+
+
 def test_profile_heldout_keeps_in_sample_scores_and_matches_lstsq():
     x, y, groups = doc_states(2000, 24, 40, seed=7)
     h2 = y + 0.5 * torch.tanh(y) + 0.1 * randn(*y.shape, seed=9)

@@ -314,24 +314,36 @@ def test_compare_plots_draw_each_variants_seed_mean(sweep, tmp_path, saved_figur
             steps, ys = seed_mean(label, key)
             x, y = drawn[f"{label} (n=2)"]
             assert x == pytest.approx(steps) and y == pytest.approx(ys)
-        styles = [(ln.get_linestyle(), ln.get_marker()) for ln in ax.get_lines()]
-        assert len(set(styles)) == len(styles)  # equal curves stay visible: no two variants share a style
+        assert_distinct_styles(ax)
 
     [ax] = saved_figures["linearity_wo_res_vs_step.png"].axes
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("step", "mean linearity score w/o residual")
-    assert legend(ax) == ["none (n=2)", "cos05 (n=2)"]
+    assert legend(ax) == list(lines(ax)) == ["none (n=2)", "cos05 (n=2)"]
+    for label in ("none", "cos05"):
+        profiles = [read_jsonl(runs[f"{label}/seed{s}"] / "linearity.jsonl") for s in (1, 2)]
+        x, y = lines(ax)[f"{label} (n=2)"]
+        assert x == pytest.approx([rec["step"] for rec in profiles[0]])
+        assert y == pytest.approx(np.mean([[rec["means"]["linearity_wo_res"] for rec in p] for p in profiles], axis=0))
+    assert_distinct_styles(ax)
     for name, key, ylabel in (("linearity_per_layer.png", "linearity_wo_res", "linearity score w/o residual"),
                               ("norm_ratio_per_layer.png", "norm_ratio",
                                r"$\|h_{i+1} - h_i\| \,/\, \|h_{i+1}\|$")):
         [ax] = saved_figures[name].axes
         assert (ax.get_xlabel(), ax.get_ylabel()) == (r"block $i$ (pair $h_i \to h_{i+1}$)", ylabel)
         drawn = lines(ax)
+        assert legend(ax) == list(drawn) and len(drawn) == 2
         for label in ("none", "cos05"):
             finals = [read_jsonl(runs[f"{label}/seed{s}"] / "linearity.jsonl")[-1] for s in (1, 2)]
-            [(x, y)] = [v for k, v in drawn.items() if k.startswith(f"{label} (n=2), step {finals[0]['step']}")]
+            [(x, y)] = [v for k, v in drawn.items() if k == f"{label} (n=2), step {finals[0]['step']}"]
             assert x == pytest.approx(range(len(finals[0][key])))
             assert y == pytest.approx(np.mean([f[key] for f in finals], axis=0))
-        assert len(drawn) == 2
+        assert_distinct_styles(ax)
+
+
+def assert_distinct_styles(ax):
+    """Equal curves stay visible: no two variants share a line style and marker."""
+    styles = [(ln.get_linestyle(), ln.get_marker()) for ln in ax.get_lines()]
+    assert len(set(styles)) == len(styles)
 
 
 def test_compare_runs_in_progress_and_single_seeds(sweep, tmp_path):

@@ -313,8 +313,9 @@ def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: tor
     )
     if held is None:
         return stats, y, mean_y, gram
+    factor = (design.chol, design.inv) if design.keep is None and design.chol is not None else None
     stats.heldout = pair_heldout(held.plan, held.cfg, design.xc, design.gram, design.gram_parts, t, cross,
-                                 cross_parts, y, z, use_z, z_rows, (stats.linearity, stats.linearity_wo_res))
+                                 cross_parts, y, z, use_z, z_rows, (stats.linearity, stats.linearity_wo_res), factor)
     return stats, y, mean_y, (gram, gram_parts)
 
 

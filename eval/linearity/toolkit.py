@@ -124,8 +124,11 @@ def top_eigenvalue(a: torch.Tensor) -> float:
 
 
 def _exact_distances(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """||x_i - x_j|| for i in ``rows`` (b) and each row's columns ``cols`` (b x k), from the differences."""
-    return torch.linalg.vector_norm(x[rows, None, :] - x[cols], dim=2)
+    """||x_i - x_j|| for i in ``rows`` (b) and each row's columns ``cols`` (b x k), from the differences (taken
+    as x_j - x_i in place in the gathered b x k x d block: one such temporary, not two; the same norms)."""
+    b, k = cols.shape
+    diff = x.index_select(0, cols.reshape(-1)).view(b, k, x.shape[1])
+    return torch.linalg.vector_norm(diff.sub_(x.index_select(0, rows)[:, None, :]), dim=2)
 
 
 def _keep_smallest(best_v: torch.Tensor, best_i: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor) -> None:
@@ -158,8 +161,9 @@ def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # float32 products on a CPU (twice as fast); on a GPU float32 may mean TF32 (10-bit mantissa), so float64
     search = torch.float32 if x.device.type == "cpu" else torch.float64
     t = torch.finfo(search).eps / 2 * (d + 16)
-    y = torch.cat([x, (math.sqrt(t) * norms)[:, None]], dim=1).to(search)
-    a = (torch.linalg.vector_norm(y[:, :d].double(), dim=1) ** 2 - t * norms ** 2).to(search)
+    y = torch.empty(n, d + 1, dtype=search, device=x.device)
+    y[:, :d], y[:, d] = x, math.sqrt(t) * norms
+    a = (torch.linalg.vector_norm(y[:, :d], dim=1, dtype=torch.float64) ** 2 - t * norms ** 2).to(search)
     best_v = torch.full((n, kk), math.inf, dtype=search, device=x.device)
     best_i = torch.zeros((n, kk), dtype=torch.long, device=x.device)
     edges = [*range(0, n, _BLOCK_ROWS), n]
@@ -169,7 +173,10 @@ def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             if lo2 == lo:
                 bound.fill_diagonal_(math.inf)  # a point is not its own neighbour
             vals, idx = torch.topk(bound, min(kk, hi2 - lo2), dim=1, largest=False)
-            _keep_smallest(best_v[lo:hi], best_i[lo:hi], vals, idx + lo2)
+            if lo2 == 0 and vals.shape[1] == kk:  # the first block of the first rows: nothing kept yet to merge
+                best_v[lo:hi], best_i[lo:hi] = vals, idx
+            else:
+                _keep_smallest(best_v[lo:hi], best_i[lo:hi], vals, idx + lo2)
             if lo2 != lo:  # the same block serves the rows of the other side
                 vals, idx = torch.topk(bound, min(kk, hi - lo), dim=0, largest=False)
                 _keep_smallest(best_v[lo2:hi2], best_i[lo2:hi2], vals.T, idx.T + lo)
