@@ -145,6 +145,14 @@ def plot(summary: dict, runs: list[tuple[re.Match, dict]], out: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, tails in zip(axes, ("gauss", "heavy")):
+        ax.set_title("Gaussian $x$" if tails == "gauss" else "heavy-tailed $x$")
+        ax.set_xlabel("layers $L$")
+        if not any(r["data"] == tails for r in summary["cells"]):
+            # A study of one kind of data (e.g. `--only` on the Gaussian variants) leaves this panel empty;
+            # a log axis without data would stop the whole plot.
+            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center")
+            ax.set_xticks([])
+            continue
         for opt, colour in (("adam", "C0"), ("sgd", "C3")):
             rows = [r for r in summary["cells"] if r["data"] == tails and opt in r]
             # Each seed as a point and the mean as a line: a t interval over 3 seeds can span zero on a log axis.
@@ -154,8 +162,6 @@ def plot(summary: dict, runs: list[tuple[re.Match, dict]], out: Path) -> None:
                        color=colour, s=18)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("layers $L$")
-        ax.set_title("Gaussian $x$" if tails == "gauss" else "heavy-tailed $x$")
         ax.legend()
     axes[0].set_ylabel("late training loss $(\\hat y - y_q)^2$ (median of last 5 rows)")
     fig.tight_layout()

@@ -284,6 +284,7 @@ def test_study_summary_gaps_and_divergence(tmp_path):
     """The study's summary: late loss = median of the last 5 rows, the SGD − Adam gaps of the late and the held-out
     loss equal scipy's Welch test, and a run that stopped early is counted as diverged and left out."""
     import json
+    import shutil
 
     from scipy import stats
 
@@ -317,3 +318,9 @@ def test_study_summary_gaps_and_divergence(tmp_path):
             assert cell[key]["diff"] == pytest.approx(np.mean(a) - np.mean(b))
             assert cell[key]["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
     assert len(cells) == 2 and (tmp_path / "out" / "adam_vs_sgd.png").is_file()
+    # A study of Gaussian data only: one cell, and the heavy-tailed panel is drawn empty instead of failing.
+    for opt in ("adam", "sgd"):
+        shutil.rmtree(tmp_path / "sweep" / f"{opt}_L2_heavy")
+    assert study([str(tmp_path / "sweep"), "--out", str(tmp_path / "gauss_only")]) == 0
+    assert [c["data"] for c in json.loads((tmp_path / "gauss_only" / "summary.json").read_text())["cells"]] == ["gauss"]
+    assert (tmp_path / "gauss_only" / "adam_vs_sgd.png").is_file()
