@@ -26,7 +26,7 @@ COMMANDS = {
     "linearity": Command("eval.linearity.__main__", "linearity profiles of models on a probe text (Fig. 1)"),
     "report": Command("eval.benchmarks.report", "tables from results.json files of linreg eval"),
     "sweep": Command("sweep.__main__", "train and benchmark every run of a sweep file"),
-    "compare": Command("sweep.compare", "compare a sweep's variants over seeds (paired bootstrap)"),
+    "compare": Command("sweep.compare", "compare sweep variants: t-tests over seeds, paired bootstrap over documents"),
     "prune": Command("prune.__main__", "depth pruning: rank blocks, remove or replace them, evaluate"),
     "prune-report": Command("prune.report", "a pruning run's curve figures again from its pruning.json"),
     "series": Command("analysis.series", "linearity across training checkpoints (Fig. 2)"),
