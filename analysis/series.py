@@ -28,8 +28,8 @@ Outputs: ``series.csv`` (one row per model, checkpoint and block), ``series.json
 ``series_heatmap.png`` (block x checkpoint, per series). ``--heldout [--folds 5 --bootstrap 1000]`` adds the
 held-out scores over folds of documents, 95 % intervals of both scores and the chance levels
 (``eval.linearity.heldout``) to every record, the CSV's columns and series.png (dashed lines, bands, chance).
-``--toolkit [--id-tokens 1024]`` adds anisotropy, intrinsic dimension and the logit lens of every state
-(``eval.linearity.state_measures``): ``series_states.csv`` (one row per checkpoint and state) and
+``--toolkit [--id-tokens 1024] [--lens-tokens 1024]`` adds anisotropy, intrinsic dimension and the logit lens of
+every state (``eval.linearity.state_measures``): ``series_states.csv`` (one row per checkpoint and state) and
 ``series_states.png`` (each measure against step, one line per state).
 """
 from __future__ import annotations

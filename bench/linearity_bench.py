@@ -15,9 +15,10 @@ times the rank-deficient path (R-SVD) instead, on an X like h_0 of a probe with 
 on L + 1 states against the recipe's two scores per pair, and checks all 2L scores against lstsq. The data
 imitate hidden states (anisotropic spectrum, a few "massive activation" features, a mean offset) with Y = X plus
 a small nonlinear update. ``--heldout`` times, in one process and interleaved, the same profile without and with
-held-out statistics (``groups``: 128 contiguous documents, as the paper's 128 probe chunks; 5 folds, 1000 bootstrap
-resamples), the same with the toolkit's anisotropy and intrinsic dimension (``--id-tokens``, default 1024) of
-every state ("all on"; the logit lens needs a model and is left out) and, with ``--baseline``, the
+held-out statistics (``groups``: ``--docs`` contiguous documents, default 128 as the paper's probe chunks; 5 folds,
+1000 bootstrap resamples), the same with the toolkit's anisotropy and intrinsic dimension (``--id-tokens``,
+default 1024) of every state ("all on"; the logit lens needs a model: bench/model_profile_cost.py) and, with
+``--baseline``, the
 ``linearity_profile`` of another checkout's score.py (e.g. the main branch), to show that the plain path is not
 slowed; by the wall clock and by the process's CPU time, with the load average before and after. Prints a
 markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
@@ -202,7 +203,7 @@ def heldout_rows(args) -> None:
     everything = ToolkitConfig(anisotropy=True, intrinsic_dimension=True, id_tokens=args.id_tokens)
     for d in args.dims:
         states = hidden_state_chain(args.n, d, args.layers)
-        groups = torch.arange(args.n) * 128 // args.n
+        groups = torch.arange(args.n) * args.docs // args.n
         for name in args.devices:
             device = torch.device(name)
             on_dev = [s.to(device) for s in states]
@@ -264,6 +265,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="--profile: fastest of this many interleaved runs")
     ap.add_argument("--heldout", action="store_true", help="time a profile without and with held-out statistics")
     ap.add_argument("--baseline", help="--heldout: also time this score.py's linearity_profile (another checkout)")
+    ap.add_argument("--docs", type=int, default=128, help="--heldout: documents the n tokens are cut into")
     ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
                     help="--heldout: tokens of the all-on profile's intrinsic dimension")
     args = ap.parse_args(argv)

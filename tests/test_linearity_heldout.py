@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+import torch.nn.functional as F
 from figures import legend, lines
 from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 from transformers import AutoModelForCausalLM
@@ -28,10 +29,10 @@ from eval.linearity import (
     read_probe_text,
 )
 from eval.linearity.__main__ import main as cli_main
-from eval.linearity.heldout import FoldPlan
+from eval.linearity.heldout import FoldPlan, count_sketch
 from eval.linearity.plots import STATE_LABELS
-from eval.linearity.profile import probe_batches
-from eval.linearity.state_measures import ToolkitConfig
+from eval.linearity.profile import pool_order, probe_batches
+from eval.linearity.state_measures import ToolkitConfig, pooled_labels
 from prune.criteria import CRITERIA
 from prune.errors import PruneError
 from prune.plan import ProbeSet
@@ -179,7 +180,8 @@ def test_bootstrap_interval_agrees_with_scipy():
 
 
 def test_chance_level_matches_a_full_shuffled_refit():
-    """The projected shuffled target estimates what a refit on every shuffled column gives; both near d / (n - 1)."""
+    """With d <= chance_columns the sketch only permutes and flips Y's columns, which leaves a pooled R^2 as it is:
+    both chance levels are then a refit on every shuffled column, exactly; the in-sample one is near d / (n - 1)."""
     n, d = 3000, 60
     x, y, groups = doc_states(n, d, 50, seed=5)
     res = heldout_linearity(x, y, groups)
@@ -187,19 +189,22 @@ def test_chance_level_matches_a_full_shuffled_refit():
     y_fold = y.index_select(0, plan.order)  # rows as the plan lays them out; shuffled the same way
     insample, heldout = reference(x.index_select(0, plan.order), y_fold.index_select(0, plan.shuffle),
                                   np.repeat(np.arange(5), np.diff(plan.edges)))
-    assert abs(res.chance - insample) < 0.2 * insample and abs(res.chance - d / (n - 1)) < 0.2 * d / (n - 1)
-    assert abs(res.chance_heldout - heldout) < 0.2 * abs(heldout) and res.chance_heldout < 0
+    assert abs(res.chance - insample) < 1e-10 and abs(res.chance_heldout - heldout) < 1e-10
+    assert abs(res.chance - d / (n - 1)) < 0.2 * d / (n - 1) and res.chance_heldout < 0
 
 
-def test_chance_levels_are_the_projected_shuffled_fits():
-    """Both chance levels equal numpy lstsq's in-sample and pooled held-out R^2 of their definition: Y_c on the
-    seeded Gaussian directions, rows shuffled by documents, fitted on X (the API's and a profile's layout)."""
-    n, d = 2400, 40
+def test_chance_levels_are_the_sketched_shuffled_fits():
+    """Both chance levels equal numpy lstsq's in-sample and pooled held-out R^2 of their definition: Y_c times the
+    seeded CountSketch (each column, signed, into one of 64 buckets of 3 or 4 columns), rows shuffled by documents,
+    fitted on X (the API's and a profile's layout)."""
+    n, d = 2400, 200
     x, y, groups = doc_states(n, d, 40, seed=11)
     plan = FoldPlan(groups, 5, 0, d)
-    omega = torch.randn(d, min(HeldoutConfig.chance_columns, d), generator=torch.Generator().manual_seed(1),
-                        dtype=torch.float64)
-    target = ((y - y.mean(0)).index_select(0, plan.order) @ omega).index_select(0, plan.shuffle)
+    bucket, sign = count_sketch(d, HeldoutConfig.chance_columns, 1)
+    assert sorted(torch.bincount(bucket).unique().tolist()) == [3, 4] and set(sign.tolist()) == {-1.0, 1.0}
+    sketch = torch.zeros(d, HeldoutConfig.chance_columns, dtype=torch.float64)
+    sketch[torch.arange(d), bucket] = sign
+    target = ((y - y.mean(0)).index_select(0, plan.order) @ sketch).index_select(0, plan.shuffle)
     insample, heldout = reference(x.index_select(0, plan.order), target, np.repeat(np.arange(5), np.diff(plan.edges)))
     for stats in (heldout_linearity(x, y, groups), linearity_profile([x, y], groups=groups)[0].heldout):
         assert abs(stats.chance - insample) < 1e-10 and abs(stats.chance_heldout - heldout) < 1e-10
@@ -310,11 +315,36 @@ def test_pooled_logit_lens_ends_at_the_models_loss(tiny_hf_model_dir, tinystorie
     """At h_L with the final norm the lens is the model's own next-token loss: HF's loss on the padded batch."""
     model = AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir, torch_dtype=torch.float32)
     probe = build_probe(read_probe_text(tinystories_valid), tiny_tokenizer, ProbeSetConfig(num_chunks=6))
-    prof = model_profile(model, probe, toolkit=ToolkitConfig(logit_lens=True), pad_id=0)
+    prof = model_profile(model, probe, toolkit=ToolkitConfig(logit_lens=True, lens_tokens=None), pad_id=0)
     (ids, mask), = probe_batches(probe, len(probe), pad_id=0)
     with torch.no_grad():
         loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
     assert len(prof.toolkit["loss"]) == 3 and abs(prof.toolkit["loss"][-1] - float(loss)) < 1e-5
+
+
+def test_logit_lens_on_drawn_positions(tiny_hf_model_dir, tinystories_valid, tiny_tokenizer):
+    """``lens_tokens`` positions drawn from the predicted ones: the lens's means over exactly those positions
+    (cross-entropy of lm_head on h_t, with and without the final norm, against the next token of t's sequence)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf_model_dir, torch_dtype=torch.float32)
+    probe = build_probe(read_probe_text(tinystories_valid), tiny_tokenizer, ProbeSetConfig(num_chunks=6))
+    drawn = model_profile(model, probe, toolkit=ToolkitConfig(logit_lens=True, lens_tokens=40), pad_id=0).toolkit
+    whole = model_profile(model, probe, toolkit=ToolkitConfig(logit_lens=True, lens_tokens=None), pad_id=0).toolkit
+    (ids, mask), = probe_batches(probe, len(probe), pad_id=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    states = [h[mask.bool()] for h in out.hidden_states]  # the batch holds the sequences in pool order
+    labels = pooled_labels(probe, pool_order(probe))
+    where = (labels[1:] != -100).nonzero().flatten()
+    rows = where[torch.randperm(len(where), generator=torch.Generator().manual_seed(0))[:40].sort().values]
+    head = model.get_output_embeddings().weight.double()
+    final = model.model.norm
+    with torch.no_grad():
+        for i in (0, 1):  # h_0 and h_1 are pre-norm states, HF's last one is already normed
+            h = states[i][rows]
+            ref = F.cross_entropy(final(h).double() @ head.T, labels[rows + 1])
+            ref_raw = F.cross_entropy(h.double() @ head.T, labels[rows + 1])
+            assert abs(drawn["loss"][i] - float(ref)) < 1e-6 and abs(drawn["loss_no_norm"][i] - float(ref_raw)) < 1e-6
+    assert all(a != b for a, b in zip(drawn["loss"], whole["loss"]))  # a subsample, not every position
 
 
 def test_series_heldout_and_toolkit_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path, saved_figures):

@@ -117,9 +117,15 @@ def test_intrinsic_dimension_ties_and_duplicates(authors):
     assert abs(intrinsic_dimension(x) - ref) < 1e-12
 
 
-def test_two_nearest_equals_brute_force():
-    x = manifold(700, 12, 3)
+@pytest.mark.parametrize("n, d", [(700, 12), (1300, 200)])  # one block; two, with symmetric diagonal blocks
+def test_two_nearest_equals_brute_force(n, d):
+    x = manifold(n, d, 3)
     x[100:120] = x[5]  # 21 copies of one point: more than the candidates checked per row
+    # a point with one duplicate whose nearest other point has three copies: tied bounds beyond the first
+    # candidates, settled by the second search
+    x[200] = x[201]
+    x[300:303] = x[200] + 1e-3 * torch.linspace(1, 2, d, dtype=torch.float64)
+    x[1030:1040] = x[17]  # copies in the second block of rows
     dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
     dist.fill_diagonal_(math.inf)
     ref = dist.topk(2, dim=1, largest=False).values

@@ -8,7 +8,12 @@
   all tokens would cost several profiles; 1024 tokens add a fraction of one (docs/PERFORMANCE.md).
   ``id_tokens: null`` uses all.
 - ``logit_lens``: the toolkit's per-layer losses ("loss", "loss_no_norm", "neglogp_argmax") of the model's own
-  unembedding on the pooled states, each probe sequence's first token unpredicted.
+  unembedding on the pooled states, each probe sequence's first token unpredicted, as means over ``lens_tokens``
+  predicted positions drawn once per profile (seeded; the same positions for every state, so differences between
+  states, and between checkpoints on one probe, are paired). Each state costs two n x d x vocabulary products in
+  float64, more than the whole profile wherever the vocabulary outweighs the blocks (per token 2 (L + 1) d V
+  multiply-adds against the forward's ~12 L d^2 + d V): at the paper's probe size 1024 positions keep the lens
+  within a forward's cost (docs/PERFORMANCE.md). ``lens_tokens: null`` uses every position.
 
 Each is a list of L + 1 floats, index i = state h_i.
 """
@@ -32,17 +37,21 @@ class ToolkitConfig:
     intrinsic_dimension: bool = False
     logit_lens: bool = False
     id_tokens: int | None = 1024  # tokens drawn for the intrinsic dimension; null = all
+    lens_tokens: int | None = 1024  # predicted positions drawn for the logit lens; null = all
     id_fraction: float = ID_FRACTION
     seed: int = 0
 
     def validate(self, p: str) -> None:
         if self.id_tokens is not None:
             check(self.id_tokens >= 3, f"{p}.id_tokens", self.id_tokens, "must be >= 3 or null")
+        if self.lens_tokens is not None:
+            check(self.lens_tokens >= 1, f"{p}.lens_tokens", self.lens_tokens, "must be >= 1 or null")
         check(0 < self.id_fraction <= 1, f"{p}.id_fraction", self.id_fraction, "must be in (0, 1]")
 
     @classmethod
-    def all(cls, id_tokens: int | None = 1024) -> ToolkitConfig:
-        return cls(anisotropy=True, intrinsic_dimension=True, logit_lens=True, id_tokens=id_tokens)
+    def all(cls, id_tokens: int | None = 1024, lens_tokens: int | None = 1024) -> ToolkitConfig:
+        return cls(anisotropy=True, intrinsic_dimension=True, logit_lens=True, id_tokens=id_tokens,
+                   lens_tokens=lens_tokens)
 
     def enabled(self) -> bool:
         return self.anisotropy or self.intrinsic_dimension or self.logit_lens
@@ -61,13 +70,15 @@ def add_measure_arguments(ap) -> None:
                     help="also anisotropy, intrinsic dimension and the logit lens of every state h_0..h_L")
     ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
                     help="tokens drawn for the --toolkit intrinsic dimension (0: all)")
+    ap.add_argument("--lens-tokens", type=int, default=ToolkitConfig.lens_tokens,
+                    help="predicted positions drawn for the --toolkit logit lens (0: all)")
 
 
 def measures_from_args(args) -> tuple[HeldoutConfig | None, ToolkitConfig | None]:
     """(held-out settings, toolkit settings) of ``add_measure_arguments``' options, validated; None when off."""
     heldout = HeldoutConfig(folds=args.folds, bootstrap=args.bootstrap,
                             insample_interval=args.insample_interval) if args.heldout else None
-    toolkit = ToolkitConfig.all(args.id_tokens or None) if args.toolkit else None
+    toolkit = ToolkitConfig.all(args.id_tokens or None, args.lens_tokens or None) if args.toolkit else None
     if heldout is not None:
         heldout.validate("heldout")
     if toolkit is not None:
@@ -107,5 +118,21 @@ def state_measures(states: list[torch.Tensor], cfg: ToolkitConfig, anisotropy: l
             intrinsic_dimension(s if rows is None else s.index_select(0, rows.to(s.device)), fraction=cfg.id_fraction)
             for s in states]
     if cfg.logit_lens and model is not None and labels is not None:
-        out.update(logit_lens(states, model, labels))
+        drawn, drawn_labels = lens_sample(states, labels, cfg)
+        out.update(logit_lens(drawn, model, drawn_labels))
     return out
+
+
+def lens_sample(states: list[torch.Tensor], labels: torch.Tensor,
+                cfg: ToolkitConfig) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(states, labels) for ``logit_lens``: the pooled ones, or with ``cfg.lens_tokens`` below the number of
+    predicted positions t (labels[t + 1] != -100), those positions drawn (seeded by ``cfg.seed``, in pool order),
+    each as a two-token sequence (h_t, any) whose label is labels[t + 1]."""
+    where = (labels[1:] != -100).nonzero().flatten()
+    if cfg.lens_tokens is None or cfg.lens_tokens >= len(where):
+        return states, labels
+    g = torch.Generator().manual_seed(cfg.seed)
+    rows = where[torch.randperm(len(where), generator=g)[: cfg.lens_tokens].sort().values]
+    pairs = torch.full((len(rows), 2), -100, dtype=labels.dtype)
+    pairs[:, 1] = labels[rows + 1]
+    return [s.index_select(0, rows.to(s.device))[:, None].expand(-1, 2, -1) for s in states], pairs

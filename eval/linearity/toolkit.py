@@ -30,8 +30,8 @@ hidden states as the linearity score, in float64.
   distances of a block of rows come from one matrix product, ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j, which gives the
   candidate neighbours (the _CANDIDATES nearest); their distances are then recomputed from the differences
   x_i - x_j, as the authors compute them, so r1 and r2 carry no cancellation error. A row whose second
-  distance is not clearly below every non-candidate's (by the product's rounding-error bound) is recomputed
-  against all points. No randomness is involved, on either side.
+  distance is not clearly below every non-candidate's (by the product's rounding-error bound), and is not 0, is
+  recomputed against all points. No randomness is involved, on either side.
 
 - Logit lens (nostalgebraist 2020): the unembedding ``lm_head`` applied to each state h_0..h_L of the residual
   stream, per layer, with next-token cross-entropy against the labels (mean over the predicted tokens):
@@ -58,12 +58,18 @@ from eval.linearity.score import symmetric_gram
 _EPS = torch.finfo(torch.float64).eps
 _ID_EPS = 1e-8  # the authors' threshold on r1 (duplicates) and on mu - 1 (ties), after the mean-norm scaling
 ID_FRACTION = 0.2  # the authors' regression fraction (reduction_factor = 5)
-_CANDIDATES = 8  # neighbours per point kept from the bounds; more than enough unless a point has many duplicates
-_FIRST = 3  # of which recomputed exactly first; the others only where these do not settle r2
+# neighbours per point kept from the bounds: enough unless a point has rounding-level ties (a point with two or
+# more duplicates is settled by them: r1 = r2 = 0); the search keeps one more (a top-4 costs 2/3 of a top-9)
+_CANDIDATES = 3
+_MORE_CANDIDATES = 16  # for the rows these do not settle (e.g. a neighbour with duplicates: tied bounds)
 _BLOCK_ROWS = 1024  # rows (and columns) of one block of the squared-distance matrix
+_SUB = 128  # rows of one product in a diagonal block (its upper triangle only; measured 128 < 256 < 512 at d = 256)
+# below this width a diagonal block is one full product: for 1024 rows on the CPU of docs/PERFORMANCE.md the
+# mirror costs ~1.6 ms, the half product saves 1.1 ms at d = 256 and loses 0.6 ms at d = 128
+_SYMMETRIC_MIN_D = 192
 _BLOCK_BYTES = 1 << 26  # one band of candidate differences (float64): 64 MiB
 _LENS_ROWS = 1024  # tokens per unembedding product (their float64 logits are rows x vocabulary)
-_LANCZOS_MIN = 64  # below this order the full eigensolver costs as little
+_LANCZOS_MIN = 160  # up to this order the full eigensolver costs less (0.4 vs 0.6 ms at 128, 1.0 vs 0.7 at 192)
 _LANCZOS_CHECK = 8  # Lanczos steps between convergence checks (each a tiny tridiagonal eigenproblem)
 _LANCZOS_STEPS = 96  # then the full eigensolver: a spectrum without a gap at the top (not a hidden state's)
 
@@ -139,6 +145,21 @@ def _keep_smallest(best_v: torch.Tensor, best_i: torch.Tensor, vals: torch.Tenso
     best_i.copy_(i.gather(1, pos))
 
 
+def _symmetric_bound(y: torch.Tensor, a: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """The (symmetric) block of ``two_nearest``'s bounds a_i + a_j - 2 y_i . y_j for rows and columns lo:hi: the
+    products of each band of ``_SUB`` rows with the columns from its own band on, written in place, each mirrored
+    below the diagonal (about (1 + _SUB / m) / 2 of a full product's work for m rows, plus a transposed copy)."""
+    m = hi - lo
+    out = torch.empty(m, m, dtype=y.dtype, device=y.device)
+    for s in range(0, m, _SUB):
+        e = min(s + _SUB, m)
+        band = out[s:e, s:]
+        torch.addmm(a[None, lo + s:hi], y[lo + s:lo + e], y[lo + s:hi].T, alpha=-2.0, out=band)
+        band.add_(a[lo + s:lo + e, None])
+        out[e:, s:e] = band[:, e - s:].T
+    return out
+
+
 def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(r1, r2): each row's distances to its nearest and second-nearest other row of ``x`` (float64, n >= 3).
 
@@ -151,9 +172,11 @@ def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     about a factor 2 to spare). Subtracting that bound is one more product term: with t = u32 (d + 16), a_i =
     ||y_i||^2 - t n_i^2 and the extra column sqrt(t) n_i appended to y_i, the bound is a_i + a_j - 2 y'_i . y'_j.
     The ``_CANDIDATES`` points of smallest bound are the candidates, whose distances are recomputed from the
-    differences in float64 (the first ``_FIRST`` of them, then the rest where needed); every other point is at
-    least as far as the next-smallest bound, so when r2^2 does not exceed it, r1 and r2 are exact. Rows where it
-    does (a point with more duplicates than candidates) are recomputed against every point."""
+    differences in float64; every other point is at least as far as the next-smallest bound, so when r2^2 does
+    not exceed it, r1 and r2 are exact, and so they are when r2 = 0 (two duplicates among the candidates).
+    Other rows (tied bounds: a neighbour with duplicates, or a lattice) are searched again with more candidates
+    (``_MORE_CANDIDATES``, from their own bound rows against every point), and what that does not settle is
+    recomputed against every point."""
     n, d = x.shape
     k = min(_CANDIDATES, n - 1)
     kk = min(k + 1, n - 1)  # one more than the candidates: its bound holds for every point outside them
@@ -169,9 +192,13 @@ def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     edges = [*range(0, n, _BLOCK_ROWS), n]
     for bi, (lo, hi) in enumerate(zip(edges, edges[1:])):
         for lo2, hi2 in zip(edges[bi:], edges[bi + 1:]):
-            bound = torch.addmm(a[None, lo2:hi2], y[lo:hi], y[lo2:hi2].T, alpha=-2.0).add_(a[lo:hi, None])
-            if lo2 == lo:
-                bound.fill_diagonal_(math.inf)  # a point is not its own neighbour
+            if lo2 == lo and d >= _SYMMETRIC_MIN_D:
+                bound = _symmetric_bound(y, a, lo, hi).fill_diagonal_(math.inf)  # a point is not its own neighbour
+            elif lo2 == lo:
+                bound = torch.addmm(a[None, lo:hi], y[lo:hi], y[lo:hi].T, alpha=-2.0).add_(a[lo:hi, None])
+                bound.fill_diagonal_(math.inf)
+            else:
+                bound = torch.addmm(a[None, lo2:hi2], y[lo:hi], y[lo2:hi2].T, alpha=-2.0).add_(a[lo:hi, None])
             vals, idx = torch.topk(bound, min(kk, hi2 - lo2), dim=1, largest=False)
             if lo2 == 0 and vals.shape[1] == kk:  # the first block of the first rows: nothing kept yet to merge
                 best_v[lo:hi], best_i[lo:hi] = vals, idx
@@ -182,14 +209,27 @@ def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 _keep_smallest(best_v[lo2:hi2], best_i[lo2:hi2], vals.T, idx.T + lo)
     r1, r2 = torch.empty_like(norms), torch.empty_like(norms)
     rows = torch.arange(n, device=x.device)
-    for c in sorted({min(_FIRST, k), k}):  # the first few candidates settle almost every row
-        for band in rows.split(max(1, _BLOCK_BYTES // (8 * c * d))):
-            near = _exact_distances(x, band, best_i[band, :c]).sort(dim=1).values
-            r1[band], r2[band] = near[:, 0], near[:, 1]
-        if c >= n - 1:  # the candidates were every other point
+    for stage in range(2):
+        if stage:  # the unsure rows again, with more candidates: their bounds against every point
+            k, kk = min(_MORE_CANDIDATES, n - 1), min(_MORE_CANDIDATES + 1, n - 1)
+            best_v = torch.empty(len(rows), kk, dtype=search, device=x.device)
+            best_i = torch.empty(len(rows), kk, dtype=torch.long, device=x.device)
+            for lo in range(0, len(rows), _BLOCK_ROWS):
+                part = rows[lo:lo + _BLOCK_ROWS]
+                bound = torch.addmm(a[None, :], y[part], y.T, alpha=-2.0).add_(a[part, None])
+                bound[torch.arange(len(part), device=x.device), part] = math.inf
+                best_v[lo:lo + len(part)], best_i[lo:lo + len(part)] = torch.topk(bound, kk, dim=1, largest=False)
+        for band in torch.arange(len(rows), device=x.device).split(max(1, _BLOCK_BYTES // (8 * k * d))):
+            near = _exact_distances(x, rows[band], best_i[band, :k]).sort(dim=1).values
+            r1[rows[band]], r2[rows[band]] = near[:, 0], near[:, 1]
+        if k >= n - 1:  # the candidates were every other point
             return r1, r2
-        rows = rows[r2[rows] ** 2 > best_v[rows, c]]  # unsure: a point outside may be nearer than r2
-    for i in rows.tolist():  # more duplicates than candidates, or ties at the rounding level
+        # unsure: a point outside the candidates may be nearer than r2 (unless r2 = 0)
+        keep = (r2[rows] ** 2 > best_v[:, k]) & (r2[rows] > 0)
+        rows = rows[keep]
+        if not len(rows):
+            return r1, r2
+    for i in rows.tolist():  # ties at the rounding level beyond even the second stage's candidates
         dist = torch.linalg.vector_norm(x[i] - x, dim=1)
         dist[i] = math.inf
         r1[i], r2[i] = dist.topk(2, largest=False).values
@@ -268,11 +308,11 @@ def logit_lens(states: list[torch.Tensor], model: nn.Module, labels: torch.Tenso
             loss = loss_no_norm = confidence = 0.0
             for lo in range(0, raw.shape[0], _LENS_ROWS):
                 sl, tgt = slice(lo, lo + _LENS_ROWS), target[lo:lo + _LENS_ROWS]
-                logp_norm = _log_softmax(normed[sl], weight, bias)
-                logp_raw = _log_softmax(raw[sl], weight, bias)
-                loss -= float(logp_norm.gather(1, tgt[:, None]).sum())
-                loss_no_norm -= float(logp_raw.gather(1, tgt[:, None]).sum())
-                confidence -= float((logp_norm if i == last else logp_raw).max(dim=1).values.sum())
+                picked_norm, lse_norm, top_norm = _readout(normed[sl], weight, bias, tgt)
+                picked_raw, lse_raw, top_raw = _readout(raw[sl], weight, bias, tgt)
+                loss += float((lse_norm - picked_norm).sum())
+                loss_no_norm += float((lse_raw - picked_raw).sum())
+                confidence += float((lse_norm - top_norm).sum() if i == last else (lse_raw - top_raw).sum())
             count = raw.shape[0]
             out["loss"].append(loss / count)
             out["loss_no_norm"].append(loss_no_norm / count)
@@ -280,8 +320,15 @@ def logit_lens(states: list[torch.Tensor], model: nn.Module, labels: torch.Tenso
     return out
 
 
-def _log_softmax(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _readout(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of h: (the target's logit, the log-sum-exp of the logits, their maximum), float64, so that
+    -log p(target) = lse - logit and -log p(argmax) = lse - max. The logits are read, then exponentiated in place
+    about the row maximum: no second rows x vocabulary array, as a log_softmax output would be."""
     logits = h.to(torch.float64) @ weight.T
     if bias is not None:
         logits += bias
-    return torch.log_softmax(logits, dim=1)
+    picked = logits.gather(1, target[:, None])[:, 0]
+    top = logits.amax(dim=1)
+    lse = logits.sub_(top[:, None]).exp_().sum(dim=1).log_().add_(top)
+    return picked, lse, top
