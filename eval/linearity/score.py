@@ -54,6 +54,7 @@ from eval.linearity.heldout import (
                                     fold_fits,
                                     fold_grams,
                                     pair_heldout,
+                                    row_sq,
                                     score_intervals,
 )
 
@@ -355,7 +356,7 @@ def heldout_linearity(x: torch.Tensor, y: torch.Tensor, groups, folds: int = 5, 
     cross, cross_parts = fold_cross(xc, yc, plan)
     fits = fold_fits(xc, gram, gram_parts, yc, cross, cross_parts, chance_target(yc, plan, cfg), plan,
                      insample_rows=cfg.insample_interval == "bootstrap")
-    rows = torch.linalg.vector_norm(yc, dim=1) ** 2
+    rows = row_sq(yc)
     y_energy = float(rows.sum())
     # the in-sample score as linearity_score computes it (the profile's computation)
     rss = _solve(_design(xc, gram), yc, cross, y_energy, torch.linalg.vector_norm(yc, dim=0) ** 2,
