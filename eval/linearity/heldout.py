@@ -36,10 +36,11 @@ held-out score removes it:
   random sign, to one of m buckets (d / m columns each, balanced), and a bucket is the signed sum of its columns.
   A pooled R^2 is a ratio of two quadratic forms in the sketch, tr(S^T M S) / tr(S^T N S) (M = Y^T P_X Y the
   explained, N = Y^T Y the total energy per column pair); E[S S^T] = I, so both sums keep their expectations (the
-  ratio is unbiased up to a small ratio bias), and their variance comes from the off-diagonal entries of M and N
-  alone, 2/m sum_{j != j'} M_jj'^2 against 2/m tr(M^2) for m Gaussian directions: never more, and exact for
-  d <= m. It costs one pass over Y instead of an n x d x m product. In-sample chance is ~d / (n - 1) for
-  independent tokens, more when the tokens of a document are correlated; held-out chance is negative.
+  ratio is unbiased up to a small ratio bias). Each sum's variance comes from the off-diagonal entries alone,
+  2/m sum_{j != j'} M_jj'^2 against 2/m tr(M^2) for m Gaussian directions; the ratio's error, where the two sums'
+  errors partly cancel, measured about the same as with Gaussian directions (docs/linearity.md), and the sketch is
+  exact for d <= m. It costs one pass over Y instead of an n x d x m product. In-sample chance is ~d / (n - 1)
+  for independent tokens, more when the tokens of a document are correlated; held-out chance is negative.
 
 What the held-out score estimates: the R^2 on new documents of a map fitted on (k - 1) / k of the probe. For a
 linear population it sits *below* the population R^2 by about (1 - R^2) d / (n_train - d), as the in-sample
