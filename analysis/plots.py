@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from eval.linearity.plots import TITLES, heldout_lines  # noqa: E402
+from eval.linearity.plots import TITLES, heldout_lines, zoom_inset  # noqa: E402
 
 SERIES_KEYS = ("linearity", "linearity_wo_res")
 
@@ -58,6 +58,7 @@ def plot_series(series: dict[str, list[dict]], path: str | Path) -> Path:
         ax.set_title(f"{TITLES[key]}, mean over blocks", fontsize=10)
         ax.set_ylabel("score (mean over blocks)")
         ax.grid(alpha=0.3, which="both")
+        zoom_inset(ax)
         ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from core.errors import DataError  # noqa: E402
@@ -36,6 +37,7 @@ def plot_profiles(profiles: dict, path: str | Path) -> Path:
         ax.set_xlabel("normalised depth (block index / (L - 1))")
         ax.set_ylabel("score")
         ax.grid(alpha=0.3)
+        zoom_inset(ax)
         ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -60,6 +62,43 @@ def heldout_lines(ax, x, stats: list, key: str, color, label: str) -> None:
                     label=f"{prefix}95 % intervals")
     ax.plot(x, get("chance"), linestyle=":", color=color, alpha=0.8, label=f"{prefix}chance (in-sample)")
     ax.plot(x, get("chance_heldout"), linestyle="-.", color=color, alpha=0.8, label=f"{prefix}chance (held-out)")
+
+
+def zoom_inset(ax) -> bool:
+    """When a panel with held-out statistics holds its scores far above its chance levels (the gap between them
+    over half the panel's height), the score lines and interval bands again in an inset placed in that gap, on
+    their own range, where bands a few thousandths wide are visible (on the full 0-1 axis they are not). Call
+    after drawing and before the legend; True if an inset was made."""
+    chance = [ln for ln in ax.lines if "chance" in str(ln.get_label())]
+    scores = [ln for ln in ax.lines if ln not in chance]
+    bands = [c.get_paths()[0].vertices for c in ax.collections if c.get_paths()]
+    if not chance or not scores:
+        return False
+    top_chance = max(float(max(ln.get_ydata())) for ln in chance)
+    data = [float(v) for ln in scores for v in ln.get_ydata()] + [float(v) for b in bands for v in b[:, 1]]
+    lo, hi = min(data), max(data)
+    y0, y1 = ax.get_ylim()
+    gap_lo, gap_hi = (top_chance - y0) / (y1 - y0) + 0.06, (lo - y0) / (y1 - y0) - 0.06
+    if gap_hi - gap_lo < 0.4:
+        return False
+    inset = ax.inset_axes([0.1, gap_lo, 0.45, gap_hi - gap_lo])
+    # an empty patch where the inset is, so that the legend's "best" place avoids it as it avoids the lines
+    ax.add_patch(Rectangle((0.1, gap_lo), 0.45, gap_hi - gap_lo, transform=ax.transAxes, facecolor="none",
+                           edgecolor="none"))
+    for ln in scores:
+        inset.plot(ln.get_xdata(), ln.get_ydata(), color=ln.get_color(), linestyle=ln.get_linestyle(),
+                   marker=ln.get_marker(), markersize=2)
+    for c, b in zip([c for c in ax.collections if c.get_paths()], bands):
+        inset.fill(b[:, 0], b[:, 1], color=c.get_facecolor()[0], linewidth=0)
+    pad = 0.08 * (hi - lo) or 1e-3
+    inset.set_xscale(ax.get_xscale())
+    inset.set_xlim(ax.get_xlim())
+    inset.set_ylim(lo - pad, hi + pad)
+    inset.tick_params(labelsize=6)
+    inset.tick_params(axis="x", which="both", labelbottom=False)
+    inset.grid(alpha=0.3)
+    ax.indicate_inset_zoom(inset, edgecolor="0.5")
+    return True
 
 
 STATE_TITLES = {
@@ -117,6 +156,7 @@ def training_figures(history: list[dict]) -> dict[str, plt.Figure]:
         if key != "norm_ratio" and all("heldout" in r["means"] for r in history):
             means = [r["means"] for r in history]
             heldout_lines(ax, steps, means, key, line.get_color(), "")
+            zoom_inset(ax)
             ax.legend(fontsize=7)
         ax.set_title(f"{TITLES[key]}, mean over blocks", fontsize=10)
         ax.set_xlabel("step")
