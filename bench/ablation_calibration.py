@@ -12,7 +12,7 @@ difference is tested by ``sweep.stats.recipe_difference``: the function ``sweep.
 Prints two markdown tables for docs/ablations.md: the rate of p < 0.05 with no effect (the false-positive rate;
 Welch's test on the same per-seed scores beside it, for comparison), and the power for several effects (with the
 mean true difference in points). Monte Carlo standard error of a 5 % rate: √(0.05·0.95/reps) (0.5 points at 2,000).
-Not a test: 27 s on a shared 2-core machine (load average 7).
+Not a test: 13 s on the idle 2-core machine (2026-12-05; 27 s while it was shared, load average 7).
 ``tests/test_sweep_stats.py`` runs a small seeded no-effect version.
 """
 from __future__ import annotations

@@ -59,6 +59,7 @@ from core.config import check
 _EPS = torch.finfo(torch.float64).eps
 _PIVOT_TOL = math.sqrt(_EPS)
 _ROW_SQ_WHOLE = 1 << 21  # values up to which ``row_sq`` takes one call
+_ROW_SQ_BAND = 256  # rows per call beyond
 
 SCORES = ("linearity", "linearity_wo_res", "heldout", "heldout_wo_res")  # each gets a (lo, hi) interval
 INSAMPLE_INTERVALS = ("jackknife", "bootstrap")
@@ -235,9 +236,9 @@ def row_sq(v: torch.Tensor) -> torch.Tensor:
     if v.numel() <= _ROW_SQ_WHOLE or v.device.type != "cpu":
         return torch.linalg.vecdot(v, v, dim=1)
     out = torch.empty(v.shape[0], dtype=v.dtype)
-    for lo in range(0, v.shape[0], 256):
-        band = v[lo:lo + 256]
-        out[lo:lo + 256] = torch.linalg.vecdot(band, band, dim=1)
+    for lo in range(0, v.shape[0], _ROW_SQ_BAND):
+        band = v[lo:lo + _ROW_SQ_BAND]
+        out[lo:lo + _ROW_SQ_BAND] = torch.linalg.vecdot(band, band, dim=1)
     return out
 
 
@@ -285,15 +286,15 @@ def doc_sums(rows: torch.Tensor, plan: FoldPlan) -> torch.Tensor:
     return torch.zeros(plan.num_docs, dtype=rows.dtype, device=rows.device).index_add_(0, plan.doc, rows)
 
 
-def heldout_energy(v: torch.Tensor, row_sq: torch.Tensor, means: torch.Tensor, plan: FoldPlan) -> torch.Tensor:
+def heldout_energy(v: torch.Tensor, rows: torch.Tensor, means: torch.Tensor, plan: FoldPlan) -> torch.Tensor:
     """Per document, sum over its tokens of ||v_i - m_f||^2 = ||v_i||^2 - 2 v_i.m_f + ||m_f||^2 (m_f: the training
-    mean of the token's fold; ``row_sq``: the ||v_i||^2). v is centred, so m_f is small against the rows and the
+    mean of the token's fold; ``rows``: the ||v_i||^2). v is centred, so m_f is small against the rows and the
     expansion does not cancel; it spares an n x d difference."""
-    rows = torch.empty_like(row_sq)
+    about = torch.empty_like(rows)
     for f, (lo, hi) in enumerate(plan.spans()):
         m = means[f]
-        rows[lo:hi] = row_sq[lo:hi] - 2 * (v[lo:hi] @ m) + m @ m
-    return doc_sums(rows, plan)
+        about[lo:hi] = rows[lo:hi] - 2 * (v[lo:hi] @ m) + m @ m
+    return doc_sums(about, plan)
 
 
 def train_energy(rows: torch.Tensor, means: torch.Tensor, plan: FoldPlan) -> torch.Tensor:

@@ -328,11 +328,16 @@ def linearity_score(x: torch.Tensor, y: torch.Tensor, device: torch.device | str
     check_sizes(*x.shape)
     device = device or x.device
     xc, yc = (_centre_into(_on_device(t, device), None)[0] for t in (x, y))
+    return _score(xc, yc, symmetric_gram(xc), xc.T @ yc)
+
+
+def _score(xc: torch.Tensor, yc: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> float:
+    """LS of the centred yc on the centred xc from X_c^T X_c and X_c^T Y_c."""
     col_sq = torch.linalg.vector_norm(yc, dim=0) ** 2
     y_energy = float(col_sq.sum())  # NaN/Inf in y reach it (and x's reach the Gram diagonal): the score is NaN
     if y_energy == 0:
         return math.nan  # a constant Y has no variance to explain
-    rss = _solve(_design(xc, symmetric_gram(xc)), yc, xc.T @ yc, y_energy, col_sq, _RSS_TOL * y_energy)[0]
+    rss = _solve(_design(xc, gram), yc, cross, y_energy, col_sq, _RSS_TOL * y_energy)[0]
     return 1.0 - rss / y_energy
 
 
@@ -357,11 +362,7 @@ def heldout_linearity(x: torch.Tensor, y: torch.Tensor, groups, folds: int = 5, 
     fits = fold_fits(xc, gram, gram_parts, yc, cross, cross_parts, chance_target(yc, plan, cfg), plan,
                      insample_rows=cfg.insample_interval == "bootstrap")
     rows = row_sq(yc)
-    y_energy = float(rows.sum())
-    # the in-sample score as linearity_score computes it (the profile's computation)
-    rss = _solve(_design(xc, gram), yc, cross, y_energy, torch.linalg.vector_norm(yc, dim=0) ** 2,
-                 _RSS_TOL * y_energy)[0]
-    linearity = 1.0 - rss / y_energy if y_energy > 0 else math.nan
+    linearity = _score(xc, yc, gram, cross)  # as linearity_score computes it
     (heldout,), (ci_in, ci_ho), _ = score_intervals(plan, cfg, fits, rows, [Target(linearity, yc, rows, fits.t_means)])
     return HeldoutResult(linearity=linearity, heldout=heldout, linearity_ci=ci_in, heldout_ci=ci_ho,
                          chance=fits.chance, chance_heldout=fits.chance_heldout, folds=cfg.folds,

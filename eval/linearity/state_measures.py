@@ -109,11 +109,7 @@ def state_measures(states: list[torch.Tensor], cfg: ToolkitConfig, anisotropy: l
     if cfg.anisotropy and anisotropy is not None:
         out["anisotropy"] = list(anisotropy)
     if cfg.intrinsic_dimension:
-        n = states[0].shape[0]
-        rows = None
-        if cfg.id_tokens is not None and cfg.id_tokens < n:
-            g = torch.Generator().manual_seed(cfg.seed)
-            rows = torch.randperm(n, generator=g)[: cfg.id_tokens].sort().values
+        rows = drawn_rows(states[0].shape[0], cfg.id_tokens, cfg.seed)
         out["intrinsic_dimension"] = [
             intrinsic_dimension(s if rows is None else s.index_select(0, rows.to(s.device)), fraction=cfg.id_fraction)
             for s in states]
@@ -123,16 +119,24 @@ def state_measures(states: list[torch.Tensor], cfg: ToolkitConfig, anisotropy: l
     return out
 
 
+def drawn_rows(n: int, count: int | None, seed: int) -> torch.Tensor | None:
+    """``count`` of n rows drawn without replacement (seeded, in increasing order), or None for all of them
+    (``count`` None or not below n): the toolkit's token samples."""
+    if count is None or count >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
 def lens_sample(states: list[torch.Tensor], labels: torch.Tensor,
                 cfg: ToolkitConfig) -> tuple[list[torch.Tensor], torch.Tensor]:
     """(states, labels) for ``logit_lens``: the pooled ones, or with ``cfg.lens_tokens`` below the number of
     predicted positions t (labels[t + 1] != -100), those positions drawn (seeded by ``cfg.seed``, in pool order),
     each as a two-token sequence (h_t, any) whose label is labels[t + 1]."""
     where = (labels[1:] != -100).nonzero().flatten()
-    if cfg.lens_tokens is None or cfg.lens_tokens >= len(where):
+    picked = drawn_rows(len(where), cfg.lens_tokens, cfg.seed)
+    if picked is None:
         return states, labels
-    g = torch.Generator().manual_seed(cfg.seed)
-    rows = where[torch.randperm(len(where), generator=g)[: cfg.lens_tokens].sort().values]
+    rows = where[picked]
     pairs = torch.full((len(rows), 2), -100, dtype=labels.dtype)
     pairs[:, 1] = labels[rows + 1]
     return [s.index_select(0, rows.to(s.device))[:, None].expand(-1, 2, -1) for s in states], pairs

@@ -63,7 +63,10 @@ ID_FRACTION = 0.2  # the authors' regression fraction (reduction_factor = 5)
 _CANDIDATES = 3
 _MORE_CANDIDATES = 16  # for the rows these do not settle (e.g. a neighbour with duplicates: tied bounds)
 _BLOCK_ROWS = 1024  # rows (and columns) of one block of the squared-distance matrix
-_SUB = 128  # rows of one product in a diagonal block (its upper triangle only; measured 128 < 256 < 512 at d = 256)
+# rows of one product in a diagonal block (its upper triangle only). One thread, 1024 rows: 5.0-5.1 ms at 128
+# against 5.2-5.5 (64), 5.2-5.4 (256), 5.5 (512) and 6.1 for the full product at d = 256; 11.5-11.7 at 64 and 128
+# against 16.9 at d = 768
+_SUB = 128
 # below this width a diagonal block is one full product: for 1024 rows on the CPU of docs/PERFORMANCE.md the
 # mirror costs ~1.6 ms, the half product saves 1.1 ms at d = 256 and loses 0.6 ms at d = 128
 _SYMMETRIC_MIN_D = 192
@@ -193,12 +196,11 @@ def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     for bi, (lo, hi) in enumerate(zip(edges, edges[1:])):
         for lo2, hi2 in zip(edges[bi:], edges[bi + 1:]):
             if lo2 == lo and d >= _SYMMETRIC_MIN_D:
-                bound = _symmetric_bound(y, a, lo, hi).fill_diagonal_(math.inf)  # a point is not its own neighbour
-            elif lo2 == lo:
-                bound = torch.addmm(a[None, lo:hi], y[lo:hi], y[lo:hi].T, alpha=-2.0).add_(a[lo:hi, None])
-                bound.fill_diagonal_(math.inf)
+                bound = _symmetric_bound(y, a, lo, hi)
             else:
                 bound = torch.addmm(a[None, lo2:hi2], y[lo:hi], y[lo2:hi2].T, alpha=-2.0).add_(a[lo:hi, None])
+            if lo2 == lo:
+                bound.fill_diagonal_(math.inf)  # a point is not its own neighbour
             vals, idx = torch.topk(bound, min(kk, hi2 - lo2), dim=1, largest=False)
             if lo2 == 0 and vals.shape[1] == kk:  # the first block of the first rows: nothing kept yet to merge
                 best_v[lo:hi], best_i[lo:hi] = vals, idx
