@@ -7,10 +7,17 @@ Times ``model_profile`` on the TinyStories probe ($LINREG_DATA_ROOT) in one proc
 --repeats by the process's CPU time: plain; held-out; held-out with anisotropy and intrinsic dimension; all of
 it with the logit lens on --lens-tokens positions (1024 by default); and all of it with the lens on every
 position. Prints one markdown row for docs/PERFORMANCE.md.
+
+``--widen D L`` profiles instead a randomly initialised model of the same family and tokenizer with hidden size
+D and L blocks (seed 0; heads of 64, two key/value heads, a 3 D MLP): the cost of a profile depends on the
+shapes, not on what the weights learnt, so this gives a second model shape where only one model was trained.
+
+    python bench/model_profile_cost.py --model runs/tiny_cpu/export --widen 384 8 --num-chunks 128
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -33,8 +40,12 @@ def main(argv=None) -> int:
     ap.add_argument("--num-chunks", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--lens-tokens", type=int, default=ToolkitConfig.lens_tokens)
+    ap.add_argument("--widen", type=int, nargs=2, metavar=("D", "L"), default=None)
     args = ap.parse_args(argv)
     model, tokenizer = load_model(args.model)
+    name = Path(args.model).name
+    if args.widen is not None:
+        model, name = widened(model, *args.widen), f"random init, {Path(args.model).name}'s tokenizer"
     text, _ = probe_text(None, os.environ.get("LINREG_DATA_ROOT"))
     probe = build_probe(text, tokenizer, ProbeSetConfig(num_chunks=args.num_chunks),
                         max_len=model.config.max_position_embeddings)
@@ -52,11 +63,20 @@ def main(argv=None) -> int:
             best[key] = min(best[key], time.process_time() - start)
     n = sum(map(len, probe))
     plain = best["plain"]
-    print(f"| {Path(args.model).name}, d = {model.config.hidden_size}, L = {model.config.num_hidden_layers}, "
+    print(f"| {name}, d = {model.config.hidden_size}, L = {model.config.num_hidden_layers}, "
           f"V = {model.config.vocab_size} | {n} tokens | {torch.get_num_threads()} | {plain:.3f} | "
           + " | ".join(f"{best[k] / plain:.2f}×" for k in runs if k != "plain") + " |")
     print("| model | probe | threads | plain s (CPU) | " + " | ".join(k for k in runs if k != "plain") + " |")
     return 0
+
+
+def widened(model, hidden: int, layers: int):
+    """A randomly initialised model of ``model``'s class and vocabulary with the given width and depth."""
+    config = copy.deepcopy(model.config)
+    config.hidden_size, config.num_hidden_layers, config.intermediate_size = hidden, layers, 3 * hidden
+    config.head_dim, config.num_attention_heads, config.num_key_value_heads = 64, max(1, hidden // 64), 2
+    torch.manual_seed(0)
+    return type(model)(config).eval()
 
 
 if __name__ == "__main__":

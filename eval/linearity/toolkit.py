@@ -70,7 +70,10 @@ _SUB = 128
 # below this width a diagonal block is one full product: for 1024 rows on the CPU of docs/PERFORMANCE.md the
 # mirror costs ~1.6 ms, the half product saves 1.1 ms at d = 256 and loses 0.6 ms at d = 128
 _SYMMETRIC_MIN_D = 192
-_BLOCK_BYTES = 1 << 26  # one band of candidate differences (float64): 64 MiB
+# one band of candidate differences (float64): 1 MiB stays in the cache and reuses its memory. 1024 points, one
+# thread: two_nearest 5.7 against 6.1-6.7 ms at d = 128 and 8.5 against 10.1 ms at 256 with 64 MiB bands (the whole
+# 1024 x 3 x d gather at once); two threads 6.8-7.9 against 13-14 ms and 12-13 against 21 ms
+_BLOCK_BYTES = 1 << 20
 _LENS_ROWS = 1024  # tokens per unembedding product (their float64 logits are rows x vocabulary)
 _LANCZOS_MIN = 160  # up to this order the full eigensolver costs less (0.4 vs 0.6 ms at 128, 1.0 vs 0.7 at 192)
 _LANCZOS_CHECK = 8  # Lanczos steps between convergence checks (each a tiny tridiagonal eigenproblem)
@@ -221,7 +224,7 @@ def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 bound = torch.addmm(a[None, :], y[part], y.T, alpha=-2.0).add_(a[part, None])
                 bound[torch.arange(len(part), device=x.device), part] = math.inf
                 best_v[lo:lo + len(part)], best_i[lo:lo + len(part)] = torch.topk(bound, kk, dim=1, largest=False)
-        for band in torch.arange(len(rows), device=x.device).split(max(1, _BLOCK_BYTES // (8 * k * d))):
+        for band in torch.arange(len(rows), device=x.device).split(max(64, _BLOCK_BYTES // (8 * k * d))):
             near = _exact_distances(x, rows[band], best_i[band, :k]).sort(dim=1).values
             r1[rows[band]], r2[rows[band]] = near[:, 0], near[:, 1]
         if k >= n - 1:  # the candidates were every other point
