@@ -16,10 +16,10 @@ on L + 1 states against the recipe's two scores per pair, and checks all 2L scor
 imitate hidden states (anisotropic spectrum, a few "massive activation" features, a mean offset) with Y = X plus
 a small nonlinear update. ``--heldout`` times, in one process and interleaved, the same profile without and with
 held-out statistics (``groups``: ``--docs`` contiguous documents, default 128 as the paper's probe chunks; 5 folds,
-1000 bootstrap resamples), the same with the toolkit's anisotropy and intrinsic dimension (``--id-tokens``,
-default 1024) of every state ("all on"; the logit lens needs a model: bench/model_profile_cost.py) and, with
-``--baseline``, the
-``linearity_profile`` of another checkout's score.py (e.g. the main branch), to show that the plain path is not
+1000 bootstrap resamples, ``--chance-columns`` 64), the same with the toolkit's anisotropy and intrinsic dimension
+(``--id-tokens``, default 1024) of every state ("all on"; the logit lens needs a model:
+bench/model_profile_cost.py) and, with ``--baseline``, the ``linearity_profile`` of another checkout's score.py
+(e.g. the main branch), to show that the plain path is not
 slowed; by the wall clock and by the process's CPU time, with the load average before and after. Prints a
 markdown table for docs/PERFORMANCE.md. Not a test: it takes minutes on CPU.
 """
@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.linearity.heldout import HeldoutConfig  # noqa: E402
 from eval.linearity.profile import profile_from_states  # noqa: E402
 from eval.linearity.score import linearity_profile, linearity_score, pair_stats  # noqa: E402
 from eval.linearity.state_measures import ToolkitConfig  # noqa: E402
@@ -201,6 +202,7 @@ def heldout_rows(args) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     # the logit lens needs a model
     everything = ToolkitConfig(anisotropy=True, intrinsic_dimension=True, id_tokens=args.id_tokens)
+    held = HeldoutConfig(chance_columns=args.chance_columns)
     for d in args.dims:
         states = hidden_state_chain(args.n, d, args.layers)
         groups = torch.arange(args.n) * args.docs // args.n
@@ -208,8 +210,9 @@ def heldout_rows(args) -> None:
             device = torch.device(name)
             on_dev = [s.to(device) for s in states]
             runs = {"plain": lambda: linearity_profile(on_dev),
-                    "heldout": lambda: linearity_profile(on_dev, groups=groups),
-                    "all": lambda: profile_from_states(on_dev, groups=groups, toolkit=everything).pairs}
+                    "heldout": lambda: linearity_profile(on_dev, groups=groups, heldout=held),
+                    "all": lambda: profile_from_states(on_dev, groups=groups, toolkit=everything,
+                                                       heldout=held).pairs}
             if base is not None:
                 runs["base"] = lambda: base.linearity_profile(on_dev)
             wall, cpu, out = {k: float("inf") for k in runs}, {k: float("inf") for k in runs}, {}
@@ -268,6 +271,8 @@ def main(argv=None) -> int:
     ap.add_argument("--docs", type=int, default=128, help="--heldout: documents the n tokens are cut into")
     ap.add_argument("--id-tokens", type=int, default=ToolkitConfig.id_tokens,
                     help="--heldout: tokens of the all-on profile's intrinsic dimension")
+    ap.add_argument("--chance-columns", type=int, default=HeldoutConfig.chance_columns,
+                    help="--heldout: CountSketch columns of the chance level")
     args = ap.parse_args(argv)
 
     print(f"# {datetime.date.today()} torch {torch.__version__}, n = {args.n} tokens"
