@@ -72,7 +72,8 @@ _SUB = 128
 _SYMMETRIC_MIN_D = 192
 # one band of candidate differences (float64): 1 MiB stays in the cache and reuses its memory. 1024 points, one
 # thread: two_nearest 5.7 against 6.1-6.7 ms at d = 128 and 8.5 against 10.1 ms at 256 with 64 MiB bands (the whole
-# 1024 x 3 x d gather at once); two threads 6.8-7.9 against 13-14 ms and 12-13 against 21 ms
+# 1024 x 3 x d gather at once); two threads 6.8-7.9 against 13-14 ms and 12-13 against 21 ms. A band holds at
+# least 64 rows, so that wide states (d = 4096) do not loop over a few rows at a time
 _BLOCK_BYTES = 1 << 20
 _LENS_ROWS = 1024  # tokens per unembedding product (their float64 logits are rows x vocabulary)
 _LANCZOS_MIN = 160  # up to this order the full eigensolver costs less (0.4 vs 0.6 ms at 128, 1.0 vs 0.7 at 192)
