@@ -9,8 +9,9 @@ it with the logit lens on --lens-tokens positions (1024 by default); and all of 
 position. Prints one markdown row for docs/PERFORMANCE.md.
 
 ``--widen D L`` profiles instead a randomly initialised model of the same family and tokenizer with hidden size
-D and L blocks (seed 0; heads of 64, two key/value heads, a 3 D MLP): the cost of a profile depends on the
-shapes, not on what the weights learnt, so this gives a second model shape where only one model was trained.
+D and L blocks (seed 0; heads of 64, two key/value heads where the heads are even, a 3 D MLP): the cost of a
+profile depends on the shapes, not on what the weights learnt, so this gives a second model shape where only one
+model was trained.
 
     python bench/model_profile_cost.py --model runs/tiny_cpu/export --widen 384 8 --num-chunks 128
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import sys
 import time
@@ -72,9 +74,12 @@ def main(argv=None) -> int:
 
 def widened(model, hidden: int, layers: int):
     """A randomly initialised model of ``model``'s class and vocabulary with the given width and depth."""
+    if hidden % 64 or hidden < 64 or layers < 1:
+        raise SystemExit(f"--widen: D must be a multiple of 64 (heads of 64) and L >= 1, got {hidden} {layers}")
     config = copy.deepcopy(model.config)
     config.hidden_size, config.num_hidden_layers, config.intermediate_size = hidden, layers, 3 * hidden
-    config.head_dim, config.num_attention_heads, config.num_key_value_heads = 64, max(1, hidden // 64), 2
+    heads = hidden // 64
+    config.head_dim, config.num_attention_heads, config.num_key_value_heads = 64, heads, math.gcd(heads, 2)
     torch.manual_seed(0)
     return type(model)(config).eval()
 
