@@ -297,6 +297,28 @@ def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path, sav
                                                     for p in prof["pairs"]])
 
 
+def test_zoom_inset_tells_chance_lines_by_their_mark_not_their_label():
+    """The inset repeats the scores and bands of a panel whose scores sit far above its chance levels, whatever the
+    models are called (a model named "chance-reg" is a score line, not a chance line)."""
+    import matplotlib.pyplot as plt
+
+    from eval.linearity.plots import heldout_lines, zoom_inset
+
+    fig, ax = plt.subplots()
+    x = [0.0, 0.5, 1.0]
+    stats = [{"linearity_lo": v - 0.002, "linearity_hi": v + 0.002, "heldout": v - 0.01, "heldout_lo": v - 0.012,
+              "heldout_hi": v - 0.008, "chance": 0.03, "chance_heldout": -0.02} for v in (0.97, 0.98, 0.99)]
+    line, = ax.plot(x, [0.97, 0.98, 0.99], label="chance-reg")
+    heldout_lines(ax, x, stats, "linearity", line.get_color(), "chance-reg")
+    ax.set_ylim(-0.05, 1.05)
+    assert zoom_inset(ax)
+    inset = ax.child_axes[0]
+    assert sorted(tuple(ln.get_ydata()) for ln in inset.lines) == sorted(
+        [(0.97, 0.98, 0.99), tuple(st["heldout"] for st in stats)])  # the two score lines, no chance line
+    assert inset.get_ylim()[0] > 0.9
+    plt.close(fig)
+
+
 def test_state_measures_match_the_toolkit():
     x, y, groups = doc_states(1200, 16, 30, seed=13)
     states = [x, x + y, x + y + torch.tanh(2 * y)]

@@ -49,6 +49,9 @@ def _save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
+CHANCE = "chance"  # the artist id of the chance lines, by which zoom_inset tells them from the scores
+
+
 def heldout_lines(ax, x, stats: list, key: str, color, label: str) -> None:
     """Intervals, held-out score and chance levels of one model's pairs (``HeldoutStats`` or their dicts)."""
     def get(name):
@@ -60,8 +63,10 @@ def heldout_lines(ax, x, stats: list, key: str, color, label: str) -> None:
     ax.plot(x, get(held), linestyle="--", marker="s", markersize=3, color=color, label=f"{prefix}held-out")
     ax.fill_between(x, get(f"{held}_lo"), get(f"{held}_hi"), color=color, alpha=0.2, linewidth=0,
                     label=f"{prefix}95 % intervals")
-    ax.plot(x, get("chance"), linestyle=":", color=color, alpha=0.8, label=f"{prefix}chance (in-sample)")
-    ax.plot(x, get("chance_heldout"), linestyle="-.", color=color, alpha=0.8, label=f"{prefix}chance (held-out)")
+    ax.plot(x, get("chance"), linestyle=":", color=color, alpha=0.8, label=f"{prefix}chance (in-sample)",
+            gid=CHANCE)
+    ax.plot(x, get("chance_heldout"), linestyle="-.", color=color, alpha=0.8, label=f"{prefix}chance (held-out)",
+            gid=CHANCE)
 
 
 def zoom_inset(ax) -> bool:
@@ -69,7 +74,7 @@ def zoom_inset(ax) -> bool:
     them of at least 0.4 of the panel's height once 0.06 is kept clear on each side), the score lines and interval
     bands again in an inset placed in that gap, on their own range, where bands a few thousandths wide are visible
     (on the full 0-1 axis they are not). Call after drawing and before the legend; True if an inset was made."""
-    chance = [ln for ln in ax.lines if "chance" in str(ln.get_label())]
+    chance = [ln for ln in ax.lines if ln.get_gid() == CHANCE]  # marked by heldout_lines, whatever the labels
     scores = [ln for ln in ax.lines if ln not in chance]
     fills = [c for c in ax.collections if c.get_paths()]
     bands = [c.get_paths()[0].vertices for c in fills]
