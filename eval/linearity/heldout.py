@@ -110,11 +110,11 @@ class HeldoutStats:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "draws"}
 
 
-def percentile_interval(draws: torch.Tensor, level: float) -> tuple[float, float] | list[tuple[float, float]]:
-    """The percentile interval of the replicates ``draws``; of each row of a 2-D ``draws``, in one call."""
+def percentile_intervals(draws: torch.Tensor, level: float) -> list[tuple[float, float]]:
+    """The percentile interval of each row of replicates of ``draws`` (rows x replicates), in one quantile call."""
     tail = (1 - level) / 2
-    bounds = torch.quantile(draws, torch.tensor([tail, 1 - tail], dtype=draws.dtype), dim=-1)  # 2 x rows
-    return tuple(bounds.tolist()) if draws.dim() == 1 else list(zip(*bounds.tolist()))
+    lo, hi = torch.quantile(draws, torch.tensor([tail, 1 - tail], dtype=draws.dtype), dim=1).tolist()
+    return list(zip(lo, hi))
 
 
 def jackknife_interval(estimate: float, replicates: torch.Tensor, level: float) -> tuple[float, float]:
@@ -142,7 +142,7 @@ def mean_interval(stats: list[HeldoutStats], means: dict[str, float]) -> dict[st
     for q in SCORES:
         kind = stats[0].draws[q][0]
         reps = torch.stack([s.draws[q][1] for s in stats]).mean(0)
-        lo_hi = percentile_interval(reps, stats[0].level) if kind == "bootstrap" else \
+        lo_hi = percentile_intervals(reps[None], stats[0].level)[0] if kind == "bootstrap" else \
             jackknife_interval(means[q], reps, stats[0].level)
         out[f"{q}_lo"], out[f"{q}_hi"] = lo_hi
     return out
@@ -460,7 +460,7 @@ def score_intervals(plan: FoldPlan, cfg: HeldoutConfig, fits: Fits, t_rows: torc
     if boot_in:
         pairs = [(fits.rss_in, doc_sums(tg.rows, plan)) for tg in targets] + pairs
     stacked = bootstrap_draws(pairs, cfg, plan.num_docs)
-    intervals = percentile_interval(stacked, cfg.level)
+    intervals = percentile_intervals(stacked, cfg.level)
     draws = list(stacked)
     if boot_in:
         reps = [("bootstrap", d) for d in draws[:len(targets)]]
