@@ -199,6 +199,9 @@ def _dist_worker(rank: int, world: int, model_dir: str, data_root: str, port: in
     res = suite.run(model, batch_tokens=1024, seq_len=64, rank=rank, world_size=world)
     with open(f"{out}.{rank}", "w") as f:
         json.dump({"metrics": {k: r.metrics for k, r in res.items()}, "calls": len(calls)}, f)
+    # Both ranks reach the end before either tears its group down: rank 0 hosts the store, and once (1 CI run in
+    # 31) it aborted in teardown while rank 1 was still running ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

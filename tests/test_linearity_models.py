@@ -82,7 +82,7 @@ def tiny_run(tmp_path_factory, shared_data):
             "tokenizer.train_max_bytes=200000", "train.max_steps=3", "train.global_batch_size=2",
             "train.micro_batch_size=2",
             "eval.linearity.every=2", "eval.linearity.probe.num_chunks=16", "eval.linearity.final_norm=true",
-            "eval.linearity.heldout.enabled=true", "eval.linearity.heldout.bootstrap=100",
+            "eval.linearity.heldout.bootstrap=100",  # held-out statistics are on by default
             "eval.linearity.toolkit.anisotropy=true", "eval.linearity.toolkit.intrinsic_dimension=true",
             "eval.linearity.toolkit.logit_lens=true",
             f"eval.linearity.text_file={shared_data / 'tinystories' / 'valid.txt'}",
@@ -92,6 +92,28 @@ def tiny_run(tmp_path_factory, shared_data):
     res = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return run_dir
+
+
+def test_in_loop_probe_too_small_for_heldout_names_the_switch(tmp_path, tiny_tokenizer, tinystories_valid):
+    """Held-out statistics are on by default in the loop, so a probe too small for their folds is refused at start-up
+    with the setting that turns them off; with it off, the same probe is taken."""
+    from core.errors import DataError
+    from core.rundir import RunDir
+    from eval.base import EvalContext
+    from eval.linearity.evaluator import LinearityEvaluator
+    from linreg.config import load_config
+
+    def build(*overrides):
+        cfg = load_config(REPO / "tests" / "tiny.yaml", ["eval.linearity.probe.num_chunks=3",
+                                                         f"eval.linearity.text_file={tinystories_valid}", *overrides])
+        ctx = EvalContext(run_dir=RunDir(tmp_path / "run"), tokenizer=tiny_tokenizer, device=torch.device("cpu"),
+                          autocast_dtype=None, rank=0, world_size=1, seq_len=cfg.data.seq_len, config=cfg)
+        return LinearityEvaluator(cfg.eval.linearity, ctx)
+
+    with pytest.raises(DataError, match=r"at least 5 documents \(one per fold\), got 3 "
+                                        r"\(or set eval\.linearity\.heldout\.enabled=false\)"):
+        build()
+    assert build("eval.linearity.heldout.enabled=false").groups is None
 
 
 def test_evaluator_logs_profiles_through_training(tiny_run):

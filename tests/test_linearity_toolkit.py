@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import math
 import sys
 from pathlib import Path
@@ -20,7 +21,14 @@ from conftest import read_stories
 from transformers import AutoModelForCausalLM
 
 from eval.linearity import linearity_score, pair_stats
-from eval.linearity.toolkit import anisotropy, intrinsic_dimension, logit_lens, top_eigenvalue, two_nearest
+from eval.linearity.toolkit import (
+    _MORE_CANDIDATES,
+    anisotropy,
+    intrinsic_dimension,
+    logit_lens,
+    top_eigenvalue,
+    two_nearest,
+)
 from model.capture import ResidualStream
 
 TOL = 1e-6  # the requirement; the float64 comparisons below reach ~1e-12
@@ -118,7 +126,7 @@ def test_intrinsic_dimension_ties_and_duplicates(authors):
 
 
 @pytest.mark.parametrize("n, d", [(700, 12), (1300, 200)])  # one block; two, with symmetric diagonal blocks
-def test_two_nearest_equals_brute_force(n, d):
+def test_two_nearest_equals_brute_force(n, d, caplog):
     x = manifold(n, d, 3)
     x[100:120] = x[5]  # 21 copies of one point: more than the candidates checked per row
     # a point with one duplicate whose nearest other point has three copies: tied bounds beyond the first
@@ -129,9 +137,16 @@ def test_two_nearest_equals_brute_force(n, d):
     dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
     dist.fill_diagonal_(math.inf)
     ref = dist.topk(2, dim=1, largest=False).values
-    r1, r2 = two_nearest(x)
+    with caplog.at_level(logging.DEBUG, logger="eval.linearity.toolkit"):
+        r1, r2 = two_nearest(x)
     assert torch.equal(r1 == 0, ref[:, 0] == 0)
     assert torch.allclose(r1, ref[:, 0], rtol=1e-14, atol=0) and torch.allclose(r2, ref[:, 1], rtol=1e-14, atol=0)
+    # and by the stage meant to: the tied bounds go to the second search, which settles every row but those with
+    # more points within r2 > 0 than its candidates (the 21 copies' neighbours); only those fall through to the slow
+    # search against every point, which would be exact too, and unseen by the asserts above
+    unsure = [r.args[0] for r in caplog.records if r.msg.startswith("two_nearest:")]
+    crowded = int((((dist <= ref[:, 1:]).sum(dim=1) > _MORE_CANDIDATES) & (ref[:, 1] > 0)).sum())
+    assert len(unsure) == 2 and unsure[0] > unsure[1] == crowded, (unsure, crowded)
 
 
 def test_intrinsic_dimension_recovers_known_dimension():

@@ -37,9 +37,9 @@ from eval.linearity.state_measures import ToolkitConfig, pooled_labels
 
 @dataclass
 class HeldoutEvalConfig(HeldoutConfig):
-    # off by default: more than 2x the float64 work of a profile (docs/PERFORMANCE.md), the most an in-loop
-    # default may cost
-    enabled: bool = False
+    # on by default: an evaluation with held-out statistics costs 1.34-1.45x a plain one in the quick start's loop,
+    # and a model's profile 1.21-1.44x (docs/PERFORMANCE.md), within the 2x an in-loop default may cost
+    enabled: bool = True
 
 
 @dataclass
@@ -105,7 +105,8 @@ class LinearityEvaluator(Evaluator, config=LinearityEvalConfig):
         # refused at start-up, not at the first evaluation
         probe = checked_probe(text, ctx.tokenizer, cfg.probe, source=cfg.text_file or "(the run's validation text)",
                               width=model_cfg.hidden_size, max_len=getattr(model_cfg, "max_seq_len", ctx.seq_len),
-                              heldout=cfg.heldout if cfg.heldout.enabled else None)
+                              heldout=cfg.heldout if cfg.heldout.enabled else None,
+                              heldout_off="eval.linearity.heldout.enabled=false")
         self.num_tokens = sum(len(p) for p in probe)
         self.labels = pooled_labels(probe, pool_order(probe)) if cfg.toolkit.logit_lens else None
         if cfg.toolkit.logit_lens and getattr(ctx.config.train, "zero_stage", 0) == 3:

@@ -112,17 +112,22 @@ def build_probe(text: str, tokenizer, cfg: ProbeSetConfig | None = None, max_len
 
 
 def checked_probe(text: str, tokenizer, cfg: ProbeSetConfig, *, source: str, width: int | None,
-                  max_len: int | None = None, heldout: HeldoutConfig | None = None) -> list[list[int]]:
+                  max_len: int | None = None, heldout: HeldoutConfig | None = None,
+                  heldout_off: str | None = None) -> list[list[int]]:
     """``build_probe`` for one model, refused before any forward with a one-line DataError naming ``source`` when
     the text is shorter than one chunk, when the pooled tokens are too few for the model's width ``width``
     (n <= d + 1: every score would be 1, every fit exact) or, with ``heldout``, too few documents for its folds.
-    The size of a probe is the user's to fix (a longer text, more or longer chunks), hence a DataError."""
+    The size of a probe is the user's to fix (a longer text, more or longer chunks), hence a DataError; where
+    held-out statistics are on by default, ``heldout_off`` names the setting that turns them off instead."""
     try:
         probe = build_probe(text, tokenizer, cfg, max_len)
         if width is not None:
             check_sizes(sum(len(ids) for ids in probe), width)
-            if heldout is not None:
-                FoldPlan(probe_groups(probe), heldout.folds, heldout.seed, width)
     except ValueError as e:
         raise DataError(f"probe text {source}: {e}") from None
+    if width is not None and heldout is not None:
+        try:
+            FoldPlan(probe_groups(probe), heldout.folds, heldout.seed, width)
+        except ValueError as e:
+            raise DataError(f"probe text {source}: {e}" + (f" (or set {heldout_off})" if heldout_off else "")) from None
     return probe

@@ -46,6 +46,7 @@ hidden states as the linearity score, in float64.
 """
 from __future__ import annotations
 
+import logging
 import math
 from fractions import Fraction
 
@@ -54,6 +55,8 @@ from torch import nn
 
 from eval.linearity.profile import find_final_norm
 from eval.linearity.score import symmetric_gram
+
+log = logging.getLogger(__name__)
 
 _EPS = torch.finfo(torch.float64).eps
 _ID_EPS = 1e-8  # the authors' threshold on r1 (duplicates) and on mu - 1 (ties), after the mean-norm scaling
@@ -233,6 +236,8 @@ def two_nearest(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # unsure: a point outside the candidates may be nearer than r2 (unless r2 = 0)
         keep = (r2[rows] ** 2 > best_v[:, k]) & (r2[rows] > 0)
         rows = rows[keep]
+        # which stage settles how many rows: a slow fall-through would still be exact (tests read this)
+        log.debug("two_nearest: %d of %d rows unsure after search %d", len(rows), n, stage + 1)
         if not len(rows):
             return r1, r2
     for i in rows.tolist():  # ties at the rounding level beyond even the second stage's candidates
