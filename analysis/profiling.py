@@ -53,7 +53,8 @@ def profile_model(model, tokenizer, text: str, spec: ProfileSpec, device: torch.
     device = torch.device(device)
     dtype = core_precision.autocast_dtype(spec.precision, device)
     probe = checked_probe(text, tokenizer, spec.probe, source=spec.text_source, width=model.config.hidden_size,
-                          max_len=getattr(model.config, "max_position_embeddings", None), heldout=spec.heldout)
+                          max_len=getattr(model.config, "max_position_embeddings", None), heldout=spec.heldout,
+                          heldout_off="pass --no-heldout")  # held-out is on in a spec by linreg series' default
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return model_profile(model, probe, batch_size=spec.batch_size, device=device, pad_id=pad,
                          autocast=lambda: core_precision.autocast(device, dtype), heldout=spec.heldout,

@@ -6,7 +6,7 @@ From whichever of these DIR holds: ``series.csv`` -> ``series.png`` and ``series
 blocks of each checkpoint is the mean of its block rows); ``finetune.csv`` -> ``finetune.png`` (mean and sample
 std over the seed rows, as ``analysis.finetune`` summarizes them); ``probes.csv`` with ``probes.md`` (whose task
 headings carry the chance level) -> ``probes_<task>.png``. The same plotting functions draw them as the analyses'
-own runs do; what a table does not hold (the held-out intervals of ``--heldout``) is not redrawn.
+own runs do; what a table does not hold (the held-out statistics' intervals) is not redrawn.
 """
 from __future__ import annotations
 

@@ -25,9 +25,10 @@ missing, so a growing run or a longer revision list costs only the new checkpoin
 
 Outputs: ``series.csv`` (one row per model, checkpoint and block), ``series.json`` (settings + records),
 ``series.png`` (mean linearity with and without residual against step, log x-axis, one line per series) and
-``series_heatmap.png`` (block x checkpoint, per series). ``--heldout [--folds 5 --bootstrap 1000]`` adds the
-held-out scores over folds of documents, 95 % intervals of both scores and the chance levels
-(``eval.linearity.heldout``) to every record, the CSV's columns and series.png (dashed lines, bands, chance).
+``series_heatmap.png`` (block x checkpoint, per series). Held-out statistics are on by default (``--no-heldout``
+turns them off; ``--folds 5 --bootstrap 1000``): the held-out scores over folds of documents, 95 % intervals of
+both scores and the chance levels (``eval.linearity.heldout``) in every record, the CSV's columns and series.png
+(dashed lines, bands, chance).
 ``--toolkit [--id-tokens 1024] [--lens-tokens 1024]`` adds anisotropy, intrinsic dimension and the logit lens of
 every state (``eval.linearity.state_measures``): ``series_states.csv`` (one row per checkpoint and state) and
 ``series_states.png`` (each measure against step, one line per state).

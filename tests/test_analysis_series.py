@@ -78,7 +78,9 @@ def test_run_checkpoints_in_step_order_cached_and_exact(tiny_run, tinystories_va
     from model.export import load_model
 
     out = tmp_path / "out"
-    argv = ["--run", str(tiny_run.path), "--label", "tiny", "--text", str(tinystories_valid), *PROBE, "--out", str(out)]
+    # the in-sample scores alone (test_linearity_heldout.py runs the series with held-out statistics, the default)
+    argv = ["--run", str(tiny_run.path), "--label", "tiny", "--text", str(tinystories_valid), *PROBE, "--out", str(out),
+            "--no-heldout"]
     calls = []
     real = SR.profile_model
     monkeypatch.setattr(SR, "profile_model", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -118,10 +120,10 @@ def test_run_checkpoints_in_step_order_cached_and_exact(tiny_run, tinystories_va
     assert calls == []
     ckpts = [str(p) for p in tiny_run.checkpoint_dirs()]
     assert SR.main(["--paths", f"{ckpts[2]},{ckpts[0]}", "--label", "two", "--text", str(tinystories_valid), *PROBE,
-                    "--out", str(out)]) == 0
+                    "--out", str(out), "--no-heldout"]) == 0
     assert calls == []  # same checkpoints, same probe: cached under any label
     assert SR.main(["--run", str(tiny_run.path), "--text", str(tinystories_valid), *PROBE, "--probe-seed", "1",
-                    "--out", str(out)]) == 0
+                    "--out", str(out), "--no-heldout"]) == 0
     assert len(calls) == 3  # another probe is another measurement
 
 

@@ -265,8 +265,9 @@ def test_pruning_criterion_linearity_heldout():
 
 def test_cli_heldout_outputs(tiny_hf_model_dir, tinystories_valid, tmp_path, saved_figures):
     out = tmp_path / "out"
+    # held-out statistics by default, no --heldout needed
     assert cli_main(["--model", str(tiny_hf_model_dir), "--text", str(tinystories_valid), "--out", str(out),
-                     "--num-chunks", "24", "--heldout", "--bootstrap", "200", "--toolkit", "--id-tokens", "300"]) == 0
+                     "--num-chunks", "24", "--bootstrap", "200", "--toolkit", "--id-tokens", "300"]) == 0
     result = json.loads((out / "linearity.json").read_text())
     assert result["heldout"]["folds"] == 5
     prof = result["models"][0]["profile"]
@@ -374,7 +375,7 @@ def test_series_heldout_and_toolkit_outputs(tiny_hf_model_dir, tinystories_valid
 
     out = tmp_path / "series"
     assert series_main(["--paths", str(tiny_hf_model_dir), "--label", "tiny", "--out", str(out), "--text",
-                        str(tinystories_valid), "--num-chunks", "24", "--heldout", "--bootstrap", "200", "--toolkit",
+                        str(tinystories_valid), "--num-chunks", "24", "--bootstrap", "200", "--toolkit",
                         "--id-tokens", "500", "--device", "cpu"]) == 0
     rows = list(csv.DictReader((out / "series.csv").open()))
     assert len(rows) == 2 and all(float(r["heldout_lo"]) <= float(r["heldout"]) <= float(r["heldout_hi"])

@@ -160,7 +160,7 @@ def test_cli_on_hf_dir_and_linreg_checkpoint(tiny_run, tiny_hf_model_dir, tinyst
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="longer than the model's 64 positions"):  # the linreg model's context
         assert cli_main(["--model", str(tiny_hf_model_dir), "--model", str(ckpt), "--text", str(tinystories_valid),
-                         "--out", str(out), "--num-chunks", "16", "--final-norm"]) == 0
+                         "--out", str(out), "--num-chunks", "16", "--final-norm", "--no-heldout"]) == 0
     result = json.loads((out / "linearity.json").read_text())
     assert [m["label"] for m in result["models"]] == [tiny_hf_model_dir.name, "run/step_00000003"]
     assert result["probe"] == {"num_chunks": 16, "chunk_chars": 512, "seed": 0, "max_tokens": None}

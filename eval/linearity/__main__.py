@@ -104,7 +104,8 @@ def main(argv=None) -> int:
         model.to(device)
         probe = checked_probe(text, tokenizer, probe_cfg, source=f"{source} for {path}",
                               width=getattr(model.config, "hidden_size", None),
-                              max_len=getattr(model.config, "max_position_embeddings", None), heldout=heldout)
+                              max_len=getattr(model.config, "max_position_embeddings", None), heldout=heldout,
+                              heldout_off="pass --no-heldout")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         prof = model_profile(model, probe, batch_size=args.probe_batch_size, device=device, final_norm=args.final_norm,
                              pad_id=pad, autocast=lambda: precision.autocast(device, autocast_dtype), heldout=heldout,

@@ -106,7 +106,7 @@ class LinearityEvaluator(Evaluator, config=LinearityEvalConfig):
         probe = checked_probe(text, ctx.tokenizer, cfg.probe, source=cfg.text_file or "(the run's validation text)",
                               width=model_cfg.hidden_size, max_len=getattr(model_cfg, "max_seq_len", ctx.seq_len),
                               heldout=cfg.heldout if cfg.heldout.enabled else None,
-                              heldout_off="eval.linearity.heldout.enabled=false")
+                              heldout_off="set eval.linearity.heldout.enabled=false")
         self.num_tokens = sum(len(p) for p in probe)
         self.labels = pooled_labels(probe, pool_order(probe)) if cfg.toolkit.logit_lens else None
         if cfg.toolkit.logit_lens and getattr(ctx.config.train, "zero_stage", 0) == 3:

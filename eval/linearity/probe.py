@@ -118,7 +118,7 @@ def checked_probe(text: str, tokenizer, cfg: ProbeSetConfig, *, source: str, wid
     the text is shorter than one chunk, when the pooled tokens are too few for the model's width ``width``
     (n <= d + 1: every score would be 1, every fit exact) or, with ``heldout``, too few documents for its folds.
     The size of a probe is the user's to fix (a longer text, more or longer chunks), hence a DataError; where
-    held-out statistics are on by default, ``heldout_off`` names the setting that turns them off instead."""
+    held-out statistics are on by default, ``heldout_off`` says how to turn them off instead ("pass --no-heldout")."""
     try:
         probe = build_probe(text, tokenizer, cfg, max_len)
         if width is not None:
@@ -129,5 +129,5 @@ def checked_probe(text: str, tokenizer, cfg: ProbeSetConfig, *, source: str, wid
         try:
             FoldPlan(probe_groups(probe), heldout.folds, heldout.seed, width)
         except ValueError as e:
-            raise DataError(f"probe text {source}: {e}" + (f" (or set {heldout_off})" if heldout_off else "")) from None
+            raise DataError(f"probe text {source}: {e}" + (f" (or {heldout_off})" if heldout_off else "")) from None
     return probe

@@ -19,6 +19,7 @@ Each is a list of L + 1 floats, index i = state h_i.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +60,10 @@ class ToolkitConfig:
 
 def add_measure_arguments(ap) -> None:
     """The options of every command that profiles models and may add held-out scores and the toolkit."""
-    ap.add_argument("--heldout", action="store_true",
-                    help="also held-out scores over folds of documents, 95%% intervals and chance levels")
+    # on by default, as in the loop: next to every in-sample score its held-out one, for 1.2-1.4x a model's profile
+    ap.add_argument("--heldout", action=argparse.BooleanOptionalAction, default=True,
+                    help="held-out scores over folds of documents, 95%% intervals and chance levels (default: on; "
+                         "--no-heldout: the in-sample scores alone)")
     ap.add_argument("--folds", type=int, default=HeldoutConfig.folds, help="document folds of --heldout")
     ap.add_argument("--bootstrap", type=int, default=HeldoutConfig.bootstrap,
                     help="document resamples of the --heldout intervals")
