@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.eval_bench import naive_loglikelihood
-from eval.benchmarks.scorer import Scorer, encode_pairs
+from eval.benchmarks.scorer import Row, Scorer, encode_pairs
 from eval.benchmarks.tasks import DataSource, get_task
 
 TASKS = ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "xstorycloze_en", "xstorycloze_zh",
@@ -140,7 +140,10 @@ def test_packed_rows_share_the_context(model64, tokenizer, instances):
     assert greedy.tolist() == [r[1] for r in ref]
 
 
-def test_questions_on_one_passage_share_it(model64, tokenizer, instances):
+def test_questions_on_one_passage_share_it(model64, tokenizer, instances, monkeypatch):
+    import eval.benchmarks.tree_attention as TA
+    from eval.benchmarks.tree_attention import tree_attention
+
     # MultiRC asks several questions about one paragraph: the paragraph runs once, each question's tail and each
     # answer below it (a three-level tree), plus a context equal to the shared prefix itself
     ctx = instances["multirc"][0].context.split("\nQuestion:")[0]
@@ -152,10 +155,99 @@ def test_questions_on_one_passage_share_it(model64, tokenizer, instances):
     (row,) = plan.rows
     assert any(row.parents[p] > 0 for p in row.parents) and row.needs_mask  # answers under a question's tail
     assert plan.num_tokens < Scorer(model64, tokenizer, max_length=2048, share_context=False).plan(reqs).num_tokens / 2
+    calls = []
+    monkeypatch.setattr(TA, "tree_attention", lambda *a, **k: calls.append(1) or tree_attention(*a, **k))
+    assert scorer.tree_attention  # on CPU the packed row's attention is the tree's
     lls, greedy = scorer.score_tokens(reqs, plan)
+    assert len(calls) == model64.config.num_hidden_layers
     ref = naive_loglikelihood(model64, reqs, 2048)
     np.testing.assert_allclose(lls, [r[0] for r in ref], rtol=0, atol=1e-5)
     assert greedy.tolist() == [r[1] for r in ref]
+    scorer.tree_attention = False  # the dense mask: the same numbers to float64 rounding
+    np.testing.assert_allclose(scorer.score_tokens(reqs, plan)[0], lls, rtol=0, atol=1e-11)
+
+
+def random_tree_row(rng, length: int) -> Row:
+    """A packed row as ``_packed_rows`` lays one out: a prefix, context tails under it, continuations under those
+    or under the prefix (a three-level tree)."""
+    segs, parents = [0] * int(rng.integers(1, 40)), [-1]
+    while len(segs) < length:
+        owner = 0
+        if rng.random() < 0.7:
+            owner = len(parents)
+            parents.append(0)
+            segs += [owner] * int(rng.integers(1, 20))
+        for _ in range(int(rng.integers(1, 4))):
+            parents.append(owner)
+            segs += [len(parents) - 1] * int(rng.integers(1, 7))
+    return Row(tuple(range(len(segs))), tuple(segs), None, tuple(parents))
+
+
+def test_tree_attention_is_the_masked_attention():
+    """Each segment's partial (its subtree's queries against its keys) merged by log-sum-exp equals SDPA under the
+    dense ancestry mask, in float64, for padded rows of three-level trees and grouped-query heads."""
+    import torch.nn.functional as F
+
+    from eval.benchmarks.scorer import _packed_inputs
+    from eval.benchmarks.tree_attention import tree_attention
+
+    rng = np.random.default_rng(0)
+    rows = [random_tree_row(rng, n) for n in (150, 90, 40)]
+    width = max(len(r.tokens) for r in rows)
+    tree = _packed_inputs(rows, width, "cpu", tree=True)["tree"]
+    mask = _packed_inputs(rows, width, "cpu")["attention_mask"]
+    assert tree.depths == 3
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, width, 16, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(3, 2, width, 16, generator=g, dtype=torch.float64) for _ in range(2))
+
+    class Attention:  # what transformers passes as the module
+        num_key_value_groups = 2
+
+    got, _ = tree_attention(Attention(), q, k, v, None, scaling=0.3, tree=tree)
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask,
+                                         scale=0.3).transpose(1, 2)
+    for b, row in enumerate(rows):
+        n = len(row.tokens)
+        assert torch.allclose(got[b, :n], ref[b, :n], rtol=0, atol=1e-13)
+    assert torch.isfinite(got).all()  # padding queries included
+
+
+def test_layouts_tree_attention_cannot_take_keep_the_mask():
+    from eval.benchmarks.scorer import _packed_inputs
+    from eval.benchmarks.tree_attention import row_partials
+
+    assert row_partials((0, 0, 1, 2, 2), (-1, 0, 1), 5) == [(0, 0, 2, 5), (1, 2, 3, 5), (2, 3, 5, 5)]
+    assert row_partials(None, None, 7) == [(0, 0, 7, 7)]
+    assert row_partials((0, 1, 0, 2), None, 4) is None  # a segment in two pieces
+    assert row_partials((0, 1, 1, 2), (-1, 2, 0), 4) is None  # a child before its parent
+    assert row_partials((0, 1, 2, 3), (-1, 0, 0, 1), 4) is None  # a stranger (2) inside 1's subtree
+    odd = Row((5, 6, 7, 8), (0, 1, 2, 3), None, (-1, 0, 0, 1))
+    inputs = _packed_inputs([odd], 4, "cpu", tree=True)
+    assert "tree" not in inputs and inputs["attention_mask"].shape == (1, 1, 4, 4)
+
+
+def test_a_model_that_would_not_take_the_tree_keeps_the_mask(model64, tokenizer, instances, monkeypatch):
+    """An attention that ignores the tree (as a model whose layers do not look attention up by name would: causal
+    over the whole row) changes the check row's logits, so the scorer keeps the dense mask, and the same scores."""
+    import torch.nn.functional as F
+
+    import eval.benchmarks.tree_attention as TA
+
+    def causal_only(module, q, k, v, mask, scaling=None, **kwargs):
+        g = q.shape[1] // k.shape[1]
+        out = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
+                                             is_causal=True, scale=scaling)
+        return out.transpose(1, 2), None
+
+    reqs = encode_pairs(tokenizer, pairs_of(instances["copa"]))
+    honest = Scorer(model64, tokenizer, max_length=512)
+    assert honest.tree_attention
+    want = honest.score_tokens(reqs)[0]
+    monkeypatch.setattr(TA, "tree_attention", causal_only)
+    scorer = Scorer(model64, tokenizer, max_length=512)
+    assert scorer.share_context and not scorer.tree_attention
+    np.testing.assert_allclose(scorer.score_tokens(reqs)[0], want, rtol=0, atol=1e-11)
 
 
 def test_shared_rows_and_length_sorting(model64, tokenizer, instances):

@@ -13,9 +13,10 @@ Semantics (lme ``HFLM`` for causal models):
 Engine (``Scorer``): requests are turned into model input rows, sharing work where the numbers stay the same:
 - untruncated contexts share one copy of what they have in common: a *packed* row is a tree that holds a shared
   prefix once, then each context's tail, then each continuation's tokens (all but the last), with position ids
-  that continue their parent's and a 4D mask that lets each segment see itself and its ancestors only (SDPA
-  models without a shorter sliding window). The choices of a document share their context; MultiRC's questions
-  about one paragraph share the paragraph;
+  that continue their parent's, each segment seeing itself and its ancestors only (SDPA models without a shorter
+  sliding window). On CPU the row's attention computes only those scores (``tree_attention.py``: a partial
+  attention per segment, merged by log-sum-exp); elsewhere SDPA takes the row's dense 4D mask. The choices of a
+  document share their context; MultiRC's questions about one paragraph share the paragraph;
 - a request whose input row is a prefix of another's (e.g. one-token choices like " yes"/" no") is read off that
   longer row.
 Rows are sorted by length (longest first) and packed into batches under a token budget (right padding; plain rows
@@ -34,6 +35,7 @@ import inspect
 import logging
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 
 from core import precision
 from core.dist import all_reduce_sum
+from eval.benchmarks.tree_attention import TreeLayout, row_partials, supports_tree_attention, use_tree_attention
 
 DEFAULT_MAX_LENGTH = 2048  # lme's fallback when neither the model config nor the tokenizer gives a length
 _TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no model_max_length"
@@ -361,9 +364,35 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._keep_mask = _supports_logits_to_keep(model)
         self.share_context = share_context and supports_packed_rows(model, self.max_length)
+        # on CPU a packed row's attention computes only what its tokens see (eval/benchmarks/tree_attention.py),
+        # where the model's attention takes it as its dense mask
+        self.tree_attention = (self.share_context and supports_tree_attention(model, self.device)
+                               and self._tree_attention_agrees())
 
     def _autocast(self):
         return precision.autocast(self.device, self.autocast_dtype)
+
+    @torch.no_grad()
+    def _tree_attention_agrees(self) -> bool:
+        """One small packed row (a prefix, two continuations under it) through the model with the dense mask and
+        with ``tree_attention``: the same logits unless the model's attention layers do not look the attention up
+        by its name (they would then see no mask at all) or do not pass ``tree`` on. Every rank runs the two
+        forwards, so their counts stay equal (ZeRO-3)."""
+        row = Row(tuple(range(1, 8)), (0, 0, 0, 1, 1, 2, 2), (0, 1, 2, 3, 4, 3, 4), (-1, 0, 0))
+        ids = torch.tensor([row.tokens], device=self.device)
+        logits = []
+        for tree in (False, True):
+            kwargs = _packed_inputs([row], len(row.tokens), self.device, tree)
+            try:
+                with self._autocast(), use_tree_attention(self.model) if tree else nullcontext():
+                    logits.append(self.model(input_ids=ids, use_cache=False, **kwargs).logits.float())
+            except Exception as e:  # noqa: BLE001 - whatever the model makes of it, the dense mask still works
+                log.info("tree attention unavailable for this model (%s): packed rows take the dense mask", e)
+                return False
+        agree = torch.allclose(logits[0], logits[1], rtol=1e-3, atol=1e-3)
+        if not agree:
+            log.info("tree attention changes this model's logits: packed rows take the dense mask")
+        return agree
 
     def dummy_forward(self) -> None:
         with self._autocast():
@@ -411,10 +440,10 @@ class Scorer:
         owner_t = torch.tensor(owner, dtype=torch.long, device=self.device)
         kwargs = {"input_ids": ids.to(self.device), "use_cache": False}
         if any(row.positions is not None for row in rows):
-            kwargs.update(_packed_inputs(rows, width, self.device))
+            kwargs.update(_packed_inputs(rows, width, self.device, self.tree_attention))
         if self._keep_mask:
             kwargs["logits_to_keep"] = keep.to(self.device)
-        with self._autocast():
+        with self._autocast(), use_tree_attention(self.model) if "tree" in kwargs else nullcontext():
             logits = self.model(**kwargs).logits
         if logits.dim() == 3:  # the model ignored logits_to_keep (or does not take it)
             logits = logits[keep.to(self.device)]
@@ -424,18 +453,24 @@ class Scorer:
         miss.index_add_(0, owner_t, (logits.argmax(-1) != tgt_t).double())
 
 
-def _packed_inputs(rows: list[Row], width: int, device) -> dict[str, torch.Tensor]:
-    """position_ids, and a [batch, 1, query, key] boolean attention mask when a row holds several continuations:
-    causal, and a key is visible if its segment is the query's own or one of its ancestors (``Row.ancestry``).
-    Padding (segment -1) is never visible to a real token; a padding query sees itself, so no mask row is empty."""
+def _packed_inputs(rows: list[Row], width: int, device, tree: bool = False) -> dict[str, torch.Tensor | TreeLayout]:
+    """position_ids, and when a row holds several continuations either the rows' ``TreeLayout`` (``tree``, for
+    ``tree_attention``) or a [batch, 1, query, key] boolean attention mask: causal, and a key is visible if its
+    segment is the query's own or one of its ancestors (``Row.ancestry``). Padding (segment -1) is never visible to
+    a real token; a padding query sees itself, so no mask row is empty."""
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     seg = torch.full((len(rows), width), -1, dtype=torch.long)
     for b, row in enumerate(rows):
         n = len(row.tokens)
         pos[b, :n] = torch.tensor(row.positions) if row.positions is not None else torch.arange(n)
         seg[b, :n] = torch.tensor(row.segments) if row.segments is not None else 0
-    out = {"position_ids": pos.to(device)}
-    if any(row.needs_mask for row in rows):
+    out: dict[str, torch.Tensor | TreeLayout] = {"position_ids": pos.to(device)}
+    if not any(row.needs_mask for row in rows):
+        return out
+    partials = [row_partials(row.segments, row.parents, len(row.tokens)) for row in rows] if tree else [None]
+    if all(p is not None for p in partials):
+        out["tree"] = TreeLayout(partials)
+    else:
         causal = torch.ones((width, width), dtype=torch.bool).tril()
         visible = torch.stack([row.ancestry()[seg[b][:, None], seg[b][None, :]] for b, row in enumerate(rows)])
         out["attention_mask"] = (causal & visible)[:, None].to(device)

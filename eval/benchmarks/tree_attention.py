@@ -1,0 +1,131 @@
+"""Attention for packed tree rows that computes only the scores a token may see (CPU).
+
+A packed row (``scorer.Row``) lays out a tree of segments one after another: a shared context prefix (segment 0),
+context tails under it, continuations under those. A token sees its own segment up to itself and its ancestors
+whole. The dense route gives SDPA the row's [L, L] boolean mask; on CPU a masked SDPA computes the whole square
+(at 2,048 positions 22 ms a layer against 9.5 ms causal, docs/PERFORMANCE.md), however little of it is visible.
+
+Here each segment s contributes one partial attention: the queries of s and of its descendants against the keys
+of s alone, with SDPA's top-left causal mask. The layout puts a segment's subtree right after it, so those
+queries are one contiguous run of the row: a query of s sees the keys of s up to itself, and a descendant's
+query, placed after s, sees all of them. A query's attention is the softmax over the union of its partials'
+keys, i.e. the partials merged by their log-sum-exps (as FlashAttention merges its key blocks):
+
+    out = sum_s exp(lse_s - lse) out_s,    lse = log sum_s exp(lse_s).
+
+The work is the sum over segments of (subtree length x segment length) instead of L^2: for a MultiRC row (a
+300-token paragraph under 40-token question tails, 2,048 positions) about a sixth. Partials of one depth have
+disjoint query runs, so each depth fills one buffer and the depths are merged once. The partials are
+``_scaled_dot_product_flash_attention_for_cpu``, the kernel behind CPU SDPA, which also returns the log-sum-exp.
+On other devices the scorer keeps the dense mask.
+
+``use_tree_attention(model)`` switches a transformers model to this attention for the scorer's forward calls
+(registered with ``AttentionInterface`` under ``linreg_tree``; the model's own implementation is restored
+after). Every forward call under it must pass ``tree=TreeLayout``: no attention mask is built.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+NAME = "linreg_tree"
+
+# (depth, first token of the segment, its end, the end of its subtree): one partial attention
+Partial = tuple[int, int, int, int]
+
+
+@dataclass
+class TreeLayout:
+    """The partials of each row of a batch (``rows[b]``)."""
+    rows: list[list[Partial]]
+
+    @property
+    def depths(self) -> int:
+        return 1 + max(d for partials in self.rows for d, *_ in partials)
+
+
+def row_partials(segments: tuple[int, ...] | None, parents: tuple[int, ...] | None, n: int) -> list[Partial] | None:
+    """The partials of a row of ``n`` tokens whose token i is in segment ``segments[i]`` (None: one causal
+    segment), segment s under ``parents[s]`` (None: every segment under 0). None when a segment's subtree is not
+    one contiguous run after it (the layout this attention relies on), so that the caller keeps the dense mask."""
+    if segments is None:
+        return [(0, 0, n, n)]
+    count = max(segments) + 1
+    parents = parents if parents is not None else (-1, *[0] * (count - 1))
+    start, end = [n] * count, [0] * count
+    for i, s in enumerate(segments):
+        start[s], end[s] = min(start[s], i), i + 1
+    tokens = [e - a for a, e in zip(start, end)]
+    if sum(tokens) != n:  # a segment in pieces
+        return None
+    depth, sub_end = [0] * count, list(end)
+    for s in range(1, count):
+        if parents[s] >= s or start[s] < end[parents[s]]:  # a segment before (or inside) its parent
+            return None
+        depth[s] = depth[parents[s]] + 1
+    for s in range(count - 1, 0, -1):  # children after their parents: each subtree is complete when it is passed up
+        sub_end[parents[s]] = max(sub_end[parents[s]], sub_end[s])
+        tokens[parents[s]] += tokens[s]
+    if any(sub_end[s] - start[s] != tokens[s] for s in range(count)):  # a subtree with a stranger inside
+        return None
+    return [(depth[s], start[s], end[s], sub_end[s]) for s in range(count)]
+
+
+def tree_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, tree=None,
+                   **kwargs):
+    """A transformers attention function: ``query`` [B, H, L, D], ``key``/``value`` [B, Hkv, L, D]; returns
+    ([B, L, H, D], None). ``attention_mask`` is ignored: ``tree`` says what each token sees."""
+    if tree is None:
+        raise ValueError(f"attention '{NAME}' needs tree=TreeLayout in the forward call")
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    b_, h_, l_, _ = query.shape
+    # per depth: the partial outputs (at least float32 for the merge) and their log-sum-exps; -inf where none ran.
+    # One kernel call per partial: padding the small ones into one masked call was slower (masked kernel, gathers)
+    merge = torch.promote_types(query.dtype, torch.float32)
+    outs = query.new_zeros((tree.depths, b_, h_, l_, value.shape[-1]), dtype=merge)
+    lses = torch.full((tree.depths, b_, h_, l_), -math.inf, dtype=merge, device=query.device)
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    for b, partials in enumerate(tree.rows):
+        for depth, a, e, sub_end in partials:
+            out, lse = flash(query[b:b + 1, :, a:sub_end], key[b:b + 1, :, a:e], value[b:b + 1, :, a:e],
+                             is_causal=True, scale=scaling)
+            outs[depth, b, :, a:sub_end] = out[0]
+            lses[depth, b, :, a:sub_end] = lse[0]
+    total = torch.logsumexp(lses, dim=0)
+    total = torch.where(torch.isinf(total), 0.0, total)  # padding queries: no partial, a zero output
+    merged = (outs * torch.exp(lses - total)[..., None]).sum(dim=0)
+    return merged.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs) -> None:
+    """The mask function of ``linreg_tree``: the layout says what each token sees, so the model builds no
+    [L, L] mask (its packed position ids would otherwise make transformers build one)."""
+    return None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    AttentionInterface.register(NAME, tree_attention)
+    AttentionMaskInterface.register(NAME, _no_mask)
+
+
+def supports_tree_attention(model, device: torch.device) -> bool:
+    return device.type == "cpu" and hasattr(model, "set_attn_implementation")
+
+
+@contextmanager
+def use_tree_attention(model):
+    """The model's forward calls inside use ``tree_attention``; its own attention implementation after."""
+    _register()
+    before = model.config._attn_implementation
+    model.set_attn_implementation(NAME)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
