@@ -459,19 +459,20 @@ def _packed_inputs(rows: list[Row], width: int, device, tree: bool = False) -> d
     segment is the query's own or one of its ancestors (``Row.ancestry``). Padding (segment -1) is never visible to
     a real token; a padding query sees itself, so no mask row is empty."""
     pos = torch.zeros((len(rows), width), dtype=torch.long)
-    seg = torch.full((len(rows), width), -1, dtype=torch.long)
     for b, row in enumerate(rows):
         n = len(row.tokens)
         pos[b, :n] = torch.tensor(row.positions) if row.positions is not None else torch.arange(n)
-        seg[b, :n] = torch.tensor(row.segments) if row.segments is not None else 0
     out: dict[str, torch.Tensor | TreeLayout] = {"position_ids": pos.to(device)}
     if not any(row.needs_mask for row in rows):
         return out
     partials = [row_partials(row.segments, row.parents, len(row.tokens)) for row in rows] if tree else [None]
     if all(p is not None for p in partials):
         out["tree"] = TreeLayout(partials)
-    else:
-        causal = torch.ones((width, width), dtype=torch.bool).tril()
-        visible = torch.stack([row.ancestry()[seg[b][:, None], seg[b][None, :]] for b, row in enumerate(rows)])
-        out["attention_mask"] = (causal & visible)[:, None].to(device)
+        return out
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        seg[b, :len(row.tokens)] = torch.tensor(row.segments) if row.segments is not None else 0
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    visible = torch.stack([row.ancestry()[seg[b][:, None], seg[b][None, :]] for b, row in enumerate(rows)])
+    out["attention_mask"] = (causal & visible)[:, None].to(device)
     return out

@@ -14,7 +14,7 @@ keys, i.e. the partials merged by their log-sum-exps (as FlashAttention merges i
     out = sum_s exp(lse_s - lse) out_s,    lse = log sum_s exp(lse_s).
 
 The work is the sum over segments of (subtree length x segment length) instead of L^2: for a MultiRC row (a
-300-token paragraph under 40-token question tails, 2,048 positions) about a sixth. Partials of one depth have
+300-token paragraph under 40-token question tails, 2,048 positions) about a sixth, by count. Partials of one depth have
 disjoint query runs, so each depth fills one buffer and the depths are merged once. The partials are
 ``_scaled_dot_product_flash_attention_for_cpu``, the kernel behind CPU SDPA, which also returns the log-sum-exp.
 On other devices the scorer keeps the dense mask.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -39,12 +39,12 @@ Partial = tuple[int, int, int, int]
 
 @dataclass
 class TreeLayout:
-    """The partials of each row of a batch (``rows[b]``)."""
+    """The partials of each row of a batch (``rows[b]``), and how many depths they span (read by every layer)."""
     rows: list[list[Partial]]
+    depths: int = field(init=False)
 
-    @property
-    def depths(self) -> int:
-        return 1 + max(d for partials in self.rows for d, *_ in partials)
+    def __post_init__(self) -> None:
+        self.depths = 1 + max(d for partials in self.rows for d, *_ in partials)
 
 
 def row_partials(segments: tuple[int, ...] | None, parents: tuple[int, ...] | None, n: int) -> list[Partial] | None:
