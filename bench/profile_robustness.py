@@ -9,8 +9,8 @@ wall clock and by the process's CPU time (steadier on a shared machine), with th
 each row. Besides the two, per row:
 
   floor    the float64 products any normal-equation solver of the profile must make, on states already centred
-           into column-major float64 arrays: the Gram matrix of every state but the last (from its upper block
-           triangle, as ours computes it) and one n x d x d cross product per pair. ours / floor is what the rest
+           into column-major float64 arrays: the Gram matrix of every state but the last (``symmetric_gram``, as ours
+           computes it: BLAS's syrk on the CPU) and one n x d x d cross product per pair. ours / floor is what the rest
            (upcasts, centring, norms, factorisations, solves) costs on top.
   mixed    the floor of a mixed-precision path that stays equal to lstsq to 1e-8: the same products in float32,
            plus the float64 refinement's residual product X A (n x d x d) per pair, without which the float32

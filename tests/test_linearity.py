@@ -1,5 +1,6 @@
 """The linearity score against independent references (float64 numpy lstsq), its invariances and identities,
 and the paper's probe recipe."""
+import contextlib
 import math
 import random
 
@@ -244,13 +245,35 @@ def test_gram_error_estimate_bounds_the_gram_formula(case):
         assert (err <= est).all(), float((err / est).max())
 
 
-def test_symmetric_gram_is_the_gram_matrix():
+@contextlib.contextmanager
+def torch_threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("layout", ["row-major", "column-major", "column-major rows 100:900"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_symmetric_gram_is_the_gram_matrix(layout, threads):
+    """Row-major: torch's four block rows; column-major (whole, or a row slice with its storage offset and leading
+    dimension, as the held-out folds pass it): BLAS's syrk in one band per thread."""
+    from eval.linearity import blas
     from eval.linearity.score import symmetric_gram
 
-    x = hidden_like(1000, 1000)  # four block rows of the product
-    g = symmetric_gram(x)
+    x = hidden_like(1000, 1000)
+    if layout != "row-major":
+        x = x.T.contiguous().T
+    if "rows" in layout:
+        x = x[100:900]
+    assert (blas.upper_gram(x) is None) == (layout == "row-major")
+    with torch_threads(threads):
+        g = symmetric_gram(x)
     assert torch.equal(g, g.T)
     assert (g - x.T @ x).abs().max() < 1e-12 * g.diagonal().max()
+    assert blas.upper_gram(x.float()) is None and blas.upper_gram(x[:50]) is None  # float32; a small product
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -18,7 +18,7 @@ and the symmetric Gram matrix of its Y, which is X of the next pair (an explicit
      coefficients to columns of X_c that are exactly zero (constant features carry no information) and scale
      the others to unit norm: column scaling leaves the column space, hence RSS, unchanged, and makes the Gram
      matrix G = X_s^T X_s a correlation matrix, so "massive activation" features do not spoil its conditioning.
-     G is computed once per state, from its upper block triangle.
+     G is computed once per state (BLAS's syrk on the CPU, eval/linearity/blas.py; else its upper block triangle).
   2. Regress T = whichever of Y_c and Z = Y_c - X_c has the smaller norm (the same RSS; for a residual block
      it is Z, whose ||Z||^2 is the denominator of LS_wo), from B = X_s^T T.
   3. Fast path, when every Cholesky pivot of G = L L^T exceeds sqrt(eps) ~ 1.5e-8 (each feature keeps at least
@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from eval.linearity import blas
 from eval.linearity.heldout import (
                                     FoldPlan,
                                     HeldoutConfig,
@@ -65,7 +66,7 @@ _PIVOT_TOL = math.sqrt(_EPS)  # below this Cholesky pivot the fast path hands ov
 # 1e-10 sent the first pair of a steep spectrum (logspace(0, -4), estimate 3.9e-10) to the explicit residual.
 _RSS_TOL = 1e-9
 _SAFETY = 10.0  # on the error estimate; measured errors (tests, bench) stay below half of the estimate without it
-_COPY_ROWS = 512  # rows per band of the CPU's row-major -> column-major upcast (measured: 14 ms vs 36 ms at d = 768)
+_COPY_ROWS = 256  # rows per band of the CPU's upcasts and row orders (transposing: 14 ms vs 36 ms at d = 768)
 _GRAM_BLOCK = 192  # narrowest block row of the symmetric product: below it the GEMMs fall off BLAS speed on a CPU
 
 
@@ -111,24 +112,32 @@ def _centre_into(t: torch.Tensor, out: torch.Tensor | None, rows: bool = False,
     With ``order``, row i of the result is row order[i] of t (the held-out folds' contiguous layout)."""
     if out is None:  # column-major: the products X_c^T T then read both operands in BLAS's fastest layout
         out = torch.empty(t.shape[::-1], dtype=torch.float64, device=t.device).T
-    if order is not None:
+    # Row order or a transposing copy on the CPU: in cache-sized bands (2.6x faster than one transposing copy), and
+    # the raw rows' norms taken while a band is still in cache (22 ms instead of 28 ms for copy and norms at
+    # 15,000 x 768 on one thread).
+    if order is not None or (out.device.type == "cpu" and out.stride(0) < out.stride(1) and t.stride(0) > t.stride(1)):
+        norms = torch.empty(t.shape[0], dtype=torch.float64, device=t.device) if rows else None
         for lo in range(0, t.shape[0], _COPY_ROWS):
-            out[lo:lo + _COPY_ROWS].copy_(t.index_select(0, order[lo:lo + _COPY_ROWS]))
-    elif out.device.type == "cpu" and out.stride(0) < out.stride(1) and t.stride(0) > t.stride(1):
-        for lo in range(0, t.shape[0], _COPY_ROWS):  # a transposing copy, in cache-sized bands (2.6x faster)
-            out[lo:lo + _COPY_ROWS].copy_(t[lo:lo + _COPY_ROWS])
+            band = out[lo:lo + _COPY_ROWS]
+            band.copy_(t[lo:lo + _COPY_ROWS] if order is None else t.index_select(0, order[lo:lo + _COPY_ROWS]))
+            if rows:
+                torch.linalg.vecdot(band, band, dim=1, out=norms[lo:lo + _COPY_ROWS])
     else:
         out.copy_(t)
+        norms = row_sq(out) if rows else None
     mean = out.mean(dim=0)
-    norms = torch.linalg.vector_norm(out, dim=1) if rows else None
-    return out.sub_(mean), mean, norms
+    return out.sub_(mean), mean, norms.sqrt_() if rows else None
 
 
 def symmetric_gram(x: torch.Tensor) -> torch.Tensor:
-    """x^T x from the products of its upper block triangle, mirrored (torch has no syrk): with b block rows,
+    """x^T x, mirrored from its upper triangle: BLAS's syrk where it applies (float64 on the CPU), elsewhere
+    (torch has no syrk) the products of its upper block triangle: with b block rows,
     (1 + 1/b) / 2 of a full product's flops. b is a power of two (MKL ran uneven widths up to 1.5x slower):
     4 at d = 768 (measured: 0.66-0.70 of a full product's time), 8 at 2048, 16 at 4096."""
     d = x.shape[1]
+    g = blas.upper_gram(x)  # BLAS's syrk on the CPU in float64: half a product (eval/linearity/blas.py)
+    if g is not None:
+        return g.triu() + g.triu(1).T
     blocks = 1 << max(0, int(math.log2(d / _GRAM_BLOCK)))
     if blocks == 1:
         return x.T @ x
@@ -274,7 +283,7 @@ def _pair(design: _Design, mean_x: torch.Tensor, y_raw: torch.Tensor, y_buf: tor
     # ||z_i||^2 + 2 z_i.delta + ||delta||^2, from two passes over Z instead of a raw difference of its own. Rows
     # where that sum cancels (y_i - x_i short against z_i or delta) are recomputed from the raw difference.
     delta = mean_y - mean_x
-    z_rows = torch.linalg.vector_norm(z, dim=1) ** 2
+    z_rows = row_sq(z)
     diff_sq = z_rows + 2 * (z @ delta) + delta @ delta
     cancels = (diff_sq < 1e-2 * (z_rows + delta @ delta)).nonzero().squeeze(1)
     if cancels.numel():
