@@ -255,25 +255,27 @@ def torch_threads(n):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("layout", ["row-major", "column-major", "column-major rows 100:900"])
+@pytest.mark.parametrize("layout", ["row-major", "column-major", "column-major rows 100:2900"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_symmetric_gram_is_the_gram_matrix(layout, threads):
-    """Row-major: torch's four block rows; column-major (whole, or a row slice with its storage offset and leading
+    """Row-major: torch's block rows; column-major (whole, or a row slice with its storage offset and leading
     dimension, as the held-out folds pass it): BLAS's syrk in one band per thread."""
     from eval.linearity import blas
     from eval.linearity.score import symmetric_gram
 
-    x = hidden_like(1000, 1000)
+    x = hidden_like(3000, 600)
     if layout != "row-major":
         x = x.T.contiguous().T
     if "rows" in layout:
-        x = x[100:900]
-    assert (blas.upper_gram(x) is None) == (layout == "row-major")
+        x = x[100:2900]
     with torch_threads(threads):
+        assert (blas.upper_gram(x) is None) == (layout == "row-major")
         g = symmetric_gram(x)
     assert torch.equal(g, g.T)
     assert (g - x.T @ x).abs().max() < 1e-12 * g.diagonal().max()
     assert blas.upper_gram(x.float()) is None and blas.upper_gram(x[:50]) is None  # float32; a small product
+    with torch_threads(8):  # 8 bands of 600 x 600 would hold more than x itself: torch's product instead
+        assert blas.upper_gram(x) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -13,7 +13,8 @@ Threads: OpenBLAS's own pool fights torch's. Its workers spin for a while after 
 workers after each of theirs, so on 2 cores with 2 threads each a syrk between torch calls measured 1.3-12x
 slower than torch's product (8 ms of latency for 4000 x 128). Instead the rows are split into as many bands as
 torch has threads, each band's syrk runs single-threaded in a Python thread of its own (ctypes releases the GIL),
-and the bands' Gram matrices are summed: no BLAS pool is woken, and the work is split evenly.
+and the bands' Gram matrices are summed: no BLAS pool is woken, and the work is split evenly. Where the rows are too
+few for a band per thread (many cores), torch's product keeps every thread busy instead.
 """
 from __future__ import annotations
 
@@ -53,18 +54,23 @@ def _dsyrk():
 def upper_gram(x: torch.Tensor) -> torch.Tensor | None:
     """The d x d matrix whose upper triangle (row-major view) is x^T x, its lower triangle left undefined, for a
     column-major float64 x on the CPU; None where syrk is not used (another layout, dtype or device, a product
-    under ``_MIN_WORK``, no scipy): the caller then computes the product itself."""
+    under ``_MIN_WORK``, too few rows for a band per thread, no scipy): the caller then computes the product
+    itself."""
     if x.device.type != "cpu" or x.dtype != torch.float64 or x.dim() != 2:
         return None
     rows, cols = x.shape
     lead = x.stride(1)
     if x.stride(0) != 1 or lead < rows or max(rows, cols, lead) > _INT_MAX or rows * cols * cols < _MIN_WORK:
         return None
+    # One band per torch thread, each at least _MIN_BAND rows and (the bands' d x d partial sums together no larger
+    # than x) at least d rows. Where that leaves threads idle (many cores, few rows), torch's product uses them all.
+    bands = torch.get_num_threads()
+    if bands > 1 and rows < bands * max(_MIN_BAND, cols):
+        return None
     found = _dsyrk()
     if found is None:
         return None
     dsyrk, controller = found
-    bands = max(1, min(torch.get_num_threads(), rows // _MIN_BAND))
     edges = [rows * j // bands for j in range(bands + 1)]
     parts = [torch.empty(cols, cols, dtype=torch.float64) for _ in range(bands)]
     n, one, zero, ld = ctypes.c_int(cols), ctypes.c_double(1.0), ctypes.c_double(0.0), ctypes.c_int(lead)
