@@ -2,7 +2,9 @@
 
 It is what the project's step is compared against, in the same process as bench/train_throughput.py. The
 'naive' cosine regularizer is the one issue 5 measured: ``output_hidden_states=True`` and one
-``F.cosine_similarity`` per consecutive pair (its last state is HF's post-norm one, as in that measurement).
+``F.cosine_similarity`` per consecutive pair (its last state is HF's post-norm one, as in that measurement); the
+naive mse regularizer is the same loop with the squared distance summed over the hidden dimension
+(regularizers/mse.py's definition), both with weight 0.5 and the sum over pairs, as the bench's project setups.
 No gradient clipping (a plain loop); the loss is the project's ``causal_lm_loss`` (fp32 logits), so both sides
 pay for the same cross-entropy.
 """
@@ -16,17 +18,22 @@ import torch.nn.functional as F
 from model.build import build_model
 from model.loss import causal_lm_loss
 
-NAIVE_COSINE_WEIGHT = 0.5
+NAIVE_WEIGHT = 0.5
+_NAIVE_PAIR_LOSS = {  # per-token loss of a consecutive pair (x = h_i, y = h_{i+1}), averaged over tokens
+    "cosine": lambda x, y: 1 - F.cosine_similarity(x, y, dim=-1),
+    "mse": lambda x, y: (y - x).pow(2).sum(dim=-1),
+}
 
 
 class PlainHFLoop:
-    def __init__(self, cfg, tokenizer, stream, device: torch.device, compile: bool, naive_cosine: bool):
+    def __init__(self, cfg, tokenizer, stream, device: torch.device, compile: bool, naive: str = "none"):
         self.model = build_model(cfg.model, tokenizer, seed=cfg.train.seed).to(device)  # fp32 weights
         if compile:
             self.model.compile()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                      fused=device.type == "cuda")
-        self.stream, self.device, self.naive_cosine = stream, device, naive_cosine
+        self.stream, self.device = stream, device
+        self.pair_loss = _NAIVE_PAIR_LOSS.get(naive)  # None: no regularizer ("none")
         self.accum = cfg.train.split(world_size=1)[1]
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
             else contextlib.nullcontext
@@ -35,12 +42,12 @@ class PlainHFLoop:
         for _ in range(self.accum):
             batch = self.stream.next_batch().to(self.device, non_blocking=True)
             with self.autocast():
-                out = self.model(input_ids=batch[:, :-1], output_hidden_states=self.naive_cosine)
+                out = self.model(input_ids=batch[:, :-1], output_hidden_states=self.pair_loss is not None)
                 loss = causal_lm_loss(out.logits, batch[:, 1:])
-                if self.naive_cosine:
+                if self.pair_loss is not None:
                     hs = out.hidden_states
-                    loss = loss + NAIVE_COSINE_WEIGHT * sum(
-                        (1 - F.cosine_similarity(hs[i], hs[i + 1], dim=-1)).mean() for i in range(len(hs) - 1))
+                    loss = loss + NAIVE_WEIGHT * sum(
+                        self.pair_loss(hs[i], hs[i + 1]).mean() for i in range(len(hs) - 1))
             (loss / self.accum).backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

@@ -77,6 +77,10 @@ def parse_args(argv=None):
     p.add_argument("--interleave", action="store_true",
                    help="time each project setup against its own plain eager loop in alternating windows (ABBA), "
                         "so that drift in the machine's speed hits both alike; the ratio is per pair")
+    p.add_argument("--plain-reg", choices=["same", "none"], default="same",
+                   help="with --interleave: the plain loop beside a regularized setup adds the same regularizer, "
+                        "written naively (bench/hf_baseline.py), or none (then the ratio also prices the "
+                        "regularizer itself)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides, all setups")
     p.add_argument("--out", required=True, help="directory for results.md and results.json")
     p.add_argument("--append", action="store_true", help="add to the rows of an existing DIR/results.json")
@@ -236,7 +240,7 @@ def run_project(cfg, run_dir: Path, device, args, keep: dict) -> dict:
     return row
 
 
-def run_pair(cfg, run_dir: Path, device, args, keep: dict) -> list[dict]:
+def run_pair(cfg, run_dir: Path, device, args, keep: dict, naive: str) -> list[dict]:
     """The project step and a plain eager loop of the same model, batch and data, built side by side and timed
     in alternating windows (project-plain, then plain-project, ...): on a shared machine drift in speed hits
     both alike, which back-to-back rows cannot promise. Returns [project row, plain row]."""
@@ -250,7 +254,7 @@ def run_pair(cfg, run_dir: Path, device, args, keep: dict) -> list[dict]:
         keep.setdefault("tokenizer", t.tokenizer)
         keep.setdefault("samples", t.stream.samples)
         stream = TrainStream(t.stream.samples, cfg.train.split(1)[0], 0, 1, cfg.train.seed)
-        loop = PlainHFLoop(cfg, t.tokenizer, stream, device, compile=False, naive_cosine=False)
+        loop = PlainHFLoop(cfg, t.tokenizer, stream, device, compile=False, naive=naive)
         steps = {"project": t.train_step, "plain": loop.step}
         warm = {}
         for name, fn in steps.items():
@@ -282,14 +286,14 @@ def run_pair(cfg, run_dir: Path, device, args, keep: dict) -> list[dict]:
         t.close()
 
 
-def run_baseline(cfg, device, args, keep: dict, comp: bool, naive_cosine: bool) -> dict:
+def run_baseline(cfg, device, args, keep: dict, comp: bool, naive: str) -> dict:
     from bench.hf_baseline import PlainHFLoop
     from data.stream import TrainStream
     from linreg import engine as eng
     from model.build import count_params, flops_per_token
 
     stream = TrainStream(keep["samples"], cfg.train.split(1)[0], 0, 1, cfg.train.seed)
-    loop = PlainHFLoop(cfg, keep["tokenizer"], stream, device, comp, naive_cosine)
+    loop = PlainHFLoop(cfg, keep["tokenizer"], stream, device, comp, naive)
     flops = flops_per_token(count_params(loop.model)["dense"], cfg.model.num_layers, cfg.model.hidden_size,
                             cfg.data.seq_len)
     tokens = cfg.train.global_batch_size * cfg.data.seq_len
@@ -389,10 +393,12 @@ def run_grid(args, work: Path, device) -> tuple[list[dict], object, str]:
     def record_pair(row: dict, cfg) -> None:
         t0 = time.perf_counter()
         pair = len(rows)
-        plain = {"setup": "plain HF", "variant": "none", "zero": None, "ckpt": False, "compile": False,
-                 "mem_before_gb": None, "pair": pair}
+        # The plain loop's regularizer: the project setup's own (cosine_ref -> cosine), written naively, or none.
+        naive = cfg.regularizer.name if args.plain_reg == "same" else "none"
+        plain = {"setup": "plain HF", "variant": "none" if naive == "none" else f"naive {naive}", "zero": None,
+                 "ckpt": False, "compile": False, "mem_before_gb": None, "pair": pair}
         row["pair"] = pair
-        project_row, plain_row = run_pair(cfg, work / "run", device, args, keep)
+        project_row, plain_row = run_pair(cfg, work / "run", device, args, keep, naive)
         for r, measured in ((row, project_row), (plain, plain_row)):
             r.update(measured, wall_s=round(time.perf_counter() - t0, 1))
             rows.append(r)
@@ -413,9 +419,9 @@ def run_grid(args, work: Path, device) -> tuple[list[dict], object, str]:
     if args.baselines != "none" and "samples" in keep and not args.interleave:
         # Always the eager loop: the reference of `× plain eager` within this run.
         for comp in sorted({False, *compiles}) if args.baselines == "all" else [False]:
-            for naive in (False, True):
+            for naive in ("none", "cosine"):
                 cfg = load_cfg(args, setup_overrides(args, common, "none", 0, False, comp))
-                row = {"setup": "plain HF", "variant": "naive cosine" if naive else "none", "zero": None,
+                row = {"setup": "plain HF", "variant": "none" if naive == "none" else f"naive {naive}", "zero": None,
                        "ckpt": False, "compile": comp, "mem_before_gb": allocated_gb(device)}
                 record(row, run_baseline, cfg, device, args, keep, comp, naive)
     return rows, cfg, data_desc

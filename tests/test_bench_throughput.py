@@ -15,8 +15,8 @@ def test_plain_hf_loop_trains(tiny_tokenizer):
     cfg = load_cfg(args, ["train.global_batch_size=8", f"model.vocab_size={len(tiny_tokenizer)}"])  # 4 × 2
     tokens = np.random.default_rng(0).integers(0, len(tiny_tokenizer), 4000).astype(np.uint16)
     stream = TrainStream(PackedSamples(tokens, cfg.data.seq_len), cfg.train.micro_batch_size, 0, 1, 0)
-    for naive in (False, True):
-        loop = PlainHFLoop(cfg, tiny_tokenizer, stream, torch.device("cpu"), compile=False, naive_cosine=naive)
+    for naive in ("none", "cosine", "mse"):
+        loop = PlainHFLoop(cfg, tiny_tokenizer, stream, torch.device("cpu"), compile=False, naive=naive)
         before = [p.detach().clone() for p in loop.model.parameters()]
         loop.step()
         assert stream.cursor % (2 * cfg.train.micro_batch_size) == 0  # grad_accum micro-batches per step
