@@ -2,9 +2,9 @@
 
 It is what the project's step is compared against, in the same process as bench/train_throughput.py. The
 'naive' cosine regularizer is the one issue 5 measured: ``output_hidden_states=True`` and one
-``F.cosine_similarity`` per consecutive pair (its last state is HF's post-norm one, as in that measurement); the
-naive mse regularizer is the same loop with the squared distance summed over the hidden dimension
-(regularizers/mse.py's definition), both with weight 0.5 and the sum over pairs, as the bench's project setups.
+``F.cosine_similarity`` per consecutive pair (its last state is HF's post-norm one, as in that measurement). Any
+registered regularizer runs the same way: its reference ``token_loss`` once per pair (no stacking, no fused
+kernel), weight 0.5 and the sum over pairs, as the bench's project setups.
 No gradient clipping (a plain loop); the loss is the project's ``causal_lm_loss`` (fp32 logits), so both sides
 pay for the same cross-entropy.
 """
@@ -13,16 +13,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 
 from model.build import build_model
 from model.loss import causal_lm_loss
+from regularizers import RegularizerConfig, build_regularizer
 
 NAIVE_WEIGHT = 0.5
-_NAIVE_PAIR_LOSS = {  # per-token loss of a consecutive pair (x = h_i, y = h_{i+1}), averaged over tokens
-    "cosine": lambda x, y: 1 - F.cosine_similarity(x, y, dim=-1),
-    "mse": lambda x, y: (y - x).pow(2).sum(dim=-1),
-}
 
 
 class PlainHFLoop:
@@ -33,7 +29,8 @@ class PlainHFLoop:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                      fused=device.type == "cuda")
         self.stream, self.device = stream, device
-        self.pair_loss = _NAIVE_PAIR_LOSS.get(naive)  # None: no regularizer ("none")
+        # the regularizer's per-token loss of a consecutive pair (x = h_i, y = h_{i+1}); None: no regularizer
+        self.pair_loss = None if naive == "none" else build_regularizer(RegularizerConfig(name=naive)).token_loss
         self.accum = cfg.train.split(world_size=1)[1]
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" \
             else contextlib.nullcontext

@@ -17,6 +17,7 @@ def test_plain_hf_loop_trains(tiny_tokenizer):
     stream = TrainStream(PackedSamples(tokens, cfg.data.seq_len), cfg.train.micro_batch_size, 0, 1, 0)
     for naive in ("none", "cosine", "mse"):
         loop = PlainHFLoop(cfg, tiny_tokenizer, stream, torch.device("cpu"), compile=False, naive=naive)
+        assert (loop.pair_loss is None) == (naive == "none")  # a named regularizer is never silently dropped
         before = [p.detach().clone() for p in loop.model.parameters()]
         loop.step()
         assert stream.cursor % (2 * cfg.train.micro_batch_size) == 0  # grad_accum micro-batches per step

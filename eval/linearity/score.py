@@ -136,15 +136,14 @@ def symmetric_gram(x: torch.Tensor) -> torch.Tensor:
     4 at d = 768 (measured: 0.66-0.70 of a full product's time), 8 at 2048, 16 at 4096."""
     d = x.shape[1]
     g = blas.upper_gram(x)  # BLAS's syrk on the CPU in float64: half a product (eval/linearity/blas.py)
-    if g is not None:
-        return g.triu() + g.triu(1).T
-    blocks = 1 << max(0, int(math.log2(d / _GRAM_BLOCK)))
-    if blocks == 1:
-        return x.T @ x
-    edges = [round(d * i / blocks) for i in range(blocks + 1)]
-    g = torch.empty(d, d, dtype=x.dtype, device=x.device)
-    for lo, hi in zip(edges, edges[1:]):
-        g[lo:hi, lo:] = x[:, lo:hi].T @ x[:, lo:]
+    if g is None:
+        blocks = 1 << max(0, int(math.log2(d / _GRAM_BLOCK)))
+        if blocks == 1:
+            return x.T @ x
+        edges = [round(d * i / blocks) for i in range(blocks + 1)]
+        g = torch.empty(d, d, dtype=x.dtype, device=x.device)
+        for lo, hi in zip(edges, edges[1:]):
+            g[lo:hi, lo:] = x[:, lo:hi].T @ x[:, lo:]
     # Mirrored into a fresh tensor (O(d^2)): copying a block into its own transpose in place overlaps the diagonal
     # blocks, whose result torch leaves undefined (seen: an asymmetric diagonal block when run after other tests).
     return g.triu() + g.triu(1).T
