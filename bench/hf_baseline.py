@@ -5,8 +5,9 @@ It is what the project's step is compared against, in the same process as bench/
 ``F.cosine_similarity`` per consecutive pair (its last state is HF's post-norm one, as in that measurement). Any
 registered regularizer runs the same way: its reference ``token_loss`` once per pair (no stacking, no fused
 kernel), weight 0.5 and the sum over pairs, as the bench's project setups.
-No gradient clipping (a plain loop); the loss is the project's ``causal_lm_loss`` (fp32 logits), so both sides
-pay for the same cross-entropy.
+No gradient clipping (a plain loop); the loss is the project's ``causal_lm_loss`` on the whole fp32 logits, as a
+plain loop computes it. The project's step, with its default ``train.fused_loss``, never forms those logits whole
+(``model.loss.linear_cross_entropy``); ``--set train.fused_loss=false`` gives both sides the same cross-entropy.
 """
 from __future__ import annotations
 

@@ -74,6 +74,9 @@ class TrainConfig:
     zero_stage: int = 0
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the module before deepspeed.initialize
+    # next-token loss from the head's input in row chunks, never the whole [B, T, V] logits (model.loss.
+    # linear_cross_entropy); ZeRO-3 keeps the logits path: its partitioned head weight exists only in the forward
+    fused_loss: bool = True
 
     def validate(self, p: str) -> None:
         for k in ("max_steps", "global_batch_size", "micro_batch_size", "grad_accum_steps"):

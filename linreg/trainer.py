@@ -13,6 +13,7 @@ The Trainer only puts them in order, so sweeps, pruning-with-distillation and be
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import shutil
 import time
 from dataclasses import dataclass
@@ -213,6 +214,10 @@ class Trainer:
             # copy back every gradient each step. Its own switch for this (set when it has no process group).
             self.engine.enable_backward_allreduce = False
         self._grad_norm: torch.Tensor | None = None
+        head = model.get_output_embeddings()
+        self.fused_loss = (cfg.train.fused_loss and cfg.train.zero_stage < 3 and head is not None
+                           and getattr(head, "bias", None) is None
+                           and "logits_to_keep" in inspect.signature(model.forward).parameters)
 
     def _checkpoint_meta(self) -> dict:
         from data.tokenizer import tokenizer_fingerprint
@@ -296,11 +301,16 @@ class Trainer:
         """(task loss, regularizer or None) of one micro-batch from the stream; the task loss is the objective
         without the regularizer (logged as ``train/task_loss``): here next-token cross-entropy. Workflows with
         another objective (distillation's MSE, a classifier's cross-entropy) override this."""
-        from model.loss import causal_lm_loss
+        from model.loss import causal_lm_loss, linear_cross_entropy
 
         batch = batch.to(self.device, non_blocking=True)
-        out, reg = self.forward_regularized(step, input_ids=batch[:, :-1])
-        return causal_lm_loss(out.logits, batch[:, 1:]), reg
+        if not self.fused_loss:
+            out, reg = self.forward_regularized(step, input_ids=batch[:, :-1])
+            return causal_lm_loss(out.logits, batch[:, 1:]), reg
+        # The head's input is HF's last hidden state (after the final norm); the head itself runs one position.
+        out, reg = self.forward_regularized(step, input_ids=batch[:, :-1], logits_to_keep=1, output_hidden_states=-1)
+        head = self.engine.module.get_output_embeddings()
+        return linear_cross_entropy(out.hidden_states[-1], head.weight, batch[:, 1:]), reg
 
     def train_step(self) -> None:
         """One optimizer step (all micro-steps). Losses accumulate on the device in the meter: no host sync."""

@@ -17,6 +17,7 @@ that cannot be read (a foreign or damaged file) is recomputed and replaced.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import tempfile
@@ -59,7 +60,8 @@ def _read(path: Path) -> list[TokenPair] | None:
 
 
 def _write(path: Path, pairs: list[TokenPair]) -> None:
-    tokens = np.fromiter((t for ctx, cont in pairs for part in (ctx, cont) for t in part), dtype=np.int64)
+    parts = [part for pair in pairs for part in pair]
+    tokens = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=sum(map(len, parts)))
     lengths = np.array([(len(ctx), len(cont)) for ctx, cont in pairs], dtype=np.int64).reshape(-1, 2)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")

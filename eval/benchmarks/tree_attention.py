@@ -85,21 +85,25 @@ def tree_attention(module, query, key, value, attention_mask, dropout: float = 0
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     b_, h_, l_, _ = query.shape
     # per depth: the partial outputs (at least float32 for the merge) and their log-sum-exps; -inf where none ran.
+    # Laid out [depth, B, L, H, ...], the layout transformers wants back, so the merged output needs no transpose.
     # One kernel call per partial: padding the small ones into one masked call was slower (masked kernel, gathers)
     merge = torch.promote_types(query.dtype, torch.float32)
-    outs = query.new_zeros((tree.depths, b_, h_, l_, value.shape[-1]), dtype=merge)
-    lses = torch.full((tree.depths, b_, h_, l_), -math.inf, dtype=merge, device=query.device)
+    outs = query.new_zeros((tree.depths, b_, l_, h_, value.shape[-1]), dtype=merge)
+    lses = torch.full((tree.depths, b_, l_, h_), -math.inf, dtype=merge, device=query.device)
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     for b, partials in enumerate(tree.rows):
         for depth, a, e, sub_end in partials:
             out, lse = flash(query[b:b + 1, :, a:sub_end], key[b:b + 1, :, a:e], value[b:b + 1, :, a:e],
                              is_causal=True, scale=scaling)
-            outs[depth, b, :, a:sub_end] = out[0]
-            lses[depth, b, :, a:sub_end] = lse[0]
+            outs[depth, b, a:sub_end] = out[0].transpose(0, 1)
+            lses[depth, b, a:sub_end] = lse[0].t()
     total = torch.logsumexp(lses, dim=0)
     total = torch.where(torch.isinf(total), 0.0, total)  # padding queries: no partial, a zero output
-    merged = (outs * torch.exp(lses - total)[..., None]).sum(dim=0)
-    return merged.to(query.dtype).transpose(1, 2).contiguous(), None
+    weights = torch.exp(lses - total)[..., None]
+    merged = outs[0].mul_(weights[0])  # in place, depth by depth: no [depth, ...]-sized temporary
+    for d in range(1, tree.depths):
+        merged.addcmul_(outs[d], weights[d])
+    return merged.to(query.dtype), None
 
 
 def _no_mask(*args, **kwargs) -> None:
