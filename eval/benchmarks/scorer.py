@@ -35,7 +35,7 @@ import inspect
 import logging
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -372,6 +372,12 @@ class Scorer:
     def _autocast(self):
         return precision.autocast(self.device, self.autocast_dtype)
 
+    @contextmanager
+    def _forward_context(self, tree: bool):
+        """Autocast, and the tree attention for a forward whose rows are laid out as trees."""
+        with self._autocast(), use_tree_attention(self.model) if tree else nullcontext():
+            yield
+
     @torch.no_grad()
     def _tree_attention_agrees(self) -> bool:
         """One small packed row (a prefix, two continuations under it) through the model with the dense mask and
@@ -384,7 +390,7 @@ class Scorer:
         for tree in (False, True):
             kwargs = _packed_inputs([row], len(row.tokens), self.device, tree)
             try:
-                with self._autocast(), use_tree_attention(self.model) if tree else nullcontext():
+                with self._forward_context(tree):
                     logits.append(self.model(input_ids=ids, use_cache=False, **kwargs).logits.float())
             except Exception as e:  # noqa: BLE001 - whatever the model makes of it, the dense mask still works
                 log.info("tree attention unavailable for this model (%s): packed rows take the dense mask", e)
@@ -443,7 +449,7 @@ class Scorer:
             kwargs.update(_packed_inputs(rows, width, self.device, self.tree_attention))
         if self._keep_mask:
             kwargs["logits_to_keep"] = keep.to(self.device)
-        with self._autocast(), use_tree_attention(self.model) if "tree" in kwargs else nullcontext():
+        with self._forward_context("tree" in kwargs):
             logits = self.model(**kwargs).logits
         if logits.dim() == 3:  # the model ignored logits_to_keep (or does not take it)
             logits = logits[keep.to(self.device)]
