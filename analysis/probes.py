@@ -32,7 +32,6 @@ Outputs: ``probes.csv`` (model, task, layer, accuracy, C), ``probes.json``, ``pr
 from __future__ import annotations
 
 import argparse
-import inspect
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -140,11 +139,11 @@ def span_features(model, tokenizer, sequences: list[tuple[str, str]], batch_size
     """[n, L + 1, d] float32: per sequence (context, span) and layer, the mean of h_l over the span's tokens."""
     import contextlib
 
-    from model.capture import ResidualStream
+    from model.capture import ResidualStream, accepts_logits_to_keep
 
     max_len = getattr(model.config, "max_position_embeddings", None)
     encoded = [encode(tokenizer, c, s, max_len) for c, s in sequences]
-    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     stream = ResidualStream(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = np.zeros((len(encoded), stream.num_layers + 1, model.config.hidden_size), dtype=np.float32)

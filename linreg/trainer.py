@@ -13,7 +13,6 @@ The Trainer only puts them in order, so sweeps, pruning-with-distillation and be
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import shutil
 import time
 from dataclasses import dataclass
@@ -171,7 +170,7 @@ class Trainer:
         from data.stream import PackedSamples, TrainStream
         from linreg.schedule import build_scheduler
         from model.build import build_model, count_params, flops_per_token
-        from model.capture import ResidualStream
+        from model.capture import ResidualStream, accepts_logits_to_keep
         from regularizers import build_regularizer
 
         cfg = self.cfg
@@ -216,8 +215,8 @@ class Trainer:
         self._grad_norm: torch.Tensor | None = None
         head = model.get_output_embeddings()
         self.fused_loss = (cfg.train.fused_loss and cfg.train.zero_stage < 3 and head is not None
-                           and getattr(head, "bias", None) is None
-                           and "logits_to_keep" in inspect.signature(model.forward).parameters)
+                           and getattr(head, "bias", None) is None and accepts_logits_to_keep(model))
+        self._head = head if self.fused_loss else None  # the engine's module is this model: the same head
 
     def _checkpoint_meta(self) -> dict:
         from data.tokenizer import tokenizer_fingerprint
@@ -309,8 +308,7 @@ class Trainer:
             return causal_lm_loss(out.logits, batch[:, 1:]), reg
         # The head's input is HF's last hidden state (after the final norm); the head itself runs one position.
         out, reg = self.forward_regularized(step, input_ids=batch[:, :-1], logits_to_keep=1, output_hidden_states=-1)
-        head = self.engine.module.get_output_embeddings()
-        return linear_cross_entropy(out.hidden_states[-1], head.weight, batch[:, 1:]), reg
+        return linear_cross_entropy(out.hidden_states[-1], self._head.weight, batch[:, 1:]), reg
 
     def train_step(self) -> None:
         """One optimizer step (all micro-steps). Losses accumulate on the device in the meter: no host sync."""

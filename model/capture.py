@@ -13,6 +13,8 @@ parameter-gathering hooks are independent of ours.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -27,6 +29,15 @@ _LAYER_PATHS = (
     "model.language_model.layers",
     "layers",
 )
+
+
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (transformers' causal LMs): callers that want the hidden
+    states rather than the logits then run the LM head on one position (or on a mask's positions)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward whose signature cannot be read: assume the plain call
+        return False
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -31,7 +31,6 @@ The reference it is tested and timed against, one request at a time with full lo
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from core import precision
 from core.dist import all_reduce_sum
 from eval.benchmarks.tree_attention import TreeLayout, row_partials, supports_tree_attention, use_tree_attention
+from model.capture import accepts_logits_to_keep
 
 DEFAULT_MAX_LENGTH = 2048  # lme's fallback when neither the model config nor the tokenizer gives a length
 _TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no model_max_length"
@@ -313,13 +313,6 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def _supports_logits_to_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def supports_packed_rows(model, max_length: int) -> bool:
     """Packed rows need custom position ids and a 4D boolean mask: SDPA attention, and no sliding window shorter
     than the context (a custom mask would bypass it)."""
@@ -362,7 +355,7 @@ class Scorer:
         self.rank, self.world_size = rank, world_size
         self.progress = progress
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._keep_mask = _supports_logits_to_keep(model)
+        self._keep_mask = accepts_logits_to_keep(model)
         self.share_context = share_context and supports_packed_rows(model, self.max_length)
         # on CPU a packed row's attention computes only what its tokens see (eval/benchmarks/tree_attention.py),
         # where the model's attention takes it as its dense mask

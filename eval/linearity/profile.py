@@ -10,7 +10,6 @@ no final norm module: their block outputs are already normed, and there is no ex
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ from torch import nn
 
 from eval.linearity.heldout import SCORES, HeldoutConfig, mean_interval
 from eval.linearity.score import PairStats, check_sizes, linearity_profile
-from model.capture import ResidualStream
+from model.capture import ResidualStream, accepts_logits_to_keep
 
 if TYPE_CHECKING:  # state_measures imports the toolkit, which imports this module
     from eval.linearity.state_measures import ToolkitConfig
@@ -122,8 +121,7 @@ class StateCollector:
         self.model = getattr(model, "_orig_mod", model)
         self.stream = ResidualStream(self.model)
         # The whole model runs (ZeRO-3's hooks expect the top-level forward), but the LM head on one position.
-        accepts = inspect.signature(self.model.forward).parameters
-        self._head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
+        self._head_kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(self.model) else {}
         self._normed: torch.Tensor | None = None
         self._norm_handle = None
         if final_norm:
