@@ -100,7 +100,7 @@ def test_batched_equals_naive(name, model64, tokenizer, instances):
     insts = instances[name]
     reqs = encode_pairs(tokenizer, pairs_of(insts))
     # 512: the model's length (choices that fit share their context in packed rows, longer ones are truncated);
-    # 96: every context truncated from the left, plain rows
+    # 96: every context truncated from the left (rows whose cuts start at the same token packed together)
     for max_length, share in ((512, True), (96, True)):
         scorer = Scorer(model64, tokenizer, max_length=max_length, batch_tokens=1024, share_context=share)
         plan = scorer.plan(reqs)
@@ -157,14 +157,84 @@ def test_questions_on_one_passage_share_it(model64, tokenizer, instances, monkey
     assert plan.num_tokens < Scorer(model64, tokenizer, max_length=2048, share_context=False).plan(reqs).num_tokens / 2
     calls = []
     monkeypatch.setattr(TA, "tree_attention", lambda *a, **k: calls.append(1) or tree_attention(*a, **k))
-    assert scorer.tree_attention  # on CPU the packed row's attention is the tree's
+    assert scorer.own_attention  # on CPU the packed row's attention is the tree's
     lls, greedy = scorer.score_tokens(reqs, plan)
     assert len(calls) == model64.config.num_hidden_layers
     ref = naive_loglikelihood(model64, reqs, 2048)
     np.testing.assert_allclose(lls, [r[0] for r in ref], rtol=0, atol=1e-5)
     assert greedy.tolist() == [r[1] for r in ref]
-    scorer.tree_attention = False  # the dense mask: the same numbers to float64 rounding
+    scorer.own_attention = False  # the dense mask: the same numbers to float64 rounding
     np.testing.assert_allclose(scorer.score_tokens(reqs, plan)[0], lls, rtol=0, atol=1e-11)
+
+
+def test_cut_requests_that_start_alike_share_a_row(model64, tokenizer, instances):
+    """At a length that cuts every context from the left, answers of one length to one question start their cut
+    at the same token: one packed row holds that window once and each answer's tokens once ("... yes" and "... no"
+    differ only in the scored last token), and the scores are the naive reference's."""
+    ctx, _ = encode_pairs(tokenizer, pairs_of(instances["multirc"][:1]))[0]
+    yes, no = [ctx[-1]], [ctx[-2]]  # two one-token endings
+    assert len(ctx) > 80 and yes != no
+    answers = [ctx[5:17], ctx[40:52], ctx[70:75]]  # two of 12 tokens, one of 5
+    reqs = [(ctx, a + t) for a in answers for t in (yes, no)]
+    max_length = 64
+    assert all(len(c) + len(k) > max_length + 1 for c, k in reqs)
+    scorer = Scorer(model64, tokenizer, max_length=max_length)
+    plan = scorer.plan(reqs)
+    assert len(plan.rows) == 2  # the 5-token answer's " yes" and " no" share a plain row, as before
+    (packed,) = [row for row in plan.rows if row.segments is not None]
+    assert len(packed.tokens) == (max_length + 1 - 13) + 2 * 12  # the window before the answers, each answer once
+    lls, greedy = scorer.score_tokens(reqs, plan)
+    ref = naive_loglikelihood(model64, reqs, max_length)
+    np.testing.assert_allclose(lls, [r[0] for r in ref], rtol=0, atol=1e-5)
+    assert greedy.tolist() == [r[1] for r in ref]
+
+
+def test_the_last_block_runs_only_the_scored_rows(model64, tokenizer, instances, monkeypatch):
+    """Only the positions whose logits are read go through the last block's output projection and MLP (and, where
+    that is cheaper, its attention's queries); the scores stay the naive reference's."""
+    import eval.benchmarks.tree_attention as TA
+
+    reqs = encode_pairs(tokenizer, pairs_of(instances["boolq"] + instances["multirc"] + instances["copa"]))
+    scorer = Scorer(model64, tokenizer, max_length=512, batch_tokens=1024)
+    assert scorer.own_attention
+    plan = scorer.plan(reqs)
+    mlp = model64.model.layers[-1].mlp
+    rows, attended, forward = [], [], mlp.forward
+    monkeypatch.setattr(mlp, "forward", lambda x: rows.append(x.shape[:-1].numel()) or forward(x))
+    scored_attention = TA._scored_attention
+    monkeypatch.setattr(TA, "_scored_attention", lambda *a: attended.append(1) or scored_attention(*a))
+    lls, greedy = scorer.score_tokens(reqs, plan)
+    scored = sum(len({p for i, r in enumerate(plan.req_row) if r == j for p in plan.req_pos[i]})
+                 for j in range(len(plan.rows)))
+    assert sum(rows) == scored < plan.num_tokens / 5
+    assert 0 < len(attended) <= len(plan.batches)
+    ref = naive_loglikelihood(model64, reqs, 512)
+    np.testing.assert_allclose(lls, [r[0] for r in ref], rtol=0, atol=1e-5)
+    assert greedy.tolist() == [r[1] for r in ref]
+
+
+def test_a_last_block_that_wants_whole_rows_runs_whole(model64, tokenizer, instances):
+    """An MLP that unpacks [batch, seq, hidden] (as mixture-of-experts blocks do) fails on the scored rows alone:
+    the check row catches it, and the scorer runs the model as it is, with the same scores."""
+    class WholeRows(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            b, s, d = x.shape
+            return self.inner(x.reshape(b * s, d)).reshape(b, s, d)
+
+    block = model64.model.layers[-1]
+    mlp, block.mlp = block.mlp, WholeRows(block.mlp)  # by hand: monkeypatch would delete a submodule on undo
+    try:
+        reqs = encode_pairs(tokenizer, pairs_of(instances["copa"] + instances["boolq"]))
+        scorer = Scorer(model64, tokenizer, max_length=512)
+        assert scorer.share_context and not scorer.own_attention
+        lls, _ = scorer.score_tokens(reqs)
+        np.testing.assert_allclose(lls, [r[0] for r in naive_loglikelihood(model64, reqs, 512)], rtol=0, atol=1e-5)
+    finally:
+        block.mlp = mlp
 
 
 def random_tree_row(rng, length: int) -> Row:
@@ -242,11 +312,11 @@ def test_a_model_that_would_not_take_the_tree_keeps_the_mask(model64, tokenizer,
 
     reqs = encode_pairs(tokenizer, pairs_of(instances["copa"]))
     honest = Scorer(model64, tokenizer, max_length=512)
-    assert honest.tree_attention
+    assert honest.own_attention
     want = honest.score_tokens(reqs)[0]
     monkeypatch.setattr(TA, "tree_attention", causal_only)
     scorer = Scorer(model64, tokenizer, max_length=512)
-    assert scorer.share_context and not scorer.tree_attention
+    assert scorer.share_context and not scorer.own_attention
     np.testing.assert_allclose(scorer.score_tokens(reqs)[0], want, rtol=0, atol=1e-11)
 
 

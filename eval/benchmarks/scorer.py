@@ -21,7 +21,8 @@ Engine (``Scorer``): requests are turned into model input rows, sharing work whe
   longer row.
 Rows are sorted by length (longest first) and packed into batches under a token budget (right padding; plain rows
 need no attention mask: causal attention never lets a real token see the padding). Only the positions that
-predict continuation tokens go through the LM head (``logits_to_keep`` as a boolean mask). With
+predict continuation tokens go through the LM head (``logits_to_keep`` as a boolean mask), and on CPU only they go
+through the last block's attention queries, output projection and MLP (``tree_attention.ScoredQueries``). With
 ``world_size > 1`` batches are dealt round-robin to ranks, ranks with fewer batches run a dummy forward so that
 every rank makes the same number of forward calls (ZeRO-3 gathers parameters collectively), and results are
 summed with all-reduce.
@@ -43,8 +44,17 @@ import torch.nn.functional as F
 
 from core import precision
 from core.dist import all_reduce_sum
-from eval.benchmarks.tree_attention import TreeLayout, row_partials, supports_tree_attention, use_tree_attention
-from model.capture import accepts_logits_to_keep
+from core.errors import UnsupportedModelError
+from eval.benchmarks.tree_attention import (
+    ScoredQueries,
+    TreeLayout,
+    attention_scores,
+    row_partials,
+    scored_rows_only,
+    supports_tree_attention,
+    use_tree_attention,
+)
+from model.capture import accepts_logits_to_keep, find_decoder_layers
 
 DEFAULT_MAX_LENGTH = 2048  # lme's fallback when neither the model config nor the tokenizer gives a length
 _TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no model_max_length"
@@ -203,31 +213,35 @@ def _packed_rows(requests: Sequence[TokenPair], max_length: int,
     """Rows that compute each shared context prefix once, for requests whose input is not truncated: the
     prefix (segment 0), then per context its tail (a segment under 0) and per continuation ``k`` the tokens
     ``k[:-1]`` (a segment under the context's tail); ``k`` is scored from the context's last position and from
-    ``k[:-1]``. Contexts equal for every choice of a document, and passages shared by several questions, run once.
-    Returns (row, the requests it hosts, each one's positions whose logits predict its continuation)."""
+    ``k[:-1]``. Contexts equal for every choice of a document, and passages shared by several questions, run once;
+    so do the ``k[:-1]`` of a context's continuations that differ in their last token only (MultiRC's "... yes" and
+    "... no"). Returns (row, the requests it hosts, each one's positions whose logits predict its continuation)."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx, cont) in enumerate(requests):
         if len(ctx) + len(cont) <= max_length + 1:
             groups.setdefault(tuple(ctx), []).append(i)
+    lead = [tuple(cont[:-1]) for _, cont in requests]  # what a continuation adds to its row
     out = []
     for p, contexts in _prefix_clusters(list(groups)):
-        if len(contexts) == 1 and sum(len(requests[i][1]) > 1 for i in groups[contexts[0]]) < 2:
+        if len(contexts) == 1 and len({lead[i] for i in groups[contexts[0]]} - {()}) < 2:
             continue  # at most one continuation needs tokens of its own: prefix sharing does as well
         prefix = contexts[0][:p]
         units = []  # (context, members) pieces that fit in a row after the prefix
         for ctx in contexts:
-            cur, size = [], len(ctx)
+            cur, size, leads = [], len(ctx), set()
             for i in groups[ctx]:
-                extra = len(requests[i][1]) - 1
+                extra = 0 if lead[i] in leads else len(lead[i])
                 if cur and size + extra > limit:
                     units.append((ctx, cur))
-                    cur, size = [], len(ctx)
+                    cur, size, leads = [], len(ctx), set()
+                    extra = len(lead[i])
                 cur.append(i)
+                leads.add(lead[i])
                 size += extra
             units.append((ctx, cur))
         rows, cur, size = [], [], p
         for ctx, members in units:
-            extra = len(ctx) - p + sum(len(requests[i][1]) - 1 for i in members)
+            extra = len(ctx) - p + sum(len(t) for t in {lead[i] for i in members})
             if cur and size + extra > limit:
                 rows.append(cur)
                 cur, size = [], p
@@ -247,10 +261,15 @@ def _packed_rows(requests: Sequence[TokenPair], max_length: int,
                     segs += [owner] * len(tail)
                     pos += range(p, len(ctx))
                 last = len(tokens) - 1 if tail else p - 1  # the context's last position predicts the first token
+                seen: dict[tuple[int, ...], list[int]] = {}
                 for i in members:
-                    cont_tail = requests[i][1][:-1]
+                    cont_tail = lead[i]
                     hosted.append(i)
-                    starts.append([last, *range(len(tokens), len(tokens) + len(cont_tail))])
+                    if cont_tail in seen:  # the same tokens up to the scored last one: the same positions
+                        starts.append(list(seen[cont_tail]))
+                        continue
+                    seen[cont_tail] = [last, *range(len(tokens), len(tokens) + len(cont_tail))]
+                    starts.append(list(seen[cont_tail]))
                     if cont_tail:
                         parents.append(owner)
                         segs += [len(parents) - 1] * len(cont_tail)
@@ -270,7 +289,13 @@ def plan_requests(requests: Sequence[TokenPair], max_length: int, batch_tokens: 
         # Rows as long as one request may be: longer rows would host more of a passage's questions, but the
         # masked attention of a packed row grows with its length squared, and on CPU at max_length 2048 a
         # 4096-token row cost more than running its passage twice (MultiRC: 33 s against 26 s).
-        for row, members, positions in _packed_rows(requests, max_length, max(max_length + 1, 1024)):
+        # A request cut from the left is packed from the context its cut leaves (the same input row): requests
+        # whose cuts start at the same token, as answers of one length to a question on a long passage do, then
+        # share what their rows have in common
+        fitted = [((ctx + cont)[-(max_length + 1):-len(cont)], cont)
+                  if max_length + 1 < len(ctx) + len(cont) and len(cont) <= max_length else (ctx, cont)
+                  for ctx, cont in requests]
+        for row, members, positions in _packed_rows(fitted, max_length, max(max_length + 1, 1024)):
             for i, at in zip(members, positions):
                 req_row[i], req_cont[i], req_pos[i] = len(rows), list(requests[i][1]), at
                 done.add(i)
@@ -357,40 +382,64 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._keep_mask = accepts_logits_to_keep(model)
         self.share_context = share_context and supports_packed_rows(model, self.max_length)
-        # on CPU a packed row's attention computes only what its tokens see (eval/benchmarks/tree_attention.py),
-        # where the model's attention takes it as its dense mask
-        self.tree_attention = (self.share_context and supports_tree_attention(model, self.device)
-                               and self._tree_attention_agrees())
+        # On CPU every forward runs the scorer's own attention (eval/benchmarks/tree_attention.py): a packed row
+        # computes only the scores its tokens see (where the model's attention would take its dense mask), and
+        # the last block answers only the queries whose logits are read
+        self._last_block = _last_block(model)
+        self.own_attention = (supports_packed_rows(model, self.max_length)
+                              and supports_tree_attention(model, self.device) and self._own_attention_agrees())
 
     def _autocast(self):
         return precision.autocast(self.device, self.autocast_dtype)
 
     @contextmanager
-    def _forward_context(self, tree: bool):
-        """Autocast, and the tree attention for a forward whose rows are laid out as trees."""
-        with self._autocast(), use_tree_attention(self.model) if tree else nullcontext():
+    def _forward_context(self, own: bool = False, scored: ScoredQueries | None = None):
+        """Autocast; with ``own`` the scorer's attention, and with ``scored`` the last block's MLP and output
+        projection on the scored rows only."""
+        with (self._autocast(), use_tree_attention(self.model) if own else nullcontext(),
+              scored_rows_only(self._last_block[1], scored.keep) if scored is not None else nullcontext()):
             yield
 
+    def _inputs(self, rows: list[Row], ids: torch.Tensor, keep: torch.Tensor, own: bool) -> dict:
+        """The forward's keyword arguments for a batch of ``rows`` whose ``keep`` [B, L] positions are scored."""
+        kwargs = {"input_ids": ids.to(self.device), "use_cache": False}
+        if any(row.positions is not None for row in rows):
+            kwargs.update(_packed_inputs(rows, ids.shape[1], self.device, own))
+        if own and self._last_block is not None:
+            scored = _scored_queries(rows, keep, self._last_block[0])
+            # a masked kernel computes every score of its [queries, keys] square, at 0.6-1.9x the causal flash
+            # kernel's cost per score (CPU, 256-2,048 keys, docs/PERFORMANCE.md)
+            usual = attention_scores(kwargs.get("tree"), [len(row.tokens) for row in rows])
+            scored.attend = scored.mask.numel() < usual
+            kwargs["scored"] = scored.to(self.device)
+        return kwargs
+
     @torch.no_grad()
-    def _tree_attention_agrees(self) -> bool:
-        """One small packed row (a prefix, two continuations under it) through the model with the dense mask and
-        with ``tree_attention``: the same logits unless the model's attention layers do not look the attention up
-        by its name (they would then see no mask at all) or do not pass ``tree`` on. Every rank runs the two
-        forwards, so their counts stay equal (ZeRO-3)."""
-        row = Row(tuple(range(1, 8)), (0, 0, 0, 1, 1, 2, 2), (0, 1, 2, 3, 4, 3, 4), (-1, 0, 0))
-        ids = torch.tensor([row.tokens], device=self.device)
+    def _own_attention_agrees(self) -> bool:
+        """A small packed row (a prefix, two continuations under it) beside a padded plain row, through the model's
+        own attention (the packed row's dense mask) and through the scorer's, which also runs the last block on a
+        few scored positions only: the same logits there, unless the model's attention layers do not look the
+        attention up by its name (they would then see no mask at all), do not pass ``tree`` and ``scored`` on, or
+        the last block's MLP does not work row by row. Every rank runs the two forwards, so their counts stay
+        equal (ZeRO-3)."""
+        rows = [Row(tuple(range(1, 8)), (0, 0, 0, 1, 1, 2, 2), (0, 1, 2, 3, 4, 3, 4), (-1, 0, 0)),
+                Row(tuple(range(3, 8)))]
+        ids = torch.tensor([rows[0].tokens, (*rows[1].tokens, self.pad_id, self.pad_id)])
+        keep = torch.zeros_like(ids, dtype=torch.bool)
+        keep[0, [2, 4, 6]] = keep[1, [1, 4]] = True
         logits = []
-        for tree in (False, True):
-            kwargs = _packed_inputs([row], len(row.tokens), self.device, tree)
+        for own in (False, True):
+            kwargs = self._inputs(rows, ids, keep, own)
             try:
-                with self._forward_context(tree):
-                    logits.append(self.model(input_ids=ids, use_cache=False, **kwargs).logits.float())
-            except Exception as e:  # noqa: BLE001 - whatever the model makes of it, the dense mask still works
-                log.info("tree attention unavailable for this model (%s): packed rows take the dense mask", e)
+                with self._forward_context(own, kwargs.get("scored")):
+                    logits.append(self.model(**kwargs).logits[keep.to(self.device)].float())
+            except Exception as e:  # noqa: BLE001 - whatever the model makes of it, its own attention still works
+                log.info("the scorer's attention is unavailable for this model (%s): packed rows take the dense mask",
+                         e)
                 return False
         agree = torch.allclose(logits[0], logits[1], rtol=1e-3, atol=1e-3)
         if not agree:
-            log.info("tree attention changes this model's logits: packed rows take the dense mask")
+            log.info("the scorer's attention changes this model's logits: packed rows take the dense mask")
         return agree
 
     def dummy_forward(self) -> None:
@@ -437,12 +486,10 @@ class Scorer:
         sel_t = torch.cat(sel).to(self.device)
         tgt_t = torch.tensor(tgt, dtype=torch.long, device=self.device)
         owner_t = torch.tensor(owner, dtype=torch.long, device=self.device)
-        kwargs = {"input_ids": ids.to(self.device), "use_cache": False}
-        if any(row.positions is not None for row in rows):
-            kwargs.update(_packed_inputs(rows, width, self.device, self.tree_attention))
+        kwargs = self._inputs(rows, ids, keep, self.own_attention)
         if self._keep_mask:
             kwargs["logits_to_keep"] = keep.to(self.device)
-        with self._forward_context("tree" in kwargs):
+        with self._forward_context(self.own_attention, kwargs.get("scored")):
             logits = self.model(**kwargs).logits
         if logits.dim() == 3:  # the model ignored logits_to_keep (or does not take it)
             logits = logits[keep.to(self.device)]
@@ -450,6 +497,37 @@ class Scorer:
         logp = F.log_softmax(logits, dim=-1).gather(1, tgt_t[:, None]).squeeze(1)
         lls.index_add_(0, owner_t, logp.double())
         miss.index_add_(0, owner_t, (logits.argmax(-1) != tgt_t).double())
+
+
+def _last_block(model) -> tuple[int, list[torch.nn.Module]] | None:
+    """The last decoder block's index (its attention's ``layer_idx``) and its row-wise modules after the attention
+    (output projection, MLP), where the block has transformers' usual names; else None (it then runs whole)."""
+    try:
+        block = find_decoder_layers(model)[-1]
+    except UnsupportedModelError:
+        return None
+    attn = getattr(block, "self_attn", None)
+    modules = [getattr(attn, "o_proj", None), getattr(block, "mlp", None)]
+    if getattr(attn, "layer_idx", None) is None or not all(isinstance(m, torch.nn.Module) for m in modules):
+        return None
+    return attn.layer_idx, modules
+
+
+def _scored_queries(rows: list[Row], keep: torch.Tensor, layer: int) -> ScoredQueries:
+    """The scored positions ``keep`` [B, L] of a batch of ``rows`` as the last block's queries: each row's in
+    order, the first repeated to fill, each seeing the keys up to itself (and in a packed row its own segment
+    and ancestors only, ``Row.ancestry``)."""
+    counts = keep.sum(1)
+    first_kept = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :int(counts.max())]
+    index = torch.where(torch.arange(first_kept.shape[1])[None] < counts[:, None], first_kept, first_kept[:, :1])
+    width = keep.shape[1]
+    mask = torch.arange(width)[None, None] <= index[:, :, None]
+    for b, row in enumerate(rows):
+        if row.segments is not None:
+            seg = torch.full((width,), -1, dtype=torch.long)
+            seg[:len(row.tokens)] = torch.tensor(row.segments)
+            mask[b] &= row.ancestry()[seg[index[b]][:, None], seg[None, :]]
+    return ScoredQueries(layer, index, mask[:, None], keep)
 
 
 def _packed_inputs(rows: list[Row], width: int, device, tree: bool = False) -> dict[str, torch.Tensor | TreeLayout]:

@@ -19,9 +19,17 @@ disjoint query runs, so each depth fills one buffer and the depths are merged on
 ``_scaled_dot_product_flash_attention_for_cpu``, the kernel behind CPU SDPA, which also returns the log-sum-exp.
 On other devices the scorer keeps the dense mask.
 
+The last block answers only the queries whose logits are read (``ScoredQueries``). Its other rows feed nothing
+but the final norm and the LM head at positions nobody reads, so its attention runs those few queries against
+every key (the keys and values of all rows are still computed: they are what the scored queries see), and
+``scored_rows_only`` runs its output projection and MLP on those rows alone. In a BoolQ or MultiRC row that is one
+or a few queries of hundreds: the last block's MLP and output projection are a fifth of a 4-block model's linear
+work, and its attention a quarter of the attention.
+
 ``use_tree_attention(model)`` switches a transformers model to this attention for the scorer's forward calls
 (registered with ``AttentionInterface`` under ``linreg_tree``; the model's own implementation is restored
-after). Every forward call under it must pass ``tree=TreeLayout``: no attention mask is built.
+after). No attention mask is built: a forward call under it passes ``tree=TreeLayout`` for packed rows, none for
+plain causal rows (transformers' own SDPA then runs, as without this attention), and ``scored=ScoredQueries``.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 NAME = "linreg_tree"
 
@@ -74,12 +83,58 @@ def row_partials(segments: tuple[int, ...] | None, parents: tuple[int, ...] | No
     return [(depth[s], start[s], end[s], sub_end[s]) for s in range(count)]
 
 
-def tree_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, tree=None,
-                   **kwargs):
-    """A transformers attention function: ``query`` [B, H, L, D], ``key``/``value`` [B, Hkv, L, D]; returns
-    ([B, L, H, D], None). ``attention_mask`` is ignored: ``tree`` says what each token sees."""
+@dataclass
+class ScoredQueries:
+    """The queries of a batch whose outputs are read, for the attention of block ``layer`` (the last): ``index``
+    [B, m] their positions (a row with fewer than m repeats its first: the same query twice writes the same
+    output), ``mask`` [B, 1, m, L] the keys each sees (causal, and in a packed row its own segment and ancestors),
+    ``keep`` [B, L] the same positions as a mask, for the rows of the block's MLP. ``attend``: whether the block's
+    attention runs these queries alone; not where they are so many that one masked kernel over them and every key
+    would cost more than the usual attention of all queries (a packed row of MultiRC's 10-20-token answers)."""
+    layer: int
+    index: torch.Tensor
+    mask: torch.Tensor
+    keep: torch.Tensor
+    attend: bool = True
+
+    def to(self, device) -> ScoredQueries:
+        return ScoredQueries(self.layer, self.index.to(device), self.mask.to(device), self.keep.to(device),
+                             self.attend)
+
+
+def attention_scores(tree: TreeLayout | None, lengths: list[int]) -> int:
+    """How many query-key scores the usual attention of a batch computes: each partial's queries against its keys
+    (a causal half of the segment's own square), or a plain row's causal half."""
     if tree is None:
-        raise ValueError(f"attention '{NAME}' needs tree=TreeLayout in the forward call")
+        return sum(n * (n + 1) // 2 for n in lengths)
+    return sum((sub_end - a) * (e - a) - (e - a) * (e - a - 1) // 2
+               for partials in tree.rows for _, a, e, sub_end in partials)
+
+
+def _scored_attention(query, key, value, scaling, scored: ScoredQueries) -> torch.Tensor:
+    """The attention of the scored queries alone, placed at their positions of a [B, L, H, D] output (zeros
+    elsewhere: nothing reads those rows)."""
+    b_, h_, l_, d_ = query.shape
+    index = scored.index
+    q = query.gather(2, index[:, None, :, None].expand(b_, h_, index.shape[1], d_))
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=scored.mask, scale=scaling,
+                                         enable_gqa=key.shape[1] != h_)
+    full = query.new_zeros((b_, l_, h_, value.shape[-1]))
+    full[torch.arange(b_, device=index.device)[:, None], index] = out.transpose(1, 2)
+    return full
+
+
+def tree_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, tree=None,
+                   scored: ScoredQueries | None = None, **kwargs):
+    """A transformers attention function: ``query`` [B, H, L, D], ``key``/``value`` [B, Hkv, L, D]; returns
+    ([B, L, H, D], None). ``attention_mask`` is ignored: ``tree`` says what each token sees (None: plain causal
+    rows), ``scored`` which queries the last block answers."""
+    if scored is not None and scored.attend and getattr(module, "layer_idx", None) == scored.layer:
+        return _scored_attention(query, key, value, scaling, scored), None
+    if tree is None:  # plain causal rows: what the model's SDPA does without a mask
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
@@ -133,3 +188,31 @@ def use_tree_attention(model):
         yield
     finally:
         model.set_attn_implementation(before)
+
+
+def _rows_in(keep: torch.Tensor):
+    def pre(module, args):
+        return (args[0][keep], *args[1:])
+    return pre
+
+
+def _rows_out(keep: torch.Tensor):
+    def post(module, args, out):
+        full = out.new_zeros((*keep.shape, out.shape[-1]))
+        full[keep] = out
+        return full
+    return post
+
+
+@contextmanager
+def scored_rows_only(modules, keep: torch.Tensor):
+    """Each of ``modules`` (row-wise: the last block's output projection and MLP) runs on the ``keep`` [B, L] rows
+    of its input only, and hands on a [B, L, ...] output that is zero elsewhere. Forward hooks, removed after."""
+    handles = []
+    try:
+        for m in modules:
+            handles += [m.register_forward_pre_hook(_rows_in(keep)), m.register_forward_hook(_rows_out(keep))]
+        yield
+    finally:
+        for h in handles:
+            h.remove()
