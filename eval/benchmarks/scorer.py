@@ -11,12 +11,14 @@ Semantics (lme ``HFLM`` for causal models):
   whether every continuation token is the argmax.
 
 Engine (``Scorer``): requests are turned into model input rows, sharing work where the numbers stay the same:
-- untruncated contexts share one copy of what they have in common: a *packed* row is a tree that holds a shared
-  prefix once, then each context's tail, then each continuation's tokens (all but the last), with position ids
-  that continue their parent's, each segment seeing itself and its ancestors only (SDPA models without a shorter
-  sliding window). On CPU the row's attention computes only those scores (``tree_attention.py``: a partial
-  attention per segment, merged by log-sum-exp); elsewhere SDPA takes the row's dense 4D mask. The choices of a
-  document share their context; MultiRC's questions about one paragraph share the paragraph;
+- contexts share one copy of what they have in common: a *packed* row is a tree that holds a shared prefix
+  once, then each context's tail, then each continuation's tokens (all but the last; continuations that differ
+  only in their last token share them), with position ids that continue their parent's, each segment seeing
+  itself and its ancestors only (SDPA models without a shorter sliding window). On CPU the row's attention
+  computes only those scores (``tree_attention.py``: a partial attention per segment, merged by log-sum-exp);
+  elsewhere SDPA takes the row's dense 4D mask. The choices of a document share their context; MultiRC's
+  questions about one paragraph share the paragraph. A request cut from the left counts as the context its cut
+  leaves, so requests whose cuts start at the same token (answers of one length to one question) share too;
 - a request whose input row is a prefix of another's (e.g. one-token choices like " yes"/" no") is read off that
   longer row.
 Rows are sorted by length (longest first) and packed into batches under a token budget (right padding; plain rows

@@ -1,4 +1,5 @@
-"""Attention for packed tree rows that computes only the scores a token may see (CPU).
+"""The scorer's attention on CPU: packed tree rows compute only the scores a token may see, and the last block
+only the queries whose logits are read.
 
 A packed row (``scorer.Row``) lays out a tree of segments one after another: a shared context prefix (segment 0),
 context tails under it, continuations under those. A token sees its own segment up to itself and its ancestors
@@ -22,9 +23,10 @@ On other devices the scorer keeps the dense mask.
 The last block answers only the queries whose logits are read (``ScoredQueries``). Its other rows feed nothing
 but the final norm and the LM head at positions nobody reads, so its attention runs those few queries against
 every key (the keys and values of all rows are still computed: they are what the scored queries see), and
-``scored_rows_only`` runs its output projection and MLP on those rows alone. In a BoolQ or MultiRC row that is one
-or a few queries of hundreds: the last block's MLP and output projection are a fifth of a 4-block model's linear
-work, and its attention a quarter of the attention.
+``scored_rows_only`` runs its output projection and MLP on those rows alone. In a BoolQ row that is one query of
+hundreds: the last block's MLP and output projection are a fifth of a 4-block model's linear work, and its
+attention a quarter of the attention. Where the scored queries are so many that a masked kernel over them and every
+key would cost more than the usual attention (``attention_scores``), the attention runs all queries.
 
 ``use_tree_attention(model)`` switches a transformers model to this attention for the scorer's forward calls
 (registered with ``AttentionInterface`` under ``linreg_tree``; the model's own implementation is restored
