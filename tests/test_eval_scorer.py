@@ -213,6 +213,27 @@ def test_the_last_block_runs_only_the_scored_rows(model64, tokenizer, instances,
     assert greedy.tolist() == [r[1] for r in ref]
 
 
+def test_many_scored_queries_keep_the_usual_attention(model64, tokenizer, instances, monkeypatch):
+    """Long continuations under a short context: almost every position of the packed row is scored, so one masked
+    kernel over them and every key would cost more than the tree's partials. The last block's attention then runs
+    all queries (its MLP still only the scored rows), with the naive reference's scores."""
+    import eval.benchmarks.tree_attention as TA
+
+    ctx, _ = encode_pairs(tokenizer, pairs_of(instances["multirc"][:1]))[0]
+    reqs = [(ctx[:40], ctx[a:a + 60]) for a in (40, 100, 160, 220)]
+    scorer = Scorer(model64, tokenizer, max_length=512)
+    plan = scorer.plan(reqs)
+    (row,) = plan.rows
+    assert row.needs_mask and len(row.tokens) == 40 + 4 * 59
+    calls = []
+    monkeypatch.setattr(TA, "_scored_attention", lambda *a: calls.append(1))
+    lls, greedy = scorer.score_tokens(reqs, plan)
+    assert not calls
+    ref = naive_loglikelihood(model64, reqs, 512)
+    np.testing.assert_allclose(lls, [r[0] for r in ref], rtol=0, atol=1e-5)
+    assert greedy.tolist() == [r[1] for r in ref]
+
+
 def test_a_last_block_that_wants_whole_rows_runs_whole(model64, tokenizer, instances):
     """An MLP that unpacks [batch, seq, hidden] (as mixture-of-experts blocks do) fails on the scored rows alone:
     the check row catches it, and the scorer runs the model as it is, with the same scores."""
