@@ -318,6 +318,21 @@ def test_layouts_tree_attention_cannot_take_keep_the_mask():
     assert "tree" not in inputs and inputs["attention_mask"].shape == (1, 1, 4, 4)
 
 
+def test_a_row_the_tree_cannot_take_keeps_its_mask_under_the_scorers_attention(model64, tokenizer):
+    """A packed row whose layout the tree attention cannot take gets the dense mask even while every forward runs
+    the scorer's attention: the same scores as the model's own attention under that mask."""
+    from eval.benchmarks.scorer import Plan
+
+    odd = Row((5, 6, 7, 8, 9), (0, 1, 2, 3, 3), (0, 1, 1, 2, 3), (-1, 0, 0, 1))  # 3 under 1, after 2
+    plan = Plan([odd], [[0]], [0, 0], [[3, 4], [1]], [[10, 11], [12]])
+    scorer = Scorer(model64, tokenizer, max_length=512)
+    assert scorer.own_attention
+    own = scorer.score_tokens([([], [10, 11]), ([], [12])], plan)[0]
+    scorer.own_attention = False
+    dense = scorer.score_tokens([([], [10, 11]), ([], [12])], plan)[0]
+    np.testing.assert_allclose(own, dense, rtol=0, atol=1e-11)
+
+
 def test_a_model_that_would_not_take_the_tree_keeps_the_mask(model64, tokenizer, instances, monkeypatch):
     """An attention that ignores the tree (as a model whose layers do not look attention up by name would: causal
     over the whole row) changes the check row's logits, so the scorer keeps the dense mask, and the same scores."""

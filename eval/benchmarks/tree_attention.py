@@ -30,8 +30,9 @@ key would cost more than the usual attention (``attention_scores``), the attenti
 
 ``use_tree_attention(model)`` switches a transformers model to this attention for the scorer's forward calls
 (registered with ``AttentionInterface`` under ``linreg_tree``; the model's own implementation is restored
-after). No attention mask is built: a forward call under it passes ``tree=TreeLayout`` for packed rows, none for
-plain causal rows (transformers' own SDPA then runs, as without this attention), and ``scored=ScoredQueries``.
+after). The model builds no attention mask: a forward call under it passes ``tree=TreeLayout`` for packed rows,
+none for plain causal rows, or the scorer's own 4D mask for a layout the tree cannot take (transformers' SDPA then
+runs, as without this attention), and ``scored=ScoredQueries``.
 """
 from __future__ import annotations
 
@@ -129,14 +130,15 @@ def _scored_attention(query, key, value, scaling, scored: ScoredQueries) -> torc
 def tree_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, tree=None,
                    scored: ScoredQueries | None = None, **kwargs):
     """A transformers attention function: ``query`` [B, H, L, D], ``key``/``value`` [B, Hkv, L, D]; returns
-    ([B, L, H, D], None). ``attention_mask`` is ignored: ``tree`` says what each token sees (None: plain causal
-    rows), ``scored`` which queries the last block answers."""
+    ([B, L, H, D], None). ``tree`` says what each token sees; without it the rows are plain causal ones, or
+    ``attention_mask`` is the scorer's dense 4D mask. ``scored``: which queries the last block answers."""
     if scored is not None and scored.attend and getattr(module, "layer_idx", None) == scored.layer:
         return _scored_attention(query, key, value, scaling, scored), None
-    if tree is None:  # plain causal rows: what the model's SDPA does without a mask
+    if tree is None:  # plain causal rows, or the dense mask of a layout the tree cannot take: the model's SDPA
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
