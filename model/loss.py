@@ -37,7 +37,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n = hidden.shape[0]
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if want_h else None
-        # accumulate the weight's gradient over chunks in at least float32 (one rounding to a bf16 weight at the end)
+        # the weight's gradient: each chunk's product in the weight's dtype, summed over chunks in at least float32
         grad_w = torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32),
                              device=weight.device) if want_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)

@@ -418,12 +418,8 @@ class Scorer:
         if any(row.positions is not None for row in rows):
             kwargs.update(_packed_inputs(rows, ids.shape[1], self.device, own))
         if own and self._last_block is not None:
-            scored = _scored_queries(rows, keep, self._last_block[0])
-            # a masked kernel computes every score of its [queries, keys] square, at 0.6-1.9x the causal flash
-            # kernel's cost per score (CPU, 256-2,048 keys, docs/PERFORMANCE.md)
             usual = attention_scores(kwargs.get("tree"), [len(row.tokens) for row in rows])
-            scored.attend = scored.mask.numel() < usual
-            kwargs["scored"] = scored.to(self.device)
+            kwargs["scored"] = _scored_queries(rows, keep, self._last_block[0], usual).to(self.device)
         return kwargs
 
     @torch.no_grad()
@@ -525,28 +521,36 @@ def _last_block(model) -> tuple[int, list[torch.nn.Module]] | None:
     return attn.layer_idx, modules
 
 
-def _scored_queries(rows: list[Row], keep: torch.Tensor, layer: int) -> ScoredQueries:
-    """The scored positions ``keep`` [B, L] of a batch of ``rows`` as the last block's queries: each row's in
-    order, the first repeated to fill, each seeing the keys up to itself (and in a packed row its own segment
-    and ancestors only, ``Row.ancestry``)."""
+def _scored_queries(rows: list[Row], keep: torch.Tensor, layer: int, usual: int) -> ScoredQueries:
+    """The scored positions ``keep`` [B, L] of a batch of ``rows`` for the last block: as its queries too (each
+    row's in order, the first repeated to fill, with the keys ``_visible`` to them) unless their masked kernel
+    would compute more scores than the ``usual`` attention of all queries does."""
     counts = keep.sum(1)
-    first_kept = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :int(counts.max())]
-    index = torch.where(torch.arange(first_kept.shape[1])[None] < counts[:, None], first_kept, first_kept[:, :1])
-    width = keep.shape[1]
-    mask = torch.arange(width)[None, None] <= index[:, :, None]
+    m = int(counts.max())
+    # a masked kernel computes every score of its [queries, keys] square, at 0.6-1.9x the causal flash kernel's
+    # cost per score (CPU, 256-2,048 keys, docs/PERFORMANCE.md)
+    if len(rows) * m * keep.shape[1] >= usual:
+        return ScoredQueries(layer, keep)
+    first_kept = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :m]
+    index = torch.where(torch.arange(m)[None] < counts[:, None], first_kept, first_kept[:, :1])
+    return ScoredQueries(layer, keep, index, _visible(rows, keep.shape[1], index)[:, None])
+
+
+def _visible(rows: list[Row], width: int, queries: torch.Tensor) -> torch.Tensor:
+    """[B, Q, width] bool: the keys that the ``queries`` [B, Q] (positions) of each row see: causal, and a key is
+    visible if its segment is the query's own or one of its ancestors (``Row.ancestry``). Padding (segment -1) is
+    never visible to a real token; a padding query sees itself."""
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
     for b, row in enumerate(rows):
-        if row.segments is not None:
-            seg = torch.full((width,), -1, dtype=torch.long)
-            seg[:len(row.tokens)] = torch.tensor(row.segments)
-            mask[b] &= row.ancestry()[seg[index[b]][:, None], seg[None, :]]
-    return ScoredQueries(layer, index, mask[:, None], keep)
+        seg[b, :len(row.tokens)] = torch.tensor(row.segments) if row.segments is not None else 0
+    causal = torch.arange(width)[None, None] <= queries[:, :, None]
+    return causal & torch.stack([row.ancestry()[seg[b][queries[b]][:, None], seg[b][None, :]]
+                                 for b, row in enumerate(rows)])
 
 
 def _packed_inputs(rows: list[Row], width: int, device, tree: bool = False) -> dict[str, torch.Tensor | TreeLayout]:
     """position_ids, and when a row holds several continuations either the rows' ``TreeLayout`` (``tree``, for
-    ``tree_attention``) or a [batch, 1, query, key] boolean attention mask: causal, and a key is visible if its
-    segment is the query's own or one of its ancestors (``Row.ancestry``). Padding (segment -1) is never visible to
-    a real token; a padding query sees itself, so no mask row is empty."""
+    ``tree_attention``) or a [batch, 1, query, key] boolean attention mask (``_visible``: no row of it is empty)."""
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     for b, row in enumerate(rows):
         n = len(row.tokens)
@@ -558,10 +562,6 @@ def _packed_inputs(rows: list[Row], width: int, device, tree: bool = False) -> d
     if all(p is not None for p in partials):
         out["tree"] = TreeLayout(partials)
         return out
-    seg = torch.full((len(rows), width), -1, dtype=torch.long)
-    for b, row in enumerate(rows):
-        seg[b, :len(row.tokens)] = torch.tensor(row.segments) if row.segments is not None else 0
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    visible = torch.stack([row.ancestry()[seg[b][:, None], seg[b][None, :]] for b, row in enumerate(rows)])
-    out["attention_mask"] = (causal & visible)[:, None].to(device)
+    queries = torch.arange(width).expand(len(rows), width)
+    out["attention_mask"] = _visible(rows, width, queries)[:, None].to(device)
     return out

@@ -88,21 +88,20 @@ def row_partials(segments: tuple[int, ...] | None, parents: tuple[int, ...] | No
 
 @dataclass
 class ScoredQueries:
-    """The queries of a batch whose outputs are read, for the attention of block ``layer`` (the last): ``index``
-    [B, m] their positions (a row with fewer than m repeats its first: the same query twice writes the same
-    output), ``mask`` [B, 1, m, L] the keys each sees (causal, and in a packed row its own segment and ancestors),
-    ``keep`` [B, L] the same positions as a mask, for the rows of the block's MLP. ``attend``: whether the block's
-    attention runs these queries alone; not where they are so many that one masked kernel over them and every key
-    would cost more than the usual attention of all queries (a packed row of MultiRC's 10-20-token answers)."""
+    """The positions of a batch whose outputs are read, for block ``layer`` (the last): ``keep`` [B, L], the rows
+    of its output projection and MLP. For its attention, ``index`` [B, m] the same positions row by row (a row
+    with fewer than m repeats its first: the same query twice writes the same output) and ``mask`` [B, 1, m, L]
+    the keys each sees (causal, and in a packed row its own segment and ancestors); both None where the attention
+    runs all queries, as where the scored ones are so many that one masked kernel over them and every key would
+    cost more than the usual attention (a packed row of MultiRC's 10-20-token answers)."""
     layer: int
-    index: torch.Tensor
-    mask: torch.Tensor
     keep: torch.Tensor
-    attend: bool = True
+    index: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     def to(self, device) -> ScoredQueries:
-        return ScoredQueries(self.layer, self.index.to(device), self.mask.to(device), self.keep.to(device),
-                             self.attend)
+        return ScoredQueries(self.layer, self.keep.to(device),
+                             *(None if t is None else t.to(device) for t in (self.index, self.mask)))
 
 
 def attention_scores(tree: TreeLayout | None, lengths: list[int]) -> int:
@@ -132,7 +131,7 @@ def tree_attention(module, query, key, value, attention_mask, dropout: float = 0
     """A transformers attention function: ``query`` [B, H, L, D], ``key``/``value`` [B, Hkv, L, D]; returns
     ([B, L, H, D], None). ``tree`` says what each token sees; without it the rows are plain causal ones, or
     ``attention_mask`` is the scorer's dense 4D mask. ``scored``: which queries the last block answers."""
-    if scored is not None and scored.attend and getattr(module, "layer_idx", None) == scored.layer:
+    if scored is not None and scored.mask is not None and getattr(module, "layer_idx", None) == scored.layer:
         return _scored_attention(query, key, value, scaling, scored), None
     if tree is None:  # plain causal rows, or the dense mask of a layout the tree cannot take: the model's SDPA
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
