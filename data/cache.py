@@ -35,7 +35,7 @@ import numpy as np
 from core.errors import DataError, MissingDataError
 from data.mixture import mixture_order, mixture_summary
 from data.sources import describe_source, held_out, iter_split_documents, split_plan
-from data.tokenizer import tokenizer_fingerprint
+from data.tokenizer import batch_ids, tokenizer_fingerprint
 
 _FORMAT = 2
 _TASK_CHARS = 1 << 20  # text per worker task: large enough to amortise the hand-off, small enough to bound memory
@@ -93,18 +93,14 @@ def _write_meta(directory: Path, meta: dict) -> None:
 
 
 # -- parallel, streaming tokenization ---------------------------------------------------------------------------
-_WORKER: tuple = ()  # (tokenizer, eos id, dtype, fast): set before the pool forks, so every worker inherits it
+_WORKER: tuple = ()  # (tokenizer, eos id, dtype): set before the pool forks, so every worker inherits it
 
 
 def _encode(docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The tokens of ``docs`` (EOS after each), flat, and each document's token count."""
-    tok, eos, dtype, fast = _WORKER
-    if fast:  # the Rust tokenizer directly: ids only, no offsets or HF wrapper bookkeeping
-        all_ids = (e.ids for e in tok.encode_batch_fast(docs, add_special_tokens=False))
-    else:
-        all_ids = tok(docs, add_special_tokens=False)["input_ids"]
+    tok, eos, dtype = _WORKER
     flat, lengths = [], []
-    for ids in all_ids:
+    for ids in batch_ids(tok, docs, add_special_tokens=False):  # the Rust tokenizer directly where there is one
         flat += ids
         flat.append(eos)
         lengths.append(len(ids) + 1)
@@ -162,8 +158,7 @@ def tokenize_documents(docs, tokenizer, directory: Path, num_proc: int = 1, desc
     from tqdm import tqdm
 
     dtype = token_dtype(len(tokenizer))
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    _WORKER = (backend or tokenizer, tokenizer.eos_token_id, dtype, backend is not None)
+    _WORKER = (tokenizer, tokenizer.eos_token_id, dtype)
     n_tokens, n_docs = 0, 0
     bar = tqdm(desc=f"tokenizing {desc}", unit="doc", unit_scale=True, disable=not progress)
     pool = None

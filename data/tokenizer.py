@@ -63,6 +63,16 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     return tok
 
 
+def batch_ids(tok, strings: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """``tok(strings)["input_ids"]``; for a fast tokenizer straight from its Rust backend's ``encode_batch_fast``:
+    the same ids without the character offsets transformers' call has it compute (for the 8 SuperGLUE tasks' 21M
+    characters 3.2-3.7 s instead of 4.4-5.8 s, docs/PERFORMANCE.md)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if hasattr(backend, "encode_batch_fast"):
+        return [e.ids for e in backend.encode_batch_fast(strings, add_special_tokens=add_special_tokens)]
+    return [list(row) for row in tok(strings, add_special_tokens=add_special_tokens)["input_ids"]]
+
+
 def tokenizer_fingerprint(tok) -> str:
     """A hash of the tokenizer's full definition (vocab, merges, normalisation, specials), for cache keys."""
     import hashlib
